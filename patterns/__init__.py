@@ -1,0 +1,1 @@
+"""podpatterns: the sidecar, adapter and ambassador pod patterns as small Python services."""
