@@ -1,0 +1,147 @@
+"""Shared test plumbing: tiers by folder, prerequisites that skip by name, and helpers to
+run real service processes.
+
+A test's tier is its folder (`tests/unit`, `tests/process`, `tests/container`,
+`tests/kind`) and becomes its pytest marker, so `pytest -m unit` selects a tier. A missing
+prerequisite skips with a reason that names it and says how to get it; `.ci/run` then
+fails on any skip outside `tests/kind`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+TIERS = ("unit", "process", "container", "kind")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        if parts and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+def require_tool(name: str, how: str) -> str:
+    """Path of an executable, or skip naming it and how to install it."""
+    path = shutil.which(name)
+    if path is None:
+        for directory in ("/usr/lib/postgresql/15/bin", "/usr/sbin", "/sbin"):
+            candidate = Path(directory) / name
+            if candidate.exists():
+                return str(candidate)
+        pytest.skip(f"needs {name}: {how}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns a truthy value; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+class ServiceProcess:
+    """A service started as a real process (`python -m <module>`), its output kept in a
+    log file for the test report."""
+
+    def __init__(self, module: str, env: Mapping[str, str], log_path: Path) -> None:
+        self.module = module
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in wait/kill)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait: the graceful path every service must take."""
+        if self.alive():
+            self.proc.terminate()  # type: ignore[union-attr]
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()  # type: ignore[union-attr]
+            self.proc.wait()  # type: ignore[union-attr]
+        self._log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator:
+    """Factory fixture: `service("patterns.sidecar.collector", env)` starts a process and
+    guarantees it is gone after the test (its log is printed if the test failed)."""
+    started: list[ServiceProcess] = []
+
+    def start(module: str, env: Mapping[str, str], name: str | None = None) -> ServiceProcess:
+        log_name = (name or module.rsplit(".", 1)[-1]) + f"-{len(started)}.log"
+        proc = ServiceProcess(module, env, tmp_path / log_name).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.alive():
+            proc.kill()
+        else:
+            try:
+                proc._log.close()
+            except Exception:
+                pass
