@@ -1,0 +1,462 @@
+"""Fluentd Forward protocol v1: encoding, decoding and handshake digests.
+
+Follows the Forward Protocol Specification v1 (fluent/fluentd wiki): four carrier modes
+(Message, Forward, PackedForward, CompressedPackedForward), EventTime as msgpack ext
+type 0, the `option` map (`size`, `chunk`, `compressed`), `{"ack": chunk}` responses and
+the HELO / PING / PONG handshake with SHA-512 hex digests.
+
+Everything here is pure: no sockets. Malformed input raises `ProtocolError(reason,
+detail)`, where `reason` is one of a small fixed set of words (used as a metrics label)
+and `detail` says what exactly was wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import hmac
+import math
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from fluent.sender import EventTime
+
+# Carrier modes, as named by the spec (also the values of the `mode` metrics label).
+MESSAGE = "message"
+FORWARD = "forward"
+PACKED_FORWARD = "packed_forward"
+COMPRESSED_PACKED_FORWARD = "compressed_packed_forward"
+
+_EVENT_TIME = struct.Struct(">II")
+
+Event = tuple[float, dict[str, Any]]
+
+
+class ProtocolError(Exception):
+    """Input that does not follow the Forward protocol (or exceeds a configured limit)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep one hostile frame from exhausting memory."""
+
+    max_frame_bytes: int = 32 * 1024 * 1024  # one msgpack request on the wire
+    max_decompressed_bytes: int = 128 * 1024 * 1024  # gzip output of one request
+    max_entries: int = 500_000  # events in one request
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# --- encoding -----------------------------------------------------------------------------
+
+
+def new_chunk_id() -> str:
+    """The spec's `chunk`: Base64 of a 128-bit unique id."""
+    return base64.b64encode(os.urandom(16)).decode("ascii")
+
+
+def event_time(seconds: float) -> EventTime:
+    return EventTime(seconds)
+
+
+def encode_entry(timestamp: float, record: dict[str, Any]) -> bytes:
+    """One `Entry` ([EventTime, record]) of a MessagePackEventStream."""
+    return msgpack.packb([EventTime(timestamp), record], use_bin_type=True)
+
+
+def encode_message(
+    tag: str, timestamp: float, record: dict[str, Any], chunk: str | None = None
+) -> bytes:
+    """A Message mode request; with `chunk` the server must answer with an ack."""
+    request: list[Any] = [tag, EventTime(timestamp), record]
+    if chunk is not None:
+        request.append({"chunk": chunk})
+    return msgpack.packb(request, use_bin_type=True)
+
+
+def encode_forward(
+    tag: str, events: list[tuple[float, dict[str, Any]]], chunk: str | None = None
+) -> bytes:
+    """A Forward mode request: entries as a msgpack array."""
+    option: dict[str, Any] = {"size": len(events)}
+    if chunk is not None:
+        option["chunk"] = chunk
+    entries = [[EventTime(t), record] for t, record in events]
+    return msgpack.packb([tag, entries, option], use_bin_type=True)
+
+
+def encode_packed_forward(
+    tag: str,
+    entries: bytes,
+    count: int,
+    chunk: str | None = None,
+    *,
+    compressed: bool = False,
+    compresslevel: int = 6,
+) -> bytes:
+    """A PackedForward request; with `compressed`, `entries` (the concatenated raw
+    entries) is gzipped here and the request becomes CompressedPackedForward."""
+    option: dict[str, Any] = {"size": count}
+    if chunk is not None:
+        option["chunk"] = chunk
+    if compressed:
+        entries = gzip.compress(entries, compresslevel=compresslevel)
+        option["compressed"] = "gzip"
+    return msgpack.packb([tag, entries, option], use_bin_type=True)
+
+
+def encode_ack(chunk: str) -> bytes:
+    return msgpack.packb({"ack": chunk}, use_bin_type=True)
+
+
+# --- decoding -----------------------------------------------------------------------------
+
+
+def ext_hook(code: int, data: bytes) -> float:
+    """msgpack ext hook: EventTime (type 0, 8 bytes) becomes float seconds."""
+    if code != 0:
+        raise ProtocolError("bad_msgpack", f"unsupported msgpack ext type {code}")
+    if len(data) != 8:
+        raise ProtocolError("bad_time", f"EventTime must be 8 bytes, got {len(data)}")
+    seconds, nanoseconds = _EVENT_TIME.unpack(data)
+    if nanoseconds >= 1_000_000_000:
+        raise ProtocolError("bad_time", f"EventTime nanoseconds out of range: {nanoseconds}")
+    return seconds + nanoseconds / 1e9
+
+
+def new_unpacker(max_buffer_size: int) -> msgpack.Unpacker:
+    """A streaming unpacker for the wire. `surrogateescape` keeps `str`-typed binary
+    (out_forward sends PackedForward entries as str) recoverable as bytes;
+    max_buffer_size also bounds every declared str/bin/array/map length."""
+    return msgpack.Unpacker(
+        raw=False,
+        unicode_errors="surrogateescape",
+        ext_hook=ext_hook,
+        max_buffer_size=max_buffer_size,
+        strict_map_key=True,
+    )
+
+
+@dataclass(frozen=True)
+class Request:
+    """One decoded transport-phase request."""
+
+    tag: str
+    mode: str
+    events: list[Event]
+    chunk: str | None  # the client wants `{"ack": chunk}` once the events are stored
+
+
+def _check_tag(tag: Any) -> str:
+    if not isinstance(tag, str) or not tag:
+        raise ProtocolError("bad_tag", f"tag must be a non-empty string, got {_kind(tag)}")
+    if len(tag) > 1024 or not tag.isprintable():
+        raise ProtocolError("bad_tag", "tag must be at most 1024 printable characters")
+    return tag
+
+
+def _check_time(value: Any) -> float:
+    # bool is an int subclass; a `true` time is garbage, not second 1.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError("bad_time", f"time must be an integer or EventTime, got {_kind(value)}")
+    if not math.isfinite(value) or value < 0 or value >= 2**32:
+        raise ProtocolError("bad_time", f"time out of range: {value!r}")
+    if value == 0:
+        return time.time()  # as in_forward does: 0 means "stamp it on arrival"
+    return float(value)
+
+
+def _check_record(record: Any) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise ProtocolError("bad_record", f"record must be a map, got {_kind(record)}")
+    return record
+
+
+def _check_option(option: Any) -> tuple[str | None, bool, int | None]:
+    """-> (chunk, compressed, size)."""
+    if option is None:
+        return None, False, None
+    if not isinstance(option, dict):
+        raise ProtocolError("bad_option", f"option must be a map, got {_kind(option)}")
+    chunk = option.get("chunk")
+    if chunk is not None and (not isinstance(chunk, str) or not 0 < len(chunk) <= 128):
+        raise ProtocolError("bad_option", "chunk must be a string of at most 128 characters")
+    size = option.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise ProtocolError("bad_option", "size must be a non-negative integer")
+    # The spec: any `compressed` value other than "gzip" is ignored.
+    return chunk, option.get("compressed") == "gzip", size
+
+
+def _check_entry(entry: Any) -> Event:
+    if not isinstance(entry, list | tuple) or len(entry) != 2:
+        raise ProtocolError("bad_entry", f"entry must be a [time, record] array, got {_kind(entry)}")
+    return _check_time(entry[0]), _check_record(entry[1])
+
+
+def gunzip(data: bytes, max_bytes: int) -> bytes:
+    """Decompress one or more concatenated gzip members, never producing more than
+    `max_bytes` (a gzip bomb stops at the limit instead of filling memory)."""
+    out = bytearray()
+    remaining = data
+    while remaining:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            while remaining:
+                piece = inflater.decompress(remaining, max_bytes - len(out) + 1)
+                out += piece
+                if len(out) > max_bytes:
+                    raise ProtocolError(
+                        "too_large", f"decompressed entries exceed {max_bytes} bytes"
+                    )
+                remaining = inflater.unconsumed_tail
+                if inflater.eof:
+                    break
+                if not piece and not remaining:
+                    break
+        except zlib.error as exc:
+            raise ProtocolError("bad_gzip", str(exc)) from None
+        if not inflater.eof:
+            raise ProtocolError("bad_gzip", "truncated gzip stream")
+        remaining = inflater.unused_data
+    return bytes(out)
+
+
+def decode_entries(stream: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Event]:
+    """A MessagePackEventStream (concatenated raw entries) -> events."""
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        unicode_errors="surrogateescape",
+        ext_hook=ext_hook,
+        max_buffer_size=max(len(stream), 1),
+        strict_map_key=True,
+    )
+    unpacker.feed(stream)
+    events: list[Event] = []
+    append = events.append
+    try:
+        for entry in unpacker:
+            if len(events) >= limits.max_entries:
+                raise ProtocolError("too_many_entries", f"more than {limits.max_entries} entries")
+            append(_check_entry(entry))
+    except ProtocolError:
+        raise
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ProtocolError("bad_msgpack", f"entries: {type(exc).__name__}: {exc}") from None
+    # A stream cut in the middle of an entry leaves bytes the unpacker is still holding.
+    if unpacker.tell() != len(stream):
+        raise ProtocolError("bad_entry", "entries end in the middle of an entry")
+    return events
+
+
+def _as_bytes(value: Any, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    raise ProtocolError("bad_entries", f"{what} must be bin or str, got {_kind(value)}")
+
+
+def decode_request(obj: Any, limits: Limits = DEFAULT_LIMITS) -> Request | None:
+    """One unpacked request -> Request; None for the spec's `nil` heartbeat.
+
+    The mode is detected, as the spec says, by the type of the second element."""
+    if obj is None:
+        return None
+    if not isinstance(obj, list | tuple):
+        raise ProtocolError("bad_request", f"request must be an array, got {_kind(obj)}")
+    if not 2 <= len(obj) <= 4:
+        raise ProtocolError("bad_request", f"request array has {len(obj)} elements")
+    tag = _check_tag(obj[0])
+    second = obj[1]
+    if isinstance(second, list | tuple):
+        if len(obj) > 3:
+            raise ProtocolError("bad_request", "Forward request has more than 3 elements")
+        chunk, _, size = _check_option(obj[2] if len(obj) == 3 else None)
+        if len(second) > limits.max_entries:
+            raise ProtocolError("too_many_entries", f"{len(second)} > {limits.max_entries}")
+        events = [_check_entry(entry) for entry in second]
+        _check_size(size, len(events))
+        return Request(tag, FORWARD, events, chunk)
+    if isinstance(second, bytes | str):
+        if len(obj) > 3:
+            raise ProtocolError("bad_request", "PackedForward request has more than 3 elements")
+        chunk, compressed, size = _check_option(obj[2] if len(obj) == 3 else None)
+        stream = _as_bytes(second, "entries")
+        mode = PACKED_FORWARD
+        if compressed:
+            stream = gunzip(stream, limits.max_decompressed_bytes)
+            mode = COMPRESSED_PACKED_FORWARD
+        events = decode_entries(stream, limits)
+        _check_size(size, len(events))
+        return Request(tag, mode, events, chunk)
+    # Message: [tag, time, record, option?]
+    if len(obj) < 3:
+        raise ProtocolError("bad_request", "Message request needs tag, time and record")
+    chunk, _, _ = _check_option(obj[3] if len(obj) == 4 else None)
+    return Request(tag, MESSAGE, [(_check_time(second), _check_record(obj[2]))], chunk)
+
+
+def _check_size(size: int | None, actual: int) -> None:
+    if size is not None and size != actual:
+        raise ProtocolError("bad_option", f"option size {size} but {actual} entries")
+
+
+def decode_ack(obj: Any) -> str:
+    if not isinstance(obj, dict) or not isinstance(obj.get("ack"), str):
+        raise ProtocolError("bad_response", f"expected {{'ack': chunk}}, got {_kind(obj)}")
+    return obj["ack"]
+
+
+def _kind(value: Any) -> str:
+    return "nil" if value is None else type(value).__name__
+
+
+# --- handshake ----------------------------------------------------------------------------
+
+
+def _b(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+
+
+def shared_key_digest(
+    salt: str | bytes, hostname: str | bytes, nonce: str | bytes, shared_key: str | bytes
+) -> str:
+    """sha512_hex(shared_key_salt + hostname + nonce + shared_key), as in PING and PONG."""
+    return hashlib.sha512(_b(salt) + _b(hostname) + _b(nonce) + _b(shared_key)).hexdigest()
+
+
+def password_digest(auth_salt: str | bytes, username: str, password: str) -> str:
+    """sha512_hex(auth_salt + username + raw_password), PING's `password`."""
+    return hashlib.sha512(_b(auth_salt) + _b(username) + _b(password)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Helo:
+    nonce: bytes
+    auth: bytes  # empty: the server does not ask for username/password
+    keepalive: bool
+
+
+@dataclass(frozen=True)
+class Ping:
+    client_hostname: str
+    shared_key_salt: bytes
+    shared_key_hexdigest: str
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
+class Pong:
+    auth_result: bool
+    reason: str
+    server_hostname: str
+    shared_key_hexdigest: str
+
+
+def encode_helo(nonce: bytes, auth: bytes = b"", keepalive: bool = True) -> bytes:
+    return msgpack.packb(
+        ["HELO", {"nonce": nonce, "auth": auth, "keepalive": keepalive}], use_bin_type=True
+    )
+
+
+def encode_ping(
+    helo: Helo,
+    client_hostname: str,
+    shared_key: str,
+    username: str = "",
+    password: str = "",
+    shared_key_salt: bytes | None = None,
+) -> tuple[bytes, bytes]:
+    """-> (PING request, the shared_key_salt used, needed to verify the PONG)."""
+    salt = os.urandom(16) if shared_key_salt is None else shared_key_salt
+    digest = shared_key_digest(salt, client_hostname, helo.nonce, shared_key)
+    password_hex = password_digest(helo.auth, username, password) if helo.auth else ""
+    ping = ["PING", client_hostname, salt, digest, username if helo.auth else "", password_hex]
+    return msgpack.packb(ping, use_bin_type=True), salt
+
+
+def encode_pong(auth_result: bool, reason: str, server_hostname: str, digest: str) -> bytes:
+    return msgpack.packb(["PONG", auth_result, reason, server_hostname, digest], use_bin_type=True)
+
+
+def _message(obj: Any, kind: str, length: int) -> list[Any]:
+    if not isinstance(obj, list | tuple) or not obj or obj[0] != kind:
+        raise ProtocolError("bad_handshake", f"expected {kind}, got {_describe(obj)}")
+    if len(obj) != length:
+        raise ProtocolError("bad_handshake", f"{kind} must have {length} elements, got {len(obj)}")
+    return list(obj)
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, list | tuple) and obj and isinstance(obj[0], str):
+        return f"{obj[0][:16]!r} message"
+    return _kind(obj)
+
+
+def decode_helo(obj: Any) -> Helo:
+    _, options = _message(obj, "HELO", 2)
+    if not isinstance(options, dict):
+        raise ProtocolError("bad_handshake", "HELO options must be a map")
+    nonce, auth = options.get("nonce"), options.get("auth", b"")
+    keepalive = options.get("keepalive", True)
+    if not isinstance(nonce, bytes | str) or not isinstance(auth, bytes | str):
+        raise ProtocolError("bad_handshake", "HELO nonce and auth must be str or bin")
+    if not isinstance(keepalive, bool):
+        raise ProtocolError("bad_handshake", "HELO keepalive must be a boolean")
+    return Helo(_b(nonce), _b(auth), keepalive)
+
+
+def decode_ping(obj: Any) -> Ping:
+    _, hostname, salt, digest, username, password = _message(obj, "PING", 6)
+    if not isinstance(salt, bytes | str) or not all(
+        isinstance(v, str) for v in (hostname, digest, username, password)
+    ):
+        raise ProtocolError("bad_handshake", "PING fields have the wrong types")
+    return Ping(hostname, _b(salt), digest, username, password)
+
+
+def decode_pong(obj: Any) -> Pong:
+    _, auth_result, reason, hostname, digest = _message(obj, "PONG", 5)
+    if not isinstance(auth_result, bool) or not all(
+        isinstance(v, str) for v in (reason, hostname, digest)
+    ):
+        raise ProtocolError("bad_handshake", "PONG fields have the wrong types")
+    return Pong(auth_result, reason, hostname, digest)
+
+
+def check_ping(
+    ping: Ping,
+    nonce: bytes,
+    shared_key: str,
+    auth_salt: bytes = b"",
+    users: dict[str, str] | None = None,
+) -> str:
+    """Verify a PING on the server side: '' if it passes, else the reason for PONG."""
+    expected = shared_key_digest(ping.shared_key_salt, ping.client_hostname, nonce, shared_key)
+    if not hmac_equal(expected, ping.shared_key_hexdigest):
+        return "shared key mismatch"
+    if users:
+        password = users.get(ping.username)
+        if password is None or not hmac_equal(
+            password_digest(auth_salt, ping.username, password), ping.password
+        ):
+            return "username/password mismatch"
+    return ""
+
+
+def hmac_equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
