@@ -1,0 +1,102 @@
+"""The container runtimes: build and load images, bring a pattern up on kind or Compose,
+forward ports, tear down. Pattern modules only say what to show once it runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from demo.local import ROOT, say
+from demo.runtimes import compose_command
+
+KIND_CLUSTER = "podpatterns"
+IMAGE_RE = re.compile(r"(image:\s*podpatterns/[a-z0-9-]+):[A-Za-z0-9_.-]+")
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    say("$ " + " ".join(argv))
+    return subprocess.run(argv, check=True, text=True, cwd=ROOT, **kwargs)
+
+
+def build_images() -> str:
+    """`make images` (it picks the base image and says which); returns the tag it used."""
+    run(["make", "--no-print-directory", "images"])
+    return subprocess.run(
+        ["make", "-s", "--no-print-directory", "print-image-tag"],
+        check=True, text=True, capture_output=True, cwd=ROOT,
+    ).stdout.strip()
+
+
+def kind_cluster_exists() -> bool:
+    clusters = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True)
+    return KIND_CLUSTER in clusters.stdout.split()
+
+
+def kind_up(pattern: str, namespaces: list[str]) -> str:
+    if kind_cluster_exists():
+        say(f"kind cluster {KIND_CLUSTER!r} exists, reusing it")
+    else:
+        run(["make", "--no-print-directory", "kind-up"])
+    tag = build_images()
+    run(["make", "--no-print-directory", "kind-load", f"IMAGE_TAG={tag}"])
+    rendered = run(
+        ["kubectl", "kustomize", str(Path("k8s") / pattern / "kind")], capture_output=True
+    ).stdout
+    # The overlay names a placeholder tag; the demo deploys exactly what it just built.
+    rendered = IMAGE_RE.sub(rf"\1:{tag}", rendered)
+    run(["kubectl", "apply", "-f", "-"], input=rendered)
+    for namespace in namespaces:
+        run(["kubectl", "-n", namespace, "wait", "--for=condition=Available",
+             "deployment", "--all", "--timeout=300s"])
+    return tag
+
+
+@contextlib.contextmanager
+def port_forward(namespace: str, target: str, local: int, remote: int) -> Iterator[None]:
+    """`kubectl port-forward` for as long as the block runs."""
+    argv = ["kubectl", "-n", namespace, "port-forward", target, f"{local}:{remote}"]
+    say("$ " + " ".join(argv) + " &")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(2)
+        if proc.poll() is not None:
+            error = proc.stderr.read().decode() if proc.stderr else ""
+            raise SystemExit(f"port-forward failed: {error}")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def compose(profile: str, *args: str, tag: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    command = compose_command()
+    if command is None:
+        raise SystemExit("no `docker compose` or `docker-compose` found")
+    env = {**os.environ, "IMAGE_TAG": tag}
+    return run([*command, "--profile", profile, *args], env=env, **kwargs)
+
+
+def compose_up(profile: str) -> str:
+    tag = build_images()
+    compose(profile, "up", "-d", tag=tag)
+    return tag
+
+
+def clean(patterns: list[str]) -> None:
+    """Remove what any demo left: Compose projects, kind namespaces (the cluster stays:
+    `make kind-down` deletes it)."""
+    command = compose_command()
+    if command is not None:
+        for pattern in patterns:
+            subprocess.run([*command, "--profile", pattern, "down", "-v", "--remove-orphans"],
+                           cwd=ROOT, env={**os.environ, "IMAGE_TAG": "none"})
+    if shutil.which("kind") and kind_cluster_exists():
+        for pattern in patterns:
+            subprocess.run(["kubectl", "delete", "-k", str(Path("k8s") / pattern / "kind"),
+                            "--ignore-not-found"], cwd=ROOT)
