@@ -68,8 +68,12 @@ class Runtime:
 
 
 def _install_signal_handlers(runtime: Runtime) -> None:
+    signals_seen = 0
+
     def handle(signum: int, _frame: FrameType | None) -> None:
-        if runtime.stopping.is_set():
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
             log.warning("second signal, exiting now", extra={"signal": signal.Signals(signum).name})
             logging.shutdown()
             os._exit(128 + signum)
