@@ -1,0 +1,70 @@
+"""`make demo-<pattern>` picks the best runtime available and says why."""
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from demo.runtimes import choose
+
+
+def fake_tools(directory: Path, **exit_codes: int) -> None:
+    """Executables that exit with the given code, standing in for docker, kind, ..."""
+    for name, code in exit_codes.items():
+        path = directory / name.replace("_", "-")
+        path.write_text(f"#!/bin/sh\nexit {code}\n")
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.fixture
+def path_of(tmp_path, monkeypatch):
+    calls = iter(range(100))
+
+    def use(**tools: int) -> None:
+        directory = tmp_path / f"bin{next(calls)}"
+        directory.mkdir()
+        fake_tools(directory, **tools)
+        monkeypatch.setenv("PATH", str(directory))
+        monkeypatch.delenv("DEMO_RUNTIME", raising=False)
+
+    return use
+
+
+def test_only_python_means_local_processes(path_of):
+    path_of()
+    choice = choose()
+    assert choice.runtime == "local"
+    assert "kind and kubectl not on PATH" in choice.reason
+    assert "no `docker` command on PATH" in choice.reason
+
+
+def test_a_docker_engine_with_compose_but_no_kind_means_compose(path_of):
+    path_of(docker=0)
+    choice = choose()
+    assert choice.runtime == "compose"
+    assert "kind and kubectl not on PATH" in choice.reason
+
+
+def test_kind_kubectl_and_docker_mean_kind(path_of):
+    path_of(docker=0, kind=0, kubectl=0)
+    assert choose().runtime == "kind"
+
+
+def test_an_unreachable_docker_engine_falls_back_to_local(path_of):
+    path_of(docker=1, kind=0, kubectl=0)
+    choice = choose()
+    assert choice.runtime == "local"
+    assert "no Docker engine is reachable" in choice.reason
+
+
+def test_demo_runtime_forces_a_choice_and_refuses_an_impossible_one(path_of, monkeypatch):
+    path_of(docker=0, kind=0, kubectl=0)
+    monkeypatch.setenv("DEMO_RUNTIME", "local")
+    assert choose().runtime == "local"
+    path_of()
+    monkeypatch.setenv("DEMO_RUNTIME", "kind")
+    with pytest.raises(SystemExit, match="DEMO_RUNTIME=kind, but kind and kubectl not on PATH"):
+        choose()
+    monkeypatch.setenv("DEMO_RUNTIME", "podman")
+    with pytest.raises(SystemExit, match="expected one of kind, compose, local"):
+        choose()
