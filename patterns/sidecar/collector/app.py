@@ -1,0 +1,123 @@
+"""The log-collector: a Forward server that stores what it acks, plus a live view.
+
+Events arrive on the Forward port (any carrier mode, acks, optional shared-key
+handshake), are appended to JSON-lines files by the record store, and only then acked.
+The admin server adds `/` (a live page), `/api/records` and `/api/counts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib import resources
+
+from prometheus_client import Counter, Histogram
+
+from patterns.common.admin import json_response
+from patterns.common.forward.server import ForwardMetrics, ForwardServer, ServerOptions
+from patterns.common.service import Runtime
+from patterns.sidecar.collector.config import Config
+from patterns.sidecar.collector.store import RecordStore
+
+log = logging.getLogger(__name__)
+
+_PAGE = resources.files(__package__).joinpath("live.html")
+
+
+def run(config: Config, runtime: Runtime) -> None:
+    store = RecordStore(
+        config.data_dir,
+        fsync=config.fsync,
+        segment_bytes=config.segment_bytes,
+        recent=config.recent_records,
+    )
+    store.open()
+    try:
+        _add_metrics(store, runtime)
+        _add_routes(store, config, runtime)
+        asyncio.run(_serve(config, runtime, store))
+    finally:
+        store.close()
+
+
+def _add_metrics(store: RecordStore, runtime: Runtime) -> None:
+    stored = Counter(
+        "collector_stored_events_total", "Events written to the data files.", registry=runtime.registry
+    )
+    stored_bytes = Counter(
+        "collector_stored_bytes_total", "Bytes written to the data files.", registry=runtime.registry
+    )
+    commit_seconds = Histogram(
+        "collector_commit_seconds",
+        "Time to write (and fsync) one group of requests.",
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        registry=runtime.registry,
+    )
+
+    def on_written(events: int, written: int, seconds: float) -> None:
+        stored.inc(events)
+        stored_bytes.inc(written)
+        commit_seconds.observe(seconds)
+
+    store.on_written.append(on_written)
+
+
+def _add_routes(store: RecordStore, config: Config, runtime: Runtime) -> None:
+    page = _PAGE.read_bytes()
+
+    def index(_query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        return 200, "text/html; charset=utf-8", page
+
+    def records(query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        tag = query.get("tag", [""])[0] or None
+        raw_limit = query.get("limit", ["100"])[0]
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= config.recent_records:
+            return json_response(
+                {"error": f"limit must be an integer in [1, {config.recent_records}]"}, 400
+            )
+        return json_response({"records": store.recent(tag, int(raw_limit))})
+
+    def counts(_query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        tags = store.counts()
+        return json_response({"tags": dict(sorted(tags.items())), "total": sum(tags.values())})
+
+    runtime.admin.route("/", index)
+    runtime.admin.route("/api/records", records)
+    runtime.admin.route("/api/counts", counts)
+    runtime.admin.readiness.append(store.writable)
+
+
+async def _serve(config: Config, runtime: Runtime, store: RecordStore) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    runtime.on_stop.append(lambda: loop.call_soon_threadsafe(stop.set))
+    server = ForwardServer(
+        config.forward_host,
+        config.forward_port,
+        store.append,
+        options=ServerOptions(
+            shared_key=config.shared_key,
+            users=config.users,
+            server_hostname=config.server_hostname,
+            limits=config.limits,
+            idle_timeout=config.idle_timeout,
+            max_connections=config.max_connections,
+        ),
+        metrics=ForwardMetrics(runtime.registry, prefix="collector"),
+    )
+    await server.start()
+    runtime.admin.readiness.append(
+        lambda: (server.listening, "forward port is not listening")
+    )
+    log.info(
+        "collector ready",
+        extra={
+            "forward_port": server.port,
+            "data_dir": str(config.data_dir),
+            "shared_key": config.shared_key is not None,
+            "fsync": config.fsync,
+        },
+    )
+    if not runtime.stopping.is_set():
+        await stop.wait()
+    await server.stop(config.shutdown_grace)

@@ -1,0 +1,293 @@
+"""Durable storage of received events as JSON lines, with group commit.
+
+Every event becomes one line `{"tag": ..., "time": <float seconds>, "record": {...}}` in
+segment files `records-<n>.jsonl` under the data directory. Writes go through one writer
+thread: it takes every batch waiting, writes them, flushes and (when enabled) fsyncs once,
+and only then completes the batches' futures, so the Forward server acks only what is on
+disk and many small requests share one fsync.
+
+At start the store rebuilds the per-tag counts and the recent-records view from the files
+(the active segment's partial last line, left by a crash before any ack, is cut off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from patterns.common.forward.protocol import Event
+
+log = logging.getLogger(__name__)
+
+_SEGMENT = re.compile(r"^records-(\d{6,})\.jsonl$")
+_COUNTS_SUFFIX = ".counts.json"  # written when a segment is closed, so start-up skips it
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, tuple | set):
+        return list(value)
+    return str(value)
+
+
+# ensure_ascii keeps any undecodable bytes (kept as surrogates) valid in the file.
+_encode = json.JSONEncoder(separators=(",", ":"), default=_jsonable).encode
+
+
+class StoreError(Exception):
+    pass
+
+
+class RecordStore:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        fsync: bool = True,
+        segment_bytes: int = 64 * 1024 * 1024,
+        recent: int = 1000,
+    ) -> None:
+        self.data_dir = data_dir
+        self.fsync = fsync
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()  # counts and recent are read by the admin thread
+        self._counts: Counter[str] = Counter()
+        self._recent: deque[str] = deque(maxlen=recent)
+        self._queue: queue.SimpleQueue[tuple[str, list[Event], Future[None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._writer, name="record-writer", daemon=True)
+        self._file: Any = None
+        self._segment = 0
+        self._size = 0
+        self._active_counts: Counter[str] = Counter()  # loaded from the active segment
+        self._segment_counts: Counter[str] = Counter()  # of the segment being written
+        self.last_error: str = ""
+        self.on_written: list[Any] = []  # callbacks (events: int, bytes: int, seconds: float)
+
+    # --- start / stop -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        segments = self._segments()
+        for number, path in segments:
+            self._load_segment(number, path, active=number == segments[-1][0])
+        self._segment = segments[-1][0] if segments else 1
+        self._open_segment()
+        self._thread.start()
+        log.info(
+            "record store opened",
+            extra={"data_dir": str(self.data_dir), "segments": len(segments), "events": self.total()},
+        )
+
+    def close(self) -> None:
+        """Finish every batch already submitted, then close the files."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # --- writing ----------------------------------------------------------------------------
+
+    async def append(self, tag: str, events: list[Event]) -> None:
+        """Store the events; returns once they are written (and fsynced if enabled)."""
+        future: Future[None] = Future()
+        self._queue.put((tag, events, future))
+        await asyncio.wrap_future(future)
+
+    def _writer(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            # Group commit: everything that queued up while we were fsyncing goes together.
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(entry is None for entry in batch)
+            work = [entry for entry in batch if entry is not None]
+            if work:
+                started = time.monotonic()
+                try:
+                    written, count = self._write(work)
+                except Exception as exc:
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.error("writing records failed", extra={"error": self.last_error})
+                    for _, _, future in work:
+                        future.set_exception(StoreError(self.last_error))
+                else:
+                    self.last_error = ""
+                    for _, _, future in work:
+                        future.set_result(None)
+                    elapsed = time.monotonic() - started
+                    for callback in self.on_written:
+                        callback(count, written, elapsed)
+            if stop:
+                return
+
+    def _write(self, work: list[tuple[str, list[Event], Future[None]]]) -> tuple[int, int]:
+        chunks: list[str] = []
+        last_lines: list[str] = []
+        counts: Counter[str] = Counter()
+        for tag, events, _ in work:
+            head = '{"tag":' + _encode(tag) + ',"time":'
+            lines = [f'{head}{t!r},"record":{_encode(record)}}}\n' for t, record in events]
+            chunks.append("".join(lines))
+            counts[tag] += len(events)
+            last_lines.extend(lines[-self._recent.maxlen :] if self._recent.maxlen else ())
+        data = "".join(chunks).encode("ascii")
+        if self._size and self._size + len(data) > self.segment_bytes:
+            self._rotate()
+        self._file.write(data)
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+        self._size += len(data)
+        with self._lock:
+            self._counts.update(counts)
+            self._segment_counts.update(counts)
+            self._recent.extend(last_lines)
+        return len(data), sum(counts.values())
+
+    # --- segments ---------------------------------------------------------------------------
+
+    def _path(self, number: int) -> Path:
+        return self.data_dir / f"records-{number:06d}.jsonl"
+
+    def _segments(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.data_dir.iterdir():
+            match = _SEGMENT.match(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def _open_segment(self) -> None:
+        path = self._path(self._segment)
+        self._file = open(path, "ab")  # noqa: SIM115 (kept open; closed in close/_rotate)
+        self._size = self._file.tell()
+        self._segment_counts = Counter(self._active_counts)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        counts_path = self._path(self._segment).with_suffix(_COUNTS_SUFFIX)
+        tmp = counts_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(self._segment_counts)))
+        os.replace(tmp, counts_path)
+        self._segment += 1
+        self._active_counts = Counter()
+        self._open_segment()
+
+    def _load_segment(self, number: int, path: Path, *, active: bool) -> None:
+        if active:
+            _cut_partial_line(path)
+        counts_path = path.with_suffix(_COUNTS_SUFFIX)
+        segment_counts: Counter[str] = Counter()
+        if not active and counts_path.exists():
+            segment_counts.update(json.loads(counts_path.read_text()))
+        else:
+            for line in _lines(path):
+                segment_counts[_tag_of(line)] += 1
+        self._counts.update(segment_counts)
+        if active:
+            self._active_counts = segment_counts
+        for line in _tail_lines(path, self._recent.maxlen or 0):
+            self._recent.append(line)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+    def recent(self, tag: str | None, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` records (newest last), optionally of one tag only."""
+        with self._lock:
+            lines = list(self._recent)
+        picked: list[dict[str, Any]] = []
+        for line in reversed(lines):
+            record = json.loads(line)
+            if tag is None or record.get("tag") == tag:
+                picked.append(record)
+                if len(picked) >= limit:
+                    break
+        picked.reverse()
+        return picked
+
+    def writable(self) -> tuple[bool, str]:
+        if self.last_error:
+            return False, f"last write failed: {self.last_error}"
+        if not os.access(self.data_dir, os.W_OK):
+            return False, f"data dir {self.data_dir} is not writable"
+        return True, "ok"
+
+
+def _tag_of(line: str) -> str:
+    try:
+        tag = json.loads(line).get("tag")
+    except (ValueError, AttributeError):
+        return "_unreadable"
+    return tag if isinstance(tag, str) else "_unreadable"
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.strip():
+                yield line
+
+
+def _tail_lines(path: Path, count: int, block: int = 1 << 20) -> list[str]:
+    """The last `count` lines, reading at most a few MiB from the end."""
+    if count <= 0:
+        return []
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - 4 * block))
+        data = handle.read()
+    lines = data.decode("utf-8", "replace").splitlines(keepends=True)
+    if size > 4 * block:
+        lines = lines[1:]  # the first is probably a fragment
+    return [line for line in lines[-count:] if line.strip()]
+
+
+def _cut_partial_line(path: Path) -> None:
+    """A crash mid-write leaves a partial last line that was never acked: drop it."""
+    with open(path, "r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        position = size
+        while position > 0:
+            step = min(65536, position)
+            handle.seek(position - step)
+            block = handle.read(step)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                position = position - step + newline + 1
+                break
+            position -= step
+        handle.truncate(position)
+        log.warning("cut a partial line off the last segment", extra={"path": str(path)})
