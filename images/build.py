@@ -13,6 +13,7 @@ the container tests (tests/container/conftest.py).
     python images/build.py                   # all images
     python images/build.py log-collector     # just these
     python images/build.py --json build/images.json
+    python images/build.py --print-tag       # just the tag, build nothing
 
 The last line of stdout is the image tag; --json writes {"base", "tag", "images"}.
 """
@@ -181,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("services", nargs="*", help="only these services (default: all)")
     parser.add_argument("--json", type=Path, help="write the built references here")
+    parser.add_argument("--print-tag", action="store_true",
+                        help="print the tag the images get (<version>-<git short sha>) and exit")
     args = parser.parse_args(argv)
+    if args.print_tag:
+        print(image_tag())
+        return 0
 
     if shutil.which("docker") is None:
         say("needs docker: apt-get install docker.io")

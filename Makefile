@@ -1,0 +1,128 @@
+# podpatterns: the two commands are `make demo-sidecar` and `make test`; `make help` lists
+# the rest. GNU make.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON       ?= python3
+VENV         ?= .venv
+PY           := $(VENV)/bin/python
+# Tag of the images: <version>-<git short sha>, the same as images/build.py gives them.
+IMAGE_TAG    ?= $(shell $(PYTHON) images/build.py --print-tag)
+IMAGE_PREFIX ?= podpatterns
+SERVICES     := $(basename $(notdir $(wildcard images/*/*.Dockerfile)))
+KIND_CLUSTER ?= podpatterns
+KIND_CONFIG  ?= k8s/kind-cluster.yaml
+# Manifests are validated against the schema of the Kubernetes version kind runs.
+K8S_VERSION  ?= 1.33.0
+PATTERNS     := $(patsubst k8s/%/kustomization.yaml,%,$(wildcard k8s/*/kustomization.yaml))
+PYTEST_ARGS  ?=
+
+.PHONY: help venv images print-image-tag kind-up kind-down kind-load \
+        demo-sidecar demo-adapter demo-ambassador ambassador-failover demo-clean \
+        test lint validate benchmarks clean
+
+help: ## this list
+	@echo "podpatterns: Kubernetes multi-container pod patterns (sidecar, adapter, ambassador)"
+	@echo
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-20s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables: PYTEST_ARGS='-m unit' (select a tier), BASE_IMAGE=<image> (skip the base"
+	@echo "image choice), PIP_CA_BUNDLE=<file> (CA bundle for pip in image builds),"
+	@echo "DEMO_RUNTIME=kind|compose|local, KIND_CLUSTER=$(KIND_CLUSTER), K8S_VERSION=$(K8S_VERSION)"
+
+# --- environment -------------------------------------------------------------------------
+
+venv: $(VENV)/.installed ## create .venv with the suite and its test, lint, web and db tools
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[test,lint,web,db]'
+	@touch $@
+
+# --- images and kind ----------------------------------------------------------------------
+
+images: venv ## build every service image (python:3.12-slim, else a Debian-packaged base)
+	$(PY) images/build.py --json build/images.json
+
+print-image-tag: ## print the tag `make images` gives the images
+	@echo $(IMAGE_TAG)
+
+kind-up: ## create the kind cluster (node image pinned by digest in k8s/kind-cluster.yaml)
+	@if kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then \
+	    echo "kind cluster $(KIND_CLUSTER) exists"; \
+	else \
+	    kind create cluster --name $(KIND_CLUSTER) --config $(KIND_CONFIG) --wait 180s; \
+	fi
+
+kind-down: ## delete the kind cluster
+	kind delete cluster --name $(KIND_CLUSTER)
+
+kind-load: ## load the images (tag IMAGE_TAG, default: this commit's) into the kind cluster
+	@for service in $(SERVICES); do \
+	    echo "kind load docker-image $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG)"; \
+	    kind load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG); \
+	done
+
+# --- demos --------------------------------------------------------------------------------
+
+demo-sidecar: venv ## run the sidecar demo (kind, Compose or local processes: it says which)
+	$(PY) -m demo sidecar
+
+demo-adapter: venv ## run the adapter demo
+	$(PY) -m demo adapter
+
+demo-ambassador: venv ## run the ambassador demo
+	$(PY) -m demo ambassador
+
+ambassador-failover: venv ## the ambassador demo with a primary failure and failover
+	$(PY) -m demo ambassador --failover
+
+demo-clean: venv ## remove what any demo left running (the kind cluster stays)
+	$(PY) -m demo --clean
+
+# --- checks -------------------------------------------------------------------------------
+
+test: venv ## run every test tier; junit report in build/test-results.xml
+	@if command -v npm >/dev/null; then \
+	    for manifest in $$(find tests benchmarks -name package.json -not -path '*/node_modules/*' 2>/dev/null); do \
+	        echo "npm install in $$(dirname $$manifest)"; \
+	        (cd "$$(dirname $$manifest)" && \
+	         if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --silent; \
+	         else npm install --no-audit --no-fund --silent; fi); \
+	    done; \
+	else \
+	    echo "npm not found: tests that need Node.js packages will skip"; \
+	fi
+	@mkdir -p build
+	$(PY) -m pytest --junitxml=build/test-results.xml $(PYTEST_ARGS)
+
+lint: venv ## ruff over the project, mypy over patterns/
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy patterns
+
+validate: venv ## manifests (kustomize, strict Kubernetes schema of K8S_VERSION) and Dockerfiles (hadolint)
+	@command -v kubectl >/dev/null || { echo "validate needs kubectl (for kustomize)"; exit 1; }
+	@mkdir -p build/validate
+	@for pattern in $(PATTERNS); do \
+	    for dir in k8s/$$pattern k8s/$$pattern/kind; do \
+	        [ -f $$dir/kustomization.yaml ] || continue; \
+	        out=build/validate/$$(echo $$dir | tr / -).yaml; \
+	        echo "kubectl kustomize $$dir | kubernetes-validate --strict -k $(K8S_VERSION)"; \
+	        kubectl kustomize $$dir > $$out; \
+	        $(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $$out; \
+	    done; \
+	done
+	$(VENV)/bin/hadolint images/*/*.Dockerfile
+	@echo "validate: manifests of $(PATTERNS) and $(words $(wildcard images/*/*.Dockerfile)) Dockerfiles are valid"
+
+benchmarks: venv ## speed and memory figures, as ratios against a peer measured in the same run
+	@ls benchmarks/*.py >/dev/null 2>&1 || { echo "no benchmarks in benchmarks/"; exit 0; }; \
+	for script in benchmarks/*.py; do \
+	    case $$script in */__init__.py|*/_*) continue;; esac; \
+	    echo "== $$script"; $(PY) $$script; \
+	done
+
+clean: ## remove build/ (test reports, image build context, cached base rootfs)
+	rm -rf build
