@@ -184,10 +184,10 @@ def _check_record(record: Any) -> dict[str, Any]:
     return record
 
 
-def _check_option(option: Any) -> tuple[str | None, bool, int | None]:
-    """-> (chunk, compressed, size)."""
+def _check_option(option: Any) -> tuple[str | None, bool]:
+    """-> (chunk, compressed)."""
     if option is None:
-        return None, False, None
+        return None, False
     if not isinstance(option, dict):
         raise ProtocolError("bad_option", f"option must be a map, got {_kind(option)}")
     chunk = option.get("chunk")
@@ -196,8 +196,10 @@ def _check_option(option: Any) -> tuple[str | None, bool, int | None]:
     size = option.get("size")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise ProtocolError("bad_option", "size must be a non-negative integer")
-    # The spec: any `compressed` value other than "gzip" is ignored.
-    return chunk, option.get("compressed") == "gzip", size
+    # `size` is advisory (the spec lets servers ignore options) and is not compared with
+    # the entries: fluent-logger for Node sends the byte length there, not the count.
+    # Any `compressed` value other than "gzip" is ignored, as the spec says.
+    return chunk, option.get("compressed") == "gzip"
 
 
 def _check_entry(entry: Any) -> Event:
@@ -284,34 +286,27 @@ def decode_request(obj: Any, limits: Limits = DEFAULT_LIMITS) -> Request | None:
     if isinstance(second, list | tuple):
         if len(obj) > 3:
             raise ProtocolError("bad_request", "Forward request has more than 3 elements")
-        chunk, _, size = _check_option(obj[2] if len(obj) == 3 else None)
+        chunk, _ = _check_option(obj[2] if len(obj) == 3 else None)
         if len(second) > limits.max_entries:
             raise ProtocolError("too_many_entries", f"{len(second)} > {limits.max_entries}")
         events = [_check_entry(entry) for entry in second]
-        _check_size(size, len(events))
         return Request(tag, FORWARD, events, chunk)
     if isinstance(second, bytes | str):
         if len(obj) > 3:
             raise ProtocolError("bad_request", "PackedForward request has more than 3 elements")
-        chunk, compressed, size = _check_option(obj[2] if len(obj) == 3 else None)
+        chunk, compressed = _check_option(obj[2] if len(obj) == 3 else None)
         stream = _as_bytes(second, "entries")
         mode = PACKED_FORWARD
         if compressed:
             stream = gunzip(stream, limits.max_decompressed_bytes)
             mode = COMPRESSED_PACKED_FORWARD
         events = decode_entries(stream, limits)
-        _check_size(size, len(events))
         return Request(tag, mode, events, chunk)
     # Message: [tag, time, record, option?]
     if len(obj) < 3:
         raise ProtocolError("bad_request", "Message request needs tag, time and record")
-    chunk, _, _ = _check_option(obj[3] if len(obj) == 4 else None)
+    chunk, _ = _check_option(obj[3] if len(obj) == 4 else None)
     return Request(tag, MESSAGE, [(_check_time(second), _check_record(obj[2]))], chunk)
-
-
-def _check_size(size: int | None, actual: int) -> None:
-    if size is not None and size != actual:
-        raise ProtocolError("bad_option", f"option size {size} but {actual} entries")
 
 
 def decode_ack(obj: Any) -> str:
