@@ -1,0 +1,104 @@
+"""The ambassador's Prometheus metrics, on the service's own registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .relay import Traffic
+from .upstream import Upstream
+
+REFUSAL_REASONS = (
+    "too_many_connections",
+    "no_healthy_upstream",
+    "startup_timeout",
+    "bad_startup",
+    "shutting_down",
+)
+
+
+class _LiveCollector(Collector):
+    """Values read at scrape time from the running state, so the relay's hot path only
+    adds to plain ints."""
+
+    def __init__(self, traffic: Traffic, upstreams: list[Upstream], open_sessions) -> None:
+        self.traffic = traffic
+        self.upstreams = upstreams
+        self.open_sessions = open_sessions
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        traffic = CounterMetricFamily(
+            "ambassador_bytes", "Bytes relayed, by direction.", labels=["direction"]
+        )
+        traffic.add_metric(["client_to_upstream"], self.traffic.client_to_upstream)
+        traffic.add_metric(["upstream_to_client"], self.traffic.upstream_to_client)
+        yield traffic
+        yield GaugeMetricFamily(
+            "ambassador_sessions_open",
+            "Client sessions being relayed now.",
+            value=self.open_sessions(),
+        )
+        healthy = GaugeMetricFamily(
+            "ambassador_upstream_healthy", "1 if the last health check passed.", labels=["upstream"]
+        )
+        primary = GaugeMetricFamily(
+            "ambassador_upstream_primary",
+            "1 if the upstream is a writable primary, 0 if a standby (health credentials only).",
+            labels=["upstream"],
+        )
+        sessions = GaugeMetricFamily(
+            "ambassador_upstream_sessions", "Open sessions per upstream.", labels=["upstream"]
+        )
+        for upstream in list(self.upstreams):
+            healthy.add_metric([upstream.name], 1.0 if upstream.healthy else 0.0)
+            if upstream.in_recovery is not None:
+                primary.add_metric([upstream.name], 0.0 if upstream.in_recovery else 1.0)
+            sessions.add_metric([upstream.name], upstream.sessions)
+        yield healthy
+        yield primary
+        yield sessions
+
+
+class Metrics:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        traffic: Traffic,
+        upstreams: list[Upstream],
+        open_sessions,
+    ) -> None:
+        registry.register(_LiveCollector(traffic, upstreams, open_sessions))
+        self.sessions = Counter(
+            "ambassador_sessions", "Sessions relayed, by upstream.", ["upstream"], registry=registry
+        )
+        self.refusals = Counter(
+            "ambassador_refusals",
+            "Clients refused with an ErrorResponse (or dropped), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in REFUSAL_REASONS:
+            self.refusals.labels(reason=reason)
+        self.failovers = Counter(
+            "ambassador_failovers",
+            "Times new sessions moved from one upstream to another.",
+            registry=registry,
+        )
+        self.health_checks = Counter(
+            "ambassador_health_checks",
+            "Health checks, by upstream and result.",
+            ["upstream", "result"],
+            registry=registry,
+        )
+        self.sessions_killed = Counter(
+            "ambassador_sessions_killed",
+            "Sessions closed by the ambassador because their upstream failed its check.",
+            ["upstream"],
+            registry=registry,
+        )
+        self.draining = Gauge(
+            "ambassador_draining", "1 while shutting down and draining sessions.", registry=registry
+        )

@@ -1,0 +1,372 @@
+"""The ambassador itself: accept local clients, answer their SSLRequest, pick an upstream,
+relay; health-check upstreams; drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import socket
+import time
+from typing import cast
+
+from patterns.common.admin import json_response
+from patterns.common.service import Runtime
+
+from . import pgwire
+from .config import Config
+from .metrics import Metrics
+from .relay import Session, Traffic
+from .upstream import Upstream, UpstreamError, check, describe, open_upstream, tls_context
+
+log = logging.getLogger(__name__)
+
+# SSLRequest and GSSENCRequest may each come once before the startup packet.
+_MAX_NEGOTIATIONS = 2
+ADMIN_SHUTDOWN = "57P01"
+
+
+class NoUpstream(Exception):
+    pass
+
+
+def _raise_fd_limit() -> None:
+    # Every session holds two sockets; the default soft limit (often 1024) would cap
+    # the ambassador long before AMBASSADOR_MAX_CONNECTIONS.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Ambassador:
+    def __init__(self, config: Config, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.upstreams = [Upstream(host, port) for host, port in config.upstreams]
+        self.tls = tls_context(config)
+        self.sessions: set[Session] = set()
+        # Slots taken by clients between their startup packet and a relayed session.
+        self.connecting = 0
+        self.traffic = Traffic()
+        self.metrics = Metrics(
+            runtime.registry, self.traffic, self.upstreams, lambda: len(self.sessions)
+        )
+        self.draining = False
+        self.preferred: Upstream | None = None
+        self._all_closed: asyncio.Event | None = None
+        runtime.admin.readiness.append(self._ready)
+        runtime.admin.route("/upstreams", lambda _query: json_response(self.view()))
+
+    # --- state shown to operators ---------------------------------------------------
+
+    def _ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining: shutting down"
+        if not any(u.healthy for u in self.upstreams):
+            return False, "no healthy upstream: " + "; ".join(
+                f"{u.name}: {u.last_error}" for u in self.upstreams
+            )
+        return True, "ok"
+
+    def view(self) -> dict[str, object]:
+        preferred = self.preferred
+        return {
+            "listen": f"{self.config.listen_host}:{self.config.listen_port}",
+            "tls_mode": self.config.tls_mode,
+            "role_checks": self.config.checks_role,
+            "active_upstream": preferred.name if preferred else None,
+            "sessions_open": len(self.sessions),
+            "max_connections": self.config.max_connections,
+            "draining": self.draining,
+            "upstreams": [u.view() for u in list(self.upstreams)],
+        }
+
+    # --- routing --------------------------------------------------------------------
+
+    def candidates(self) -> list[Upstream]:
+        """Healthy upstreams in the order new sessions try them: priority order, and with
+        role checks writable primaries first (a standby still serves reads if no primary
+        is left)."""
+        healthy = [u for u in self.upstreams if u.healthy]
+        if not self.config.checks_role:
+            return healthy
+        return [u for u in healthy if u.in_recovery is False] + [
+            u for u in healthy if u.in_recovery is not False
+        ]
+
+    def _unreachable_message(self) -> str:
+        return "db-ambassador: no healthy upstream: " + "; ".join(
+            f"{u.name}: {u.last_error or 'unhealthy'}" for u in self.upstreams
+        )
+
+    # --- health checks ---------------------------------------------------------------
+
+    async def check_all(self) -> None:
+        was_healthy = {u.name: u.healthy for u in self.upstreams}
+        await asyncio.gather(*(check(u, self.config, self.tls) for u in self.upstreams))
+        for upstream in self.upstreams:
+            result = "ok" if upstream.healthy else "failed"
+            self.metrics.health_checks.labels(upstream=upstream.name, result=result).inc()
+            if upstream.healthy != was_healthy[upstream.name]:
+                if upstream.healthy:
+                    log.info(
+                        "upstream healthy", extra={"upstream": upstream.name, "role": upstream.role}
+                    )
+                else:
+                    log.warning(
+                        "upstream unhealthy",
+                        extra={"upstream": upstream.name, "error": upstream.last_error},
+                    )
+            if not upstream.healthy and upstream.sessions:
+                self._kill_sessions(upstream)
+        candidates = self.candidates()
+        preferred = candidates[0] if candidates else None
+        if preferred is not self.preferred:
+            if self.preferred is not None and preferred is not None:
+                self.metrics.failovers.inc()
+                log.warning(
+                    "failover: new sessions go to another upstream",
+                    extra={
+                        "from": self.preferred.name,
+                        "to": preferred.name,
+                        "role": preferred.role,
+                    },
+                )
+            elif preferred is None:
+                log.error("no healthy upstream", extra={"detail": self._unreachable_message()})
+            self.preferred = preferred
+
+    def _kill_sessions(self, upstream: Upstream) -> None:
+        # Clients of a dead server must see an error and reconnect, not hang on a socket
+        # whose peer vanished without a FIN.
+        doomed = [s for s in self.sessions if s.upstream is upstream]
+        for session in doomed:
+            session.abort()
+        if doomed:
+            self.metrics.sessions_killed.labels(upstream=upstream.name).inc(len(doomed))
+            log.warning(
+                "closed sessions of a failed upstream",
+                extra={"upstream": upstream.name, "sessions": len(doomed)},
+            )
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval)
+            await self.check_all()
+
+    async def _idle_loop(self) -> None:
+        timeout = self.config.idle_timeout
+        period = min(timeout / 4, 5.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for session in list(self.sessions):
+                if session.active:
+                    session.active = False
+                    session.idle_since = now
+                elif now - session.idle_since >= timeout:
+                    log.info("idle session closed", extra={"upstream": session.upstream.name})
+                    session.close()
+
+    # --- clients -----------------------------------------------------------------------
+
+    async def _read_startup(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes:
+        for _ in range(_MAX_NEGOTIATIONS + 1):
+            header = await reader.readexactly(4)
+            length = pgwire.startup_length(header)
+            packet = header + await reader.readexactly(length - 4)
+            code = pgwire.startup_code(packet)
+            if code in (pgwire.SSL_REQUEST_CODE, pgwire.GSSENC_REQUEST_CODE) and length == 8:
+                # Plaintext on the pod's loopback; the ambassador encrypts upstream.
+                writer.write(b"N")
+                continue
+            if code == pgwire.CANCEL_REQUEST_CODE and length == 16:
+                return packet
+            if code >> 16 == 3:
+                return packet
+            raise pgwire.ProtocolError(f"unsupported protocol {code >> 16}.{code & 0xFFFF}")
+        raise pgwire.ProtocolError("too many encryption negotiation requests")
+
+    def _refuse(self, writer: asyncio.StreamWriter, reason: str, sqlstate: str, text: str) -> None:
+        self.metrics.refusals.labels(reason=reason).inc()
+        log.warning("client refused", extra={"reason": reason, "detail": text})
+        writer.write(pgwire.error_response(sqlstate, text))
+        writer.close()
+
+    async def _connect(self) -> tuple[Upstream, asyncio.StreamReader, asyncio.StreamWriter]:
+        candidates = self.candidates()
+        if not candidates:
+            raise NoUpstream(self._unreachable_message())
+        errors = []
+        for upstream in candidates:
+            try:
+                reader, writer = await open_upstream(upstream, self.tls)
+                return upstream, reader, writer
+            except (OSError, EOFError, UpstreamError) as exc:
+                errors.append(f"{upstream.name}: {describe(exc)}")
+        raise NoUpstream("db-ambassador: cannot reach any upstream: " + "; ".join(errors))
+
+    async def handle_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        timeout = self.config.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                packet = await self._read_startup(reader, writer)
+        except TimeoutError:
+            # A peer that connects and says nothing must not hold a socket forever.
+            self.metrics.refusals.labels(reason="startup_timeout").inc()
+            writer.transport.abort()
+            return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.transport.abort()
+            return
+        except pgwire.ProtocolError as exc:
+            self._refuse(writer, "bad_startup", pgwire.PROTOCOL_VIOLATION, f"db-ambassador: {exc}")
+            return
+        is_cancel = pgwire.startup_code(packet) == pgwire.CANCEL_REQUEST_CODE
+        if self.draining:
+            self._refuse(writer, "shutting_down", ADMIN_SHUTDOWN, "db-ambassador is shutting down")
+            return
+        # Cancel requests bypass the limit: they are how a client frees a busy session.
+        if not is_cancel and len(self.sessions) + self.connecting >= self.config.max_connections:
+            self._refuse(
+                writer,
+                "too_many_connections",
+                pgwire.TOO_MANY_CONNECTIONS,
+                "db-ambassador: too many connections "
+                f"(AMBASSADOR_MAX_CONNECTIONS={self.config.max_connections})",
+            )
+            return
+        self.connecting += 1
+        try:
+            async with asyncio.timeout(timeout):
+                upstream, up_reader, up_writer = await self._connect()
+        except (TimeoutError, NoUpstream) as exc:
+            text = (
+                str(exc)
+                if isinstance(exc, NoUpstream)
+                else (
+                    f"db-ambassador: no upstream answered within {timeout:g}s "
+                    "(AMBASSADOR_CONNECT_TIMEOUT)"
+                )
+            )
+            self._refuse(writer, "no_healthy_upstream", pgwire.CONNECTION_FAILURE, text)
+            return
+        finally:
+            self.connecting -= 1
+        if writer.transport.is_closing():  # the client gave up while we were connecting
+            up_writer.transport.abort()
+            return
+        session = self._relay(packet, reader, writer, upstream, up_writer)
+        if not is_cancel:
+            self.metrics.sessions.labels(upstream=upstream.name).inc()
+        # Waiting here keeps this frame's stream objects alive: a garbage-collected
+        # StreamWriter closes its transport.
+        await session.closed
+        del up_reader
+
+    def _relay(
+        self,
+        packet: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream: Upstream,
+        up_writer: asyncio.StreamWriter,
+    ) -> Session:
+        client = cast(asyncio.Transport, writer.transport)
+        server = cast(asyncio.Transport, up_writer.transport)
+        session = Session(
+            client, server, upstream, self.traffic, self._closed, rewrite_auth=self.tls is not None
+        )
+        self.sessions.add(session)
+        upstream.sessions += 1
+        # Bytes the client sent after its startup packet (it should wait for the reply,
+        # but nothing it sends may be lost) go right after the packet.
+        # StreamReader has no public way to take its buffer back.
+        buffered: bytearray = reader._buffer  # type: ignore[attr-defined]
+        leftover = bytes(buffered)
+        buffered.clear()
+        session.start(packet + leftover)
+        return session
+
+    def _closed(self, session: Session) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            session.upstream.sessions -= 1
+        if not self.sessions and self._all_closed is not None:
+            self._all_closed.set()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def wake() -> None:  # runs in the signal handler: hand over to the loop
+            loop.call_soon_threadsafe(stop.set)
+
+        self.runtime.on_stop.append(wake)
+        if self.runtime.stopping.is_set():
+            stop.set()
+        _raise_fd_limit()
+        # One round before listening, so the first client is routed on facts.
+        await self.check_all()
+        server = await asyncio.start_server(
+            self.handle_client,
+            self.config.listen_host,
+            self.config.listen_port,
+            backlog=1024,
+            reuse_address=True,
+        )
+        background = [asyncio.create_task(self._health_loop())]
+        if self.config.idle_timeout > 0:
+            background.append(asyncio.create_task(self._idle_loop()))
+        log.info(
+            "listening",
+            extra={
+                "listen": f"{self.config.listen_host}:{self.config.listen_port}",
+                "upstreams": [u.name for u in self.upstreams],
+                "tls_mode": self.config.tls_mode,
+                "active_upstream": self.preferred.name if self.preferred else None,
+            },
+        )
+        await stop.wait()
+        await self._drain(server)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+
+    async def _drain(self, server: asyncio.base_events.Server) -> None:
+        server.close()  # stop accepting; open sessions carry on
+        self.draining = True
+        self.metrics.draining.set(1)
+        started = time.monotonic()
+        log.info(
+            "draining",
+            extra={"sessions": len(self.sessions), "drain_timeout": self.config.drain_timeout},
+        )
+        self._all_closed = asyncio.Event()
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), self.config.drain_timeout)
+        left = list(self.sessions)
+        for session in left:
+            session.abort()
+        log.info(
+            "drained",
+            extra={"aborted_sessions": len(left), "seconds": round(time.monotonic() - started, 3)},
+        )
+
+
+def run(config: Config, runtime: Runtime) -> None:
+    asyncio.run(Ambassador(config, runtime).serve())
