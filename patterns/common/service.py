@@ -30,10 +30,14 @@ EXIT_CONFIG = 2
 
 
 class AdminSettings(Protocol):
-    """What run_service needs from a service's config dataclass."""
+    """What run_service needs from a service's config dataclass (read-only members, so
+    the frozen dataclasses the services use satisfy it under mypy)."""
 
-    admin_host: str
-    admin_port: int
+    @property
+    def admin_host(self) -> str: ...
+
+    @property
+    def admin_port(self) -> int: ...
 
 
 C = TypeVar("C", bound=AdminSettings)

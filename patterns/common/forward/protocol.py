@@ -204,7 +204,9 @@ def _check_option(option: Any) -> tuple[str | None, bool]:
 
 def _check_entry(entry: Any) -> Event:
     if not isinstance(entry, list | tuple) or len(entry) != 2:
-        raise ProtocolError("bad_entry", f"entry must be a [time, record] array, got {_kind(entry)}")
+        raise ProtocolError(
+            "bad_entry", f"entry must be a [time, record] array, got {_kind(entry)}"
+        )
     return _check_time(entry[0]), _check_record(entry[1])
 
 
@@ -248,10 +250,18 @@ def decode_entries(stream: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Event
     unpacker.feed(stream)
     events: list[Event] = []
     append = events.append
+    max_entries = limits.max_entries
     try:
         for entry in unpacker:
-            if len(events) >= limits.max_entries:
-                raise ProtocolError("too_many_entries", f"more than {limits.max_entries} entries")
+            if len(events) >= max_entries:
+                raise ProtocolError("too_many_entries", f"more than {max_entries} entries")
+            # Fast path for the usual entry ([EventTime, map]); anything else gets the
+            # full check, which normalises integer times or raises.
+            if type(entry) is list and len(entry) == 2:
+                timestamp, record = entry
+                if type(timestamp) is float and type(record) is dict and 0 < timestamp < 2**32:
+                    append((timestamp, record))
+                    continue
             append(_check_entry(entry))
     except ProtocolError:
         raise

@@ -37,21 +37,30 @@ class ForwardMetrics:
 
     def __init__(self, registry: CollectorRegistry, prefix: str = "forward") -> None:
         self.events = Counter(
-            f"{prefix}_events_received_total", "Events received and stored, by carrier mode and tag.",
-            ["mode", "tag"], registry=registry,
+            f"{prefix}_events_received_total",
+            "Events received and stored, by carrier mode and tag.",
+            ["mode", "tag"],
+            registry=registry,
         )
         self.frames = Counter(
-            f"{prefix}_frames_received_total", "Requests received and stored, by carrier mode and tag.",
-            ["mode", "tag"], registry=registry,
+            f"{prefix}_frames_received_total",
+            "Requests received and stored, by carrier mode and tag.",
+            ["mode", "tag"],
+            registry=registry,
         )
         self.acks = Counter(f"{prefix}_acks_sent_total", "Acks sent.", registry=registry)
         self.rejected = Counter(
             f"{prefix}_rejected_frames_total",
             "Requests or connections rejected and closed, by reason.",
-            ["reason"], registry=registry,
+            ["reason"],
+            registry=registry,
         )
-        self.bytes = Counter(f"{prefix}_received_bytes_total", "Bytes read from clients.", registry=registry)
-        self.connections = Gauge(f"{prefix}_connections", "Open client connections.", registry=registry)
+        self.bytes = Counter(
+            f"{prefix}_received_bytes_total", "Bytes read from clients.", registry=registry
+        )
+        self.connections = Gauge(
+            f"{prefix}_connections", "Open client connections.", registry=registry
+        )
         self._tags: set[str] = set()
 
     def tag_label(self, tag: str) -> str:
@@ -160,9 +169,10 @@ class ForwardServer:
             self.metrics.connections.inc()
         unpacker = protocol.new_unpacker(self.options.limits.max_frame_bytes)
         try:
-            if self.options.shared_key is not None:
-                if not await self._handshake(reader, writer, unpacker, peer):
-                    return
+            if self.options.shared_key is not None and not await self._handshake(
+                reader, writer, unpacker, peer
+            ):
+                return
             await self._transport(reader, writer, unpacker, conn, peer)
         except ProtocolError as exc:
             self._reject(peer, exc)
@@ -243,14 +253,18 @@ class ForwardServer:
                 if not await self._read_into(reader, unpacker, remaining):
                     return False
             except TimeoutError:
-                raise ProtocolError("bad_handshake", "no PING within the handshake timeout") from None
+                raise ProtocolError(
+                    "bad_handshake", "no PING within the handshake timeout"
+                ) from None
         ping = protocol.decode_ping(obj)
         reason = protocol.check_ping(ping, nonce, options.shared_key, auth_salt, options.users)
         if reason:
             writer.write(protocol.encode_pong(False, reason, options.server_hostname, ""))
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
-            self._reject(peer, ProtocolError("auth_failed", f"{reason} (client {ping.client_hostname!r})"))
+            self._reject(
+                peer, ProtocolError("auth_failed", f"{reason} (client {ping.client_hostname!r})")
+            )
             return False
         digest = protocol.shared_key_digest(
             ping.shared_key_salt, options.server_hostname, nonce, options.shared_key

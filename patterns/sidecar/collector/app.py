@@ -42,10 +42,14 @@ def run(config: Config, runtime: Runtime) -> None:
 
 def _add_metrics(store: RecordStore, runtime: Runtime) -> None:
     stored = Counter(
-        "collector_stored_events_total", "Events written to the data files.", registry=runtime.registry
+        "collector_stored_events_total",
+        "Events written to the data files.",
+        registry=runtime.registry,
     )
     stored_bytes = Counter(
-        "collector_stored_bytes_total", "Bytes written to the data files.", registry=runtime.registry
+        "collector_stored_bytes_total",
+        "Bytes written to the data files.",
+        registry=runtime.registry,
     )
     commit_seconds = Histogram(
         "collector_commit_seconds",
@@ -90,7 +94,11 @@ def _add_routes(store: RecordStore, config: Config, runtime: Runtime) -> None:
 async def _serve(config: Config, runtime: Runtime, store: RecordStore) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    runtime.on_stop.append(lambda: loop.call_soon_threadsafe(stop.set))
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    runtime.on_stop.append(wake)
     server = ForwardServer(
         config.forward_host,
         config.forward_port,
@@ -106,9 +114,7 @@ async def _serve(config: Config, runtime: Runtime, store: RecordStore) -> None:
         metrics=ForwardMetrics(runtime.registry, prefix="collector"),
     )
     await server.start()
-    runtime.admin.readiness.append(
-        lambda: (server.listening, "forward port is not listening")
-    )
+    runtime.admin.readiness.append(lambda: (server.listening, "forward port is not listening"))
     log.info(
         "collector ready",
         extra={

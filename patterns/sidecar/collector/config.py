@@ -32,7 +32,8 @@ class Config:
 
 def _users(env: Env, name: str) -> dict[str, str]:
     users: dict[str, str] = {}
-    for item in env.list(name):
+    items: list[str] = env.list(name)
+    for item in items:
         user, sep, password = item.partition(":")
         if not sep or not user:
             env.problems.append(f"{name}: expected user:password[,user:password...]")
@@ -47,7 +48,9 @@ def load_config(environ: Mapping[str, str]) -> Config:
     shared_key = env.optional_str("COLLECTOR_SHARED_KEY")
     users = _users(env, "COLLECTOR_USERS")
     if users and shared_key is None:
-        env.problems.append("COLLECTOR_USERS needs COLLECTOR_SHARED_KEY (the handshake carries them)")
+        env.problems.append(
+            "COLLECTOR_USERS needs COLLECTOR_SHARED_KEY (the handshake carries them)"
+        )
     config = Config(
         admin_host=env.str("COLLECTOR_HTTP_HOST", "0.0.0.0"),
         admin_port=env.port("COLLECTOR_HTTP_PORT", 8081),
@@ -60,9 +63,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         fsync=env.bool("COLLECTOR_FSYNC", True),
         limits=Limits(
             max_frame_bytes=env.int("COLLECTOR_MAX_FRAME_BYTES", 32 * mib, min=1024),
-            max_decompressed_bytes=env.int(
-                "COLLECTOR_MAX_DECOMPRESSED_BYTES", 128 * mib, min=1024
-            ),
+            max_decompressed_bytes=env.int("COLLECTOR_MAX_DECOMPRESSED_BYTES", 128 * mib, min=1024),
             max_entries=env.int("COLLECTOR_MAX_ENTRIES", 500_000, min=1),
         ),
         idle_timeout=env.float("COLLECTOR_IDLE_TIMEOUT", 600.0, min=0.1),

@@ -26,6 +26,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from patterns.common.forward.protocol import Event
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,31 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-# ensure_ascii keeps any undecodable bytes (kept as surrogates) valid in the file.
-_encode = json.JSONEncoder(separators=(",", ":"), default=_jsonable).encode
+# The slow, total fallback: ensure_ascii writes strings that carry undecodable bytes (kept
+# as surrogates by the decoder) and integers beyond 64 bits, which orjson refuses.
+_encode_any = json.JSONEncoder(separators=(",", ":"), default=_jsonable).encode
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact JSON; orjson because encoding is most of the collector's per-event cost."""
+    try:
+        return orjson.dumps(value, default=_jsonable, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return _encode_any(value).encode("ascii")
+
+
+def encode_lines(tag: str, events: list[Event]) -> list[bytes]:
+    """One `{"tag": ..., "time": ..., "record": ...}` line per event."""
+    head = b'{"tag":' + encode_json(tag) + b',"time":'
+    lines: list[bytes] = []
+    append = lines.append
+    for timestamp, record in events:
+        try:
+            body = orjson.dumps(record, default=_jsonable, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:
+            body = _encode_any(record).encode("ascii")
+        append(b'%b%r,"record":%b}\n' % (head, timestamp, body))
+    return lines
 
 
 class StoreError(Exception):
@@ -64,7 +89,7 @@ class RecordStore:
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()  # counts and recent are read by the admin thread
         self._counts: Counter[str] = Counter()
-        self._recent: deque[str] = deque(maxlen=recent)
+        self._recent: deque[bytes] = deque(maxlen=recent)
         self._queue: queue.SimpleQueue[tuple[str, list[Event], Future[None]] | None] = (
             queue.SimpleQueue()
         )
@@ -89,7 +114,11 @@ class RecordStore:
         self._thread.start()
         log.info(
             "record store opened",
-            extra={"data_dir": str(self.data_dir), "segments": len(segments), "events": self.total()},
+            extra={
+                "data_dir": str(self.data_dir),
+                "segments": len(segments),
+                "events": self.total(),
+            },
         )
 
     def close(self) -> None:
@@ -141,16 +170,16 @@ class RecordStore:
                 return
 
     def _write(self, work: list[tuple[str, list[Event], Future[None]]]) -> tuple[int, int]:
-        chunks: list[str] = []
-        last_lines: list[str] = []
+        chunks: list[bytes] = []
+        last_lines: list[bytes] = []
         counts: Counter[str] = Counter()
+        keep = self._recent.maxlen or 0
         for tag, events, _ in work:
-            head = '{"tag":' + _encode(tag) + ',"time":'
-            lines = [f'{head}{t!r},"record":{_encode(record)}}}\n' for t, record in events]
-            chunks.append("".join(lines))
+            lines = encode_lines(tag, events)
+            chunks.append(b"".join(lines))
             counts[tag] += len(events)
-            last_lines.extend(lines[-self._recent.maxlen :] if self._recent.maxlen else ())
-        data = "".join(chunks).encode("ascii")
+            last_lines.extend(lines[-keep:])
+        data = b"".join(chunks)
         if self._size and self._size + len(data) > self.segment_bytes:
             self._rotate()
         self._file.write(data)
@@ -225,7 +254,10 @@ class RecordStore:
             lines = list(self._recent)
         picked: list[dict[str, Any]] = []
         for line in reversed(lines):
-            record = json.loads(line)
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a line damaged on disk is not worth failing the view for
             if tag is None or record.get("tag") == tag:
                 picked.append(record)
                 if len(picked) >= limit:
@@ -241,22 +273,22 @@ class RecordStore:
         return True, "ok"
 
 
-def _tag_of(line: str) -> str:
+def _tag_of(line: bytes) -> str:
     try:
-        tag = json.loads(line).get("tag")
-    except (ValueError, AttributeError):
+        tag = orjson.loads(line).get("tag")
+    except (orjson.JSONDecodeError, AttributeError):
         return "_unreadable"
     return tag if isinstance(tag, str) else "_unreadable"
 
 
-def _lines(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8", errors="replace") as handle:
+def _lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
         for line in handle:
             if line.strip():
                 yield line
 
 
-def _tail_lines(path: Path, count: int, block: int = 1 << 20) -> list[str]:
+def _tail_lines(path: Path, count: int, block: int = 1 << 20) -> list[bytes]:
     """The last `count` lines, reading at most a few MiB from the end."""
     if count <= 0:
         return []
@@ -264,7 +296,7 @@ def _tail_lines(path: Path, count: int, block: int = 1 << 20) -> list[str]:
         size = handle.seek(0, os.SEEK_END)
         handle.seek(max(0, size - 4 * block))
         data = handle.read()
-    lines = data.decode("utf-8", "replace").splitlines(keepends=True)
+    lines = data.splitlines(keepends=True)
     if size > 4 * block:
         lines = lines[1:]  # the first is probably a fragment
     return [line for line in lines[-count:] if line.strip()]
