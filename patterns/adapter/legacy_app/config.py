@@ -1,0 +1,45 @@
+"""legacy-app settings, all from environment variables (see the adapter lab guide)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from patterns.common.config import Env
+
+ACCESS_LOG_NAME = "access.log"
+APP_LOG_NAME = "app.log"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str
+    port: int
+    log_dir: Path
+    threads: int
+    # Share of /checkout requests that fail with a logged traceback (demo traffic).
+    error_rate: float
+    traffic_max: int
+
+    @property
+    def access_log_path(self) -> Path:
+        return self.log_dir / ACCESS_LOG_NAME
+
+    @property
+    def app_log_path(self) -> Path:
+        return self.log_dir / APP_LOG_NAME
+
+
+def load_config(environ: Mapping[str, str]) -> Config:
+    env = Env(environ)
+    config = Config(
+        host=env.str("LEGACY_APP_HOST", "0.0.0.0"),
+        port=env.port("LEGACY_APP_PORT", 8080),
+        log_dir=Path(env.str("LEGACY_APP_LOG_DIR", "/var/log/app")),
+        threads=env.int("LEGACY_APP_THREADS", 4, min=2, max=64),
+        error_rate=env.float("LEGACY_APP_ERROR_RATE", 0.2, min=0.0, max=1.0),
+        traffic_max=env.int("LEGACY_APP_TRAFFIC_MAX", 1000, min=1, max=100_000),
+    )
+    env.check()
+    return config

@@ -1,0 +1,631 @@
+"""Line formats: each decoder turns one file's lines into OpenTelemetry records and metrics.
+
+A decoder is per file (the `legacy` one holds a record under assembly), is fed the file's
+lines in order, updates `AdapterMetrics` (the caller holds `metrics.lock`) and, when
+`emit` is set, returns the records to write. Every line fed is counted exactly once, as
+parsed or rejected; a rejected line still becomes a record: `adapter.unparsed` set, the
+raw text as its body, no event timestamp.
+
+Formats:
+  combined  NCSA combined (or common) log, optionally followed by Apache's %D (microseconds)
+  legacy    `YYYY-MM-DD HH:MM:SS,mmm LEVEL [thread] logger - message` + continuation lines
+  json      one JSON object per line (timestamp/level/message keys recognised)
+  regex     a user-supplied regular expression with named groups
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Protocol
+
+from patterns.adapter.log_adapter import otel
+from patterns.adapter.log_adapter.metrics import (
+    DURATION_BOUNDS_US,
+    KNOWN_METHODS,
+    OTHER_METHOD,
+    OTHER_PATH,
+    AdapterMetrics,
+)
+from patterns.adapter.log_adapter.otel import Record
+
+FORMATS = ("combined", "legacy", "json", "regex")
+
+_QUOTED = r'[^"\\]*(?:\\.[^"\\]*)*'  # Apache escapes " and \ inside quoted fields
+COMBINED = re.compile(
+    r"(?P<client>\S+) \S+ (?P<user>\S+) "
+    r"\[(?P<time>\d\d/[A-Z][a-z][a-z]/\d{4}:\d\d:\d\d:\d\d [+-]\d{4})\] "
+    rf'"(?:(?P<method>[A-Za-z]+) (?P<target>[^ "]+)(?: (?P<proto>[^ "]+))?|(?P<request>{_QUOTED}))" '
+    r"(?P<status>[1-5]\d\d) (?P<size>\d+|-)"
+    rf'(?: "(?P<referer>{_QUOTED})" "(?P<agent>{_QUOTED})")?'
+    r"(?: (?P<duration>\d+))?"
+)
+
+LEGACY_HEADER = re.compile(
+    r"(?P<date>\d{4}-\d\d-\d\d) (?P<time>(?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60))[,.](?P<ms>\d{3}) +"
+    r"(?P<level>[A-Za-z]+) +\[(?P<thread>[^\]]*)\] (?P<logger>\S+) - (?P<message>.*)",
+    re.DOTALL,
+)
+# The last line of a Python traceback ("ValueError: bad input") or the first line of a
+# Java one ("java.lang.IllegalStateException: closed").
+_EXCEPTION_LINE = re.compile(r"(?P<type>[A-Za-z_$][\w$.]*)(?::\s*(?P<message>.*))?", re.DOTALL)
+_JAVA_EXCEPTION = re.compile(r"[\w$.]+(?:Exception|Error|Throwable)(?::.*)?", re.DOTALL)
+
+_MONTHS = {m: i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+)}
+_CACHE_LIMIT = 4096
+
+
+class Decoder(Protocol):
+    format: str
+    held_lines: int  # trailing lines fed but not yet emitted (a record under assembly)
+
+    def feed(self, lines: Sequence[str], observed: str) -> list[Record]: ...
+
+    def flush(self, observed: str) -> list[Record]: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every decoder of one input shares."""
+
+    input_name: str
+    metrics: AdapterMetrics
+    emit: bool
+    resource: dict[str, Any]
+
+
+def unparsed(line: str, fmt: str, path: str, observed: str, resource: dict[str, Any]) -> Record:
+    return {
+        "observed_timestamp": observed,
+        "severity_text": "UNSPECIFIED",
+        "severity_number": otel.UNSPECIFIED,
+        "body": line,
+        "attributes": {"log.file.path": path, "adapter.unparsed": True, "adapter.format": fmt},
+        "resource": resource,
+    }
+
+
+# --- combined --------------------------------------------------------------------------------
+
+
+class _AccessTime:
+    """`10/Oct/2000:13:55:36 -0700` -> RFC 3339 UTC, cached: a busy log repeats each second
+    hundreds of times, and strptime would cost more than the rest of the line."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, str | None] = {}
+
+    def __call__(self, text: str) -> str | None:
+        try:
+            return self._cache[text]
+        except KeyError:
+            pass
+        value = self._parse(text)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[text] = value
+        return value
+
+    @staticmethod
+    def _parse(text: str) -> str | None:
+        month = _MONTHS.get(text[3:6])
+        if month is None:
+            return None
+        try:
+            moment = datetime(
+                int(text[7:11]), month, int(text[0:2]),
+                int(text[12:14]), int(text[15:17]), int(text[18:20]),
+            )
+        except ValueError:
+            return None
+        offset = int(text[22:24]) * 3600 + int(text[24:26]) * 60
+        if text[21] == "-":
+            offset = -offset
+        epoch = otel.utc_epoch(*moment.timetuple()[:6]) - offset
+        return otel.format_timestamp(epoch)
+
+
+class CombinedDecoder:
+    format = "combined"
+    held_lines = 0
+
+    def __init__(self, context: Context, path: str) -> None:
+        self.context = context
+        self.path = path
+        self.access_time = _AccessTime()
+
+    def feed(self, lines: Sequence[str], observed: str) -> list[Record]:
+        # One regex match per line and only dict/list bumps after it: this loop is the
+        # adapter's throughput, so the metric update of AdapterMetrics.observe_request is
+        # inlined here.
+        ctx = self.context
+        metrics = ctx.metrics
+        emit = ctx.emit
+        match = COMBINED.fullmatch
+        access_time = self.access_time
+        path_label = metrics.path_label
+        requests = metrics.requests
+        buckets = metrics.duration_buckets
+        bounds = DURATION_BOUNDS_US
+        known = KNOWN_METHODS
+        records: list[Record] = []
+        parsed = rejected = 0
+        duration_sum = 0
+        for line in lines:
+            m = match(line)
+            timestamp = None if m is None else access_time(m.group(3))
+            if timestamp is None:
+                rejected += 1
+                if emit:
+                    records.append(
+                        unparsed(line, "combined", self.path, observed, ctx.resource)
+                    )
+                continue
+            parsed += 1
+            (client, user, _time, method, target, proto, _request,
+             status, size, referer, agent, duration) = m.groups()
+            if method is None or method not in known:
+                label_method = OTHER_METHOD
+            else:
+                label_method = method
+            key = (label_method, status, OTHER_PATH if target is None else path_label(target))
+            entry = requests.get(key)
+            if entry is None:
+                entry = requests[key] = [0, 0]
+            entry[0] += 1
+            if size != "-":
+                entry[1] += int(size)
+            if duration is not None:
+                micros = int(duration)
+                buckets[bisect_left(bounds, micros)] += 1
+                duration_sum += micros
+            if emit:
+                records.append(self._record(
+                    line, observed, timestamp, client, user, method, label_method, target,
+                    proto, status, size, referer, agent, duration,
+                ))
+        metrics.duration_sum_us += duration_sum
+        metrics.count_lines(ctx.input_name, parsed, rejected)
+        return records
+
+    def _record(
+        self, line: str, observed: str, timestamp: str, client: str, user: str,
+        method: str | None, label_method: str, target: str | None, proto: str | None,
+        status: str, size: str, referer: str | None, agent: str | None, duration: str | None,
+    ) -> Record:
+        status_code = int(status)
+        severity_text, severity_number = otel.http_status_severity(status_code)
+        attributes: dict[str, Any] = {"client.address": client}
+        if user != "-":
+            attributes["user.name"] = user
+        attributes["http.request.method"] = label_method
+        if method is not None and method != label_method:
+            attributes["http.request.method_original"] = method
+        if target is not None:
+            url_path, question, query = target.partition("?")
+            attributes["url.path"] = url_path
+            if question:
+                attributes["url.query"] = query
+        if proto is not None:
+            name, _slash, version = proto.partition("/")
+            attributes["network.protocol.name"] = name.lower()
+            if version:
+                attributes["network.protocol.version"] = version
+        attributes["http.response.status_code"] = status_code
+        if size != "-":
+            attributes["http.response.body.size"] = int(size)
+        if referer is not None and referer != "-":
+            attributes["http.request.header.referer"] = [referer]
+        if agent is not None and agent != "-":
+            attributes["user_agent.original"] = agent
+        if duration is not None:
+            attributes["http.server.request.duration"] = int(duration) / 1_000_000
+        attributes["log.file.path"] = self.path
+        return {
+            "timestamp": timestamp,
+            "observed_timestamp": observed,
+            "severity_text": severity_text,
+            "severity_number": severity_number,
+            "body": line,
+            "attributes": attributes,
+            "resource": self.context.resource,
+        }
+
+    def flush(self, observed: str) -> list[Record]:
+        return []
+
+
+# --- legacy ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    timestamp: str
+    level: str
+    thread: str
+    logger: str
+    lines: list[str]
+    size: int
+
+
+class LegacyDecoder:
+    """Multi-line records: a header line starts a record, any other line continues the
+    one before it. A record is complete when the next header arrives or `flush` is called
+    (the adapter does that after a quiet period); until then its lines are `held_lines`,
+    and the adapter's checkpoint stays at its first line, so a restart re-reads it whole.
+    A continuation line with no record to join (start of a file, or past
+    `max_record_bytes`) is rejected."""
+
+    format = "legacy"
+
+    def __init__(self, context: Context, path: str, max_record_bytes: int = 65536) -> None:
+        self.context = context
+        self.path = path
+        self.max_record_bytes = max_record_bytes
+        self._pending: _Pending | None = None
+        self._valid_dates: dict[str, bool] = {}
+
+    @property
+    def held_lines(self) -> int:
+        return 0 if self._pending is None else len(self._pending.lines)
+
+    def feed(self, lines: Sequence[str], observed: str) -> list[Record]:
+        records: list[Record] = []
+        parsed = rejected = 0
+        match = LEGACY_HEADER.fullmatch
+        for line in lines:
+            m = match(line)
+            if m is not None and not self._valid_date(m.group("date")):
+                m = None  # header-shaped but impossible: malformed, not a continuation
+                continuing = False
+            else:
+                continuing = True
+            if m is not None:
+                if self._pending is not None:
+                    parsed += self._finish(records, observed)
+                date_text, time_text, ms, level, thread, logger, message = m.groups()
+                self._pending = _Pending(
+                    f"{date_text}T{time_text}.{ms}Z", level, thread, logger, [message],
+                    len(message),
+                )
+            elif (
+                continuing
+                and self._pending is not None
+                and self._pending.size + len(line) <= self.max_record_bytes
+            ):
+                self._pending.lines.append(line)
+                self._pending.size += len(line) + 1
+            else:
+                if self._pending is not None:
+                    parsed += self._finish(records, observed)
+                rejected += 1
+                if self.context.emit:
+                    records.append(
+                        unparsed(line, "legacy", self.path, observed, self.context.resource)
+                    )
+        self.context.metrics.count_lines(self.context.input_name, parsed, rejected)
+        return records
+
+    def flush(self, observed: str) -> list[Record]:
+        records: list[Record] = []
+        if self._pending is not None:
+            parsed = self._finish(records, observed)
+            self.context.metrics.count_lines(self.context.input_name, parsed, 0)
+        return records
+
+    def _valid_date(self, text: str) -> bool:
+        valid = self._valid_dates.get(text)
+        if valid is None:
+            try:
+                date.fromisoformat(text)
+                valid = True
+            except ValueError:
+                valid = False
+            if len(self._valid_dates) >= _CACHE_LIMIT:
+                self._valid_dates.clear()
+            self._valid_dates[text] = valid
+        return valid
+
+    def _finish(self, records: list[Record], observed: str) -> int:
+        """Complete the pending record; returns how many lines it consumed."""
+        pending = self._pending
+        assert pending is not None
+        self._pending = None
+        number = otel.severity_number(pending.level)
+        self.context.metrics.observe_app_record(otel.severity_short_name(number))
+        if self.context.emit:
+            attributes: dict[str, Any] = {"thread.name": pending.thread}
+            if len(pending.lines) > 1:
+                attributes.update(_exception_attributes(pending.lines[1:]))
+            attributes["log.file.path"] = self.path
+            records.append({
+                "timestamp": pending.timestamp,
+                "observed_timestamp": observed,
+                "severity_text": pending.level,
+                "severity_number": number,
+                "body": "\n".join(pending.lines),
+                "attributes": attributes,
+                "instrumentation_scope": {"name": pending.logger},
+                "resource": self.context.resource,
+            })
+        return len(pending.lines)
+
+
+def _exception_attributes(continuation: list[str]) -> dict[str, str]:
+    """exception.* attributes when the continuation lines are a Python or Java trace."""
+    if continuation[0].startswith("Traceback (most recent call last)"):
+        candidate = continuation[-1]
+    elif _JAVA_EXCEPTION.fullmatch(continuation[0]):
+        candidate = continuation[0]
+    else:
+        return {}
+    m = _EXCEPTION_LINE.fullmatch(candidate)
+    if m is None:
+        return {}
+    attributes = {"exception.type": m.group("type")}
+    if m.group("message"):
+        attributes["exception.message"] = m.group("message")
+    attributes["exception.stacktrace"] = "\n".join(continuation)
+    return attributes
+
+
+# --- json and regex: records with semantic-convention attributes ----------------------------
+
+_TIME_KEYS = ("timestamp", "time", "@timestamp", "ts")
+_LEVEL_KEYS = ("severity_text", "level", "severity", "levelname", "lvl")
+_BODY_KEYS = ("body", "message", "msg")
+_INT_ATTRIBUTES = frozenset((
+    "http.response.status_code", "http.response.body.size", "process.pid", "thread.id",
+    "client.port", "server.port",
+))
+_FLOAT_ATTRIBUTES = frozenset(("http.server.request.duration",))
+
+
+def _observe(metrics: AdapterMetrics, record: Record) -> None:
+    """Metrics of a record from a generic format: an HTTP request if it carries a method
+    and a status code, otherwise an application log record."""
+    attributes = record["attributes"]
+    method = attributes.get("http.request.method")
+    status = attributes.get("http.response.status_code")
+    if isinstance(method, str) and isinstance(status, int) and 100 <= status <= 599:
+        size = attributes.get("http.response.body.size")
+        duration = attributes.get("http.server.request.duration")
+        metrics.observe_request(
+            method,
+            str(status),
+            attributes.get("url.path") if isinstance(attributes.get("url.path"), str) else None,
+            size if isinstance(size, int) and size >= 0 else 0,
+            round(duration * 1_000_000) if isinstance(duration, (int, float)) and duration >= 0 else None,
+        )
+    else:
+        metrics.observe_app_record(otel.severity_short_name(record["severity_number"]))
+
+
+def _timestamp_value(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        seconds = value / 1000 if value > 1e11 else value  # epoch milliseconds are common
+        try:
+            return otel.format_timestamp(float(seconds))
+        except (OverflowError, ValueError, OSError):
+            return None
+    if isinstance(value, str):
+        epoch = otel.parse_timestamp(value)
+        return None if epoch is None else otel.format_timestamp(epoch)
+    return None
+
+
+def _severity(text: Any, number: Any) -> tuple[str, int]:
+    severity_text = str(text) if text is not None else ""
+    if isinstance(number, int) and not isinstance(number, bool) and 1 <= number <= 24:
+        return severity_text or otel.severity_short_name(number), number
+    if not severity_text:
+        return "UNSPECIFIED", otel.UNSPECIFIED
+    return severity_text, otel.severity_number(severity_text)
+
+
+def _first(mapping: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]:
+    for key in keys:
+        if key in mapping:
+            return key, mapping[key]
+    return None, None
+
+
+class JsonDecoder:
+    """One JSON object per line. `timestamp`/`time`/`@timestamp`/`ts` (RFC 3339 or epoch
+    seconds/milliseconds), `severity_text`/`level`/..., `body`/`message`/`msg` become the
+    record's fields; an `attributes` object is merged and every other key becomes an
+    attribute as is. A line that is not a JSON object is rejected."""
+
+    format = "json"
+    held_lines = 0
+
+    def __init__(self, context: Context, path: str) -> None:
+        self.context = context
+        self.path = path
+
+    def feed(self, lines: Sequence[str], observed: str) -> list[Record]:
+        records: list[Record] = []
+        parsed = rejected = 0
+        for line in lines:
+            record = self._record(line, observed)
+            if record is None:
+                rejected += 1
+                if self.context.emit:
+                    records.append(unparsed(line, "json", self.path, observed, self.context.resource))
+                continue
+            parsed += 1
+            _observe(self.context.metrics, record)
+            if self.context.emit:
+                records.append(record)
+        self.context.metrics.count_lines(self.context.input_name, parsed, rejected)
+        return records
+
+    def _record(self, line: str, observed: str) -> Record | None:
+        try:
+            data = json.loads(line)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        time_key, time_value = _first(data, _TIME_KEYS)
+        level_key, level_value = _first(data, _LEVEL_KEYS)
+        body_key, body = _first(data, _BODY_KEYS)
+        timestamp = _timestamp_value(time_value) if time_key else None
+        severity_text, severity_number = _severity(level_value, data.get("severity_number"))
+        attributes: dict[str, Any] = {}
+        nested = data.get("attributes")
+        if isinstance(nested, dict):
+            attributes.update(nested)
+        used = {time_key if timestamp else None, level_key, body_key, "attributes",
+                "severity_number", "observed_timestamp", "resource"}
+        for key, value in data.items():
+            if key not in used:
+                attributes[key] = value
+        attributes["log.file.path"] = self.path
+        record: Record = {}
+        if timestamp is not None:
+            record["timestamp"] = timestamp
+        record["observed_timestamp"] = observed
+        record["severity_text"] = severity_text
+        record["severity_number"] = severity_number
+        record["body"] = body if body_key else line
+        record["attributes"] = attributes
+        record["resource"] = self.context.resource
+        return record
+
+    def flush(self, observed: str) -> list[Record]:
+        return []
+
+
+@dataclass(frozen=True)
+class RegexFormat:
+    """A user's format: a regular expression whose named groups become fields.
+
+    `timestamp`, `severity` and `body` groups fill the record's fields (no `body` group:
+    the whole line); every other group is an attribute, `__` in its name standing for a
+    dot (`http__response__status_code` -> `http.response.status_code`, which Python group
+    names cannot spell). `time_format` is a strptime format for the timestamp group
+    (default: ISO 8601; without a zone, UTC)."""
+
+    pattern: re.Pattern[str]
+    time_format: str | None = None
+
+    @classmethod
+    def compile(cls, pattern: str, time_format: str | None = None) -> RegexFormat:
+        compiled = re.compile(pattern)
+        if not compiled.groupindex:
+            raise ValueError("the regular expression has no named groups")
+        return cls(compiled, time_format)
+
+
+class RegexDecoder:
+    format = "regex"
+    held_lines = 0
+
+    def __init__(self, context: Context, path: str, regex: RegexFormat) -> None:
+        self.context = context
+        self.path = path
+        self.regex = regex
+        self._names = {
+            name: name.replace("__", ".") for name in regex.pattern.groupindex
+            if name not in ("timestamp", "severity", "body")
+        }
+
+    def feed(self, lines: Sequence[str], observed: str) -> list[Record]:
+        records: list[Record] = []
+        parsed = rejected = 0
+        for line in lines:
+            record = self._record(line, observed)
+            if record is None:
+                rejected += 1
+                if self.context.emit:
+                    records.append(unparsed(line, "regex", self.path, observed, self.context.resource))
+                continue
+            parsed += 1
+            _observe(self.context.metrics, record)
+            if self.context.emit:
+                records.append(record)
+        self.context.metrics.count_lines(self.context.input_name, parsed, rejected)
+        return records
+
+    def _timestamp(self, text: str) -> str | None:
+        if self.regex.time_format is None:
+            return _timestamp_value(text)
+        try:
+            parsed = datetime.strptime(text, self.regex.time_format)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            epoch = float(otel.utc_epoch(*parsed.timetuple()[:6])) + parsed.microsecond / 1e6
+        else:
+            epoch = parsed.timestamp()
+        return otel.format_timestamp(epoch)
+
+    def _record(self, line: str, observed: str) -> Record | None:
+        m = self.regex.pattern.fullmatch(line)
+        if m is None:
+            return None
+        groups = m.groupdict()
+        record: Record = {}
+        time_text = groups.get("timestamp")
+        if time_text is not None:
+            timestamp = self._timestamp(time_text)
+            if timestamp is None:
+                return None  # the user said where the time is: an unreadable one is malformed
+            record["timestamp"] = timestamp
+        record["observed_timestamp"] = observed
+        severity_text, severity_number = _severity(groups.get("severity"), None)
+        record["severity_text"] = severity_text
+        record["severity_number"] = severity_number
+        body = groups.get("body")
+        record["body"] = line if body is None else body
+        attributes: dict[str, Any] = {}
+        for group, name in self._names.items():
+            value: Any = groups[group]
+            if value is None:
+                continue
+            if name in _INT_ATTRIBUTES and value.isdigit():
+                value = int(value)
+            elif name in _FLOAT_ATTRIBUTES:
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+            attributes[name] = value
+        attributes["log.file.path"] = self.path
+        record["attributes"] = attributes
+        record["resource"] = self.context.resource
+        return record
+
+    def flush(self, observed: str) -> list[Record]:
+        return []
+
+
+def new_decoder(
+    fmt: str, context: Context, path: str, regex: RegexFormat | None = None,
+    max_record_bytes: int = 65536,
+) -> Decoder:
+    if fmt == "combined":
+        return CombinedDecoder(context, path)
+    if fmt == "legacy":
+        return LegacyDecoder(context, path, max_record_bytes)
+    if fmt == "json":
+        return JsonDecoder(context, path)
+    if fmt == "regex":
+        if regex is None:
+            raise ValueError("the regex format needs ADAPTER_REGEX")
+        return RegexDecoder(context, path, regex)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def observed_now() -> str:
+    return otel.format_timestamp(time.time())
