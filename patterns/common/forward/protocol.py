@@ -149,6 +149,33 @@ def new_unpacker(max_buffer_size: int) -> msgpack.Unpacker:
     )
 
 
+# Returned by next_object when the buffer holds no complete object yet.
+NOTHING_YET = object()
+_PARTIAL = object()
+
+
+def next_object(unpacker: msgpack.Unpacker) -> Any:
+    """The next complete msgpack object, or `NOTHING_YET` if more bytes are needed.
+    Malformed msgpack (bad type bytes, excessive nesting or declared lengths) raises
+    ProtocolError."""
+    try:
+        return next(unpacker)
+    except StopIteration:
+        return NOTHING_YET
+    except ProtocolError:
+        raise
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ProtocolError("bad_msgpack", f"{type(exc).__name__}: {exc}") from None
+
+
+def feed(unpacker: msgpack.Unpacker, data: bytes, max_frame_bytes: int) -> None:
+    """Add bytes from the wire; a request that cannot fit in the buffer is an error."""
+    try:
+        unpacker.feed(data)
+    except msgpack.BufferFull:
+        raise ProtocolError("too_large", f"request exceeds {max_frame_bytes} bytes") from None
+
+
 @dataclass(frozen=True)
 class Request:
     """One decoded transport-phase request."""
@@ -244,7 +271,7 @@ def decode_entries(stream: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Event
         raw=False,
         unicode_errors="surrogateescape",
         ext_hook=ext_hook,
-        max_buffer_size=max(len(stream), 1),
+        max_buffer_size=len(stream) + 1,
         strict_map_key=True,
     )
     unpacker.feed(stream)
@@ -267,8 +294,14 @@ def decode_entries(stream: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Event
         raise
     except (ValueError, msgpack.UnpackException) as exc:
         raise ProtocolError("bad_msgpack", f"entries: {type(exc).__name__}: {exc}") from None
-    # A stream cut in the middle of an entry leaves bytes the unpacker is still holding.
-    if unpacker.tell() != len(stream):
+    # Is the stream cut in the middle of an entry? Feed a nil: a clean unpacker returns
+    # exactly that nil, one holding a partial entry swallows it into that entry instead.
+    unpacker.feed(b"\xc0")
+    try:
+        clean = next(unpacker, _PARTIAL) is None
+    except (ValueError, msgpack.UnpackException, ProtocolError):
+        clean = False
+    if not clean:
         raise ProtocolError("bad_entry", "entries end in the middle of an entry")
     return events
 

@@ -207,25 +207,8 @@ class ForwardServer:
             return False
         if self.metrics:
             self.metrics.bytes.inc(len(data))
-        try:
-            unpacker.feed(data)
-        except msgpack.BufferFull:
-            raise ProtocolError(
-                "too_large", f"request exceeds {self.options.limits.max_frame_bytes} bytes"
-            ) from None
+        protocol.feed(unpacker, data, self.options.limits.max_frame_bytes)
         return True
-
-    @staticmethod
-    def _next(unpacker: msgpack.Unpacker) -> tuple[bool, object]:
-        """(True, object) for the next complete msgpack object, (False, None) if none yet."""
-        try:
-            return True, next(unpacker)
-        except StopIteration:
-            return False, None
-        except ProtocolError:
-            raise
-        except (ValueError, msgpack.UnpackException) as exc:
-            raise ProtocolError("bad_msgpack", f"{type(exc).__name__}: {exc}") from None
 
     async def _handshake(
         self,
@@ -243,8 +226,8 @@ class ForwardServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + options.handshake_timeout
         while True:
-            ready, obj = self._next(unpacker)
-            if ready:
+            obj = protocol.next_object(unpacker)
+            if obj is not protocol.NOTHING_YET:
                 break
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -284,8 +267,8 @@ class ForwardServer:
         limits = self.options.limits
         metrics = self.metrics
         while not self._stopping:
-            ready, obj = self._next(unpacker)
-            if not ready:
+            obj = protocol.next_object(unpacker)
+            if obj is protocol.NOTHING_YET:
                 conn.busy = False
                 if not await self._read_into(reader, unpacker, self.options.idle_timeout):
                     return
