@@ -32,6 +32,7 @@ class Config:
     health_user: str | None
     health_password: str | None
     health_database: str
+    event_loop: str
 
     @property
     def checks_role(self) -> bool:
@@ -87,6 +88,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         health_user=health_user,
         health_password=health_password,
         health_database=env.str("AMBASSADOR_HEALTH_DATABASE", "postgres"),
+        event_loop=env.choice("AMBASSADOR_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
     )
     env.check()
     return config

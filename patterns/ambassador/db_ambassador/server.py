@@ -369,4 +369,10 @@ class Ambassador:
 
 
 def run(config: Config, runtime: Runtime) -> None:
-    asyncio.run(Ambassador(config, runtime).serve())
+    if config.event_loop == "uvloop":
+        import uvloop
+
+        # libuv's loop roughly halves the relay's per-message cost.
+        uvloop.run(Ambassador(config, runtime).serve())
+    else:
+        asyncio.run(Ambassador(config, runtime).serve())

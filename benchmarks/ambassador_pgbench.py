@@ -1,0 +1,128 @@
+"""pgbench -S -c 8 against one PostgreSQL 15 server three ways, in one run: directly,
+through HAProxy in TCP mode (Debian's package) and through db-ambassador. Prints TPS and
+average latency for each and the ambassador/HAProxy ratio (target: >= 0.9).
+
+    .venv/bin/python benchmarks/ambassador_pgbench.py [--seconds 10] [--clients 8]
+
+Needs postgresql-15, pgbench, haproxy and openssl; runs PostgreSQL as `nobody` when root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.pg import Cluster, make_workdir, missing_prerequisite  # noqa: E402
+
+PASSWORD = "bench"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listening on port {port} after {timeout}s")
+
+
+def pgbench(port: int, seconds: int, clients: int, init: bool = False) -> tuple[float, float]:
+    env = {**os.environ, "PGPASSWORD": PASSWORD, "PGSSLMODE": "disable"}
+    base = [shutil.which("pgbench") or "pgbench", "-h", "127.0.0.1", "-p", str(port), "-U",
+            "postgres"]  # fmt: skip
+    if init:
+        subprocess.run([*base, "-i", "-s", "1", "-q", "postgres"], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        return 0.0, 0.0
+    out = subprocess.run(
+        [*base, "-S", "-c", str(clients), "-j", "2", "-T", str(seconds), "-n", "postgres"],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))  # type: ignore[union-attr]
+    return tps, latency
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+    for tool in ("pgbench", "haproxy"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            raise SystemExit(f"needs {tool}: apt-get install {tool}")
+    problem = missing_prerequisite()
+    if problem:
+        raise SystemExit(problem)
+
+    workdir = make_workdir("podpatterns-bench-")
+    db_port, haproxy_port, ambassador_port = free_port(), free_port(), free_port()
+    cluster = Cluster(workdir, "bench", db_port, PASSWORD).init().start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        pgbench(db_port, 0, 0, init=True)
+        haproxy_cfg = workdir / "haproxy.cfg"
+        haproxy_cfg.write_text(
+            "global\n  maxconn 1000\n"
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n"
+            f"frontend pg\n  bind 127.0.0.1:{haproxy_port}\n  default_backend db\n"
+            f"backend db\n  server db1 127.0.0.1:{db_port}\n"
+        )
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        procs.append(subprocess.Popen([haproxy, "-db", "-f", str(haproxy_cfg)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "patterns.ambassador.db_ambassador"],
+                env={**os.environ, "AMBASSADOR_LISTEN": f"127.0.0.1:{ambassador_port}",
+                     "AMBASSADOR_UPSTREAMS": f"127.0.0.1:{db_port}",
+                     "AMBASSADOR_HTTP_PORT": str(free_port()), "LOG_LEVEL": "warning"},
+                cwd=ROOT, stdout=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        wait_port(haproxy_port)
+        wait_port(ambassador_port)
+        results = {}
+        for name, port in (("direct", db_port), ("haproxy", haproxy_port),
+                           ("ambassador", ambassador_port)):  # fmt: skip
+            results[name] = pgbench(port, args.seconds, args.clients)
+        print(f"pgbench -S -c {args.clients} -j 2 -T {args.seconds} (one run, same server)")
+        print(f"{'path':<12}{'TPS':>12}{'avg latency ms':>18}")
+        for name, (tps, latency) in results.items():
+            print(f"{name:<12}{tps:>12.0f}{latency:>18.3f}")
+        ratio = results["ambassador"][0] / results["haproxy"][0]
+        print(f"ambassador/haproxy TPS ratio: {ratio:.2f} (target >= 0.90)")
+        print(f"ambassador/direct TPS ratio:  {results['ambassador'][0] / results['direct'][0]:.2f}")
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
