@@ -1,0 +1,99 @@
+"""Checkpoints: how far each followed file has been durably handled.
+
+A file is identified by device and inode plus a head fingerprint (the first bytes of the
+file, hashed), so a reused inode or a file rewritten in place is not mistaken for the
+one that was checkpointed. All checkpoints live in one JSON file that is replaced
+atomically (write a temporary file, fsync, rename, fsync the directory): after a SIGKILL
+or a power cut the file holds either the old or the new state, never a torn one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "checkpoints.json"
+_FORMAT_VERSION = 1
+
+
+def head_hash(head: bytes) -> str:
+    return hashlib.blake2b(head, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    dev: int
+    ino: int
+    offset: int  # bytes before this offset have been handled (acknowledged)
+    head_len: int  # how many leading bytes the fingerprint covers
+    head_hash: str
+    path: str  # where the file was last seen (rotated files keep being searched here)
+    origin: str  # the followed (glob-matched) name its lines were written under
+    live: bool  # still under its followed name (False: rotated, copied or deleted)
+
+
+class CheckpointStore:
+    """Checkpoints of one follower, kept in `directory`/checkpoints.json."""
+
+    def __init__(self, directory: str | Path, *, fsync: bool = True) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / FILE_NAME
+        self.fsync = fsync
+        self.last_error: str | None = None
+
+    def load(self) -> list[Checkpoint]:
+        """The saved checkpoints; an unreadable file is set aside (and logged), so that
+        one corrupted file does not stop the service."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        try:
+            document = json.loads(raw)
+            return [Checkpoint(**item) for item in document["files"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            aside = self.path.with_name(FILE_NAME + ".corrupt")
+            os.replace(self.path, aside)
+            log.error(
+                "checkpoint file unreadable, set aside; files will be read from the start",
+                extra={"path": str(self.path), "moved_to": str(aside), "error": str(exc)},
+            )
+            return []
+
+    def save(self, checkpoints: list[Checkpoint]) -> None:
+        document = {"version": _FORMAT_VERSION, "files": [asdict(c) for c in checkpoints]}
+        data = json.dumps(document, separators=(",", ":")).encode()
+        tmp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, data)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            if self.fsync:
+                dir_fd = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        except OSError as exc:
+            self.last_error = f"cannot save checkpoints in {self.directory}: {exc}"
+            raise
+        self.last_error = None
+
+    def check_writable(self) -> tuple[bool, str]:
+        """Readiness check: the directory exists and is writable, and the last save worked."""
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            return False, f"checkpoint directory {self.directory} is not writable"
+        if self.last_error is not None:
+            return False, self.last_error
+        return True, "ok"

@@ -1,0 +1,695 @@
+"""Follow log files the way a production shipper must; see the package docstring for use.
+
+Each followed file is a `_Stream`: an open file descriptor (kept across renames, so a
+rotated file is read to its end), the read position, the committed (durably handled)
+position, the held incomplete line and the head of the file (its first bytes: the
+fingerprint that tells a truncated, rewritten or reused file from the one we know).
+
+Discovery: inotify on the globs' directories reports new and renamed files as it
+happens, and a periodic full scan (the only mechanism where inotify is unavailable)
+catches anything missed. Rotation and truncation are detected by identity (device,
+inode) and head: a followed name that now holds another inode means a rename rotation;
+a file shorter than our position or with another head means it was truncated in place,
+and its copy (same head, at least as long as our position) is looked for and read first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import glob
+import logging
+import os
+import select
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from patterns.common.follower import inotify
+from patterns.common.follower.checkpoints import Checkpoint, CheckpointStore, head_hash
+from patterns.common.follower.lines import LineBuffer, LineStats
+
+log = logging.getLogger(__name__)
+
+Ident = tuple[int, int]  # (st_dev, st_ino)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_line_bytes: int = 64 * 1024  # longer lines are split (or truncated)
+    truncate_long_lines: bool = False  # False: split into pieces; True: keep the first piece
+    rotate_wait: float = 5.0  # keep a rotated file open this long after its last growth
+    fingerprint_bytes: int = 1024  # head bytes that identify a file's content
+    poll_interval: float = 0.25  # how often to look at files when no event arrives
+    rescan_interval: float = 2.0  # full glob scan with inotify (safety net); polling: poll_interval
+    use_inotify: bool = True
+
+
+@dataclass
+class FollowerStats(LineStats):
+    lines_read: int = 0
+    bytes_read: int = 0
+    rotations: int = 0  # followed files renamed away
+    deletions: int = 0  # followed files deleted
+    truncations: int = 0  # followed files truncated in place (copytruncate)
+    copies_found: int = 0  # copytruncate copies found and read from the truncation point
+    truncations_without_copy: int = 0  # lines between our position and the truncation lost
+    files_opened: int = 0
+    files_closed: int = 0
+    checkpoints_lost: int = 0  # checkpointed files found nowhere at start
+
+
+@dataclass
+class _Stream:
+    seq: int
+    fd: int
+    ident: Ident
+    path: str  # where the file is now (as far as we know)
+    origin: str  # the followed name its lines were written under
+    live: bool  # still under a followed name
+    read_pos: int
+    committed: int
+    handed_out: int  # end of the last chunk given to the consumer
+    head: bytes
+    buffer: LineBuffer
+    last_growth: float
+    detached: bool = False  # truncated without a copy: nothing more to read from fd
+    finished: bool = False  # done reading; closed once everything handed out is committed
+    closed: bool = False
+    _head_hash: str = field(default="", repr=False)
+    _hashed_head: bytes = field(default=b"", repr=False)
+
+    def checkpoint(self) -> Checkpoint:
+        if self._hashed_head != self.head or not self._head_hash:
+            self._head_hash = head_hash(self.head)
+            self._hashed_head = self.head
+        return Checkpoint(
+            dev=self.ident[0],
+            ino=self.ident[1],
+            offset=self.committed,
+            head_len=len(self.head),
+            head_hash=self._head_hash,
+            path=self.path,
+            origin=self.origin,
+            live=self.live,
+        )
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Lines read from one file. `path` is the followed name the lines were written
+    under (also for a rotated or copied file); [start, end) the bytes they came from."""
+
+    path: str
+    lines: list[str]
+    start: int
+    end: int
+    _stream: Any = field(repr=False, compare=False)
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    try:
+        return os.pread(fd, size, offset)
+    except OSError as exc:  # e.g. EIO on a vanished network file: treat as no data
+        log.warning("read failed", extra={"error": str(exc)})
+        return b""
+
+
+def _has_magic(pattern: str) -> bool:
+    return glob.has_magic(pattern)
+
+
+class Follower:
+    def __init__(
+        self,
+        globs: list[str],
+        store: CheckpointStore | None,
+        limits: Limits | None = None,
+    ) -> None:
+        if not globs:
+            raise ValueError("at least one glob is needed")
+        self.globs = [os.path.abspath(pattern) for pattern in globs]
+        self.store = store
+        self.limits = limits or Limits()
+        self.stats = FollowerStats()
+        self._lock = threading.RLock()
+        self._save_lock = threading.Lock()
+        self._streams: dict[int, _Stream] = {}
+        self._by_ident: dict[Ident, _Stream] = {}
+        self._seq = 0
+        self._rr = 0
+        self._started = False
+        self._next_scan = 0.0
+        self._inotify = inotify.open_inotify() if self.limits.use_inotify else None
+        self._watches: dict[int, str] = {}
+        self._watched_dirs: dict[str, int] = {}
+        self._moves: dict[int, str] = {}
+
+    # --- public API -----------------------------------------------------------------------
+
+    @property
+    def uses_inotify(self) -> bool:
+        return self._inotify is not None
+
+    def start(self) -> None:
+        """Load checkpoints, watch directories and open the files (read() does it too)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            if self.store is not None:
+                for checkpoint in self.store.load():
+                    self._resume(checkpoint)
+            self._scan()
+
+    def read(self, max_bytes: int = 1024 * 1024, timeout: float = 1.0) -> Chunk | None:
+        """The next lines (about max_bytes of file data at most) from some file, or None
+        when nothing new arrived within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._started:
+                    self.start()
+                self._handle_events()
+                if time.monotonic() >= self._next_scan:
+                    self._scan()
+                chunk = self._next_chunk(max(max_bytes, 4096))
+            if chunk is not None:
+                return chunk
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._wait(min(remaining, self.limits.poll_interval))
+
+    def commit(self, chunk: Chunk) -> None:
+        """The consumer has durably handled `chunk` (and every chunk before it from the
+        same file): advance and save the checkpoint. Chunks of one file must be committed
+        in the order they were read."""
+        with self._lock:
+            stream: _Stream = chunk._stream
+            stream.committed = max(stream.committed, chunk.end)
+            self._close_if_done(stream)
+        self.save()
+
+    def save(self) -> None:
+        """Write the checkpoints now (commit does it; call it once more at shutdown)."""
+        if self.store is None:
+            return
+        with self._save_lock:
+            with self._lock:
+                snapshot = self._checkpoints()
+            try:
+                self.store.save(snapshot)
+            except OSError as exc:
+                log.error("cannot save checkpoints", extra={"error": str(exc)})
+
+    def backlog_bytes(self) -> int:
+        """Bytes in followed files not yet committed (what a restart would read again)."""
+        with self._lock:
+            total = 0
+            for stream in self._streams.values():
+                if stream.detached:
+                    continue
+                try:
+                    size = os.fstat(stream.fd).st_size
+                except OSError:
+                    continue
+                total += max(0, size - stream.committed)
+            return total
+
+    def files(self) -> list[dict[str, Any]]:
+        """What is followed now, for a status page."""
+        with self._lock:
+            return [
+                {
+                    "path": s.path,
+                    "origin": s.origin,
+                    "live": s.live,
+                    "read": s.read_pos,
+                    "committed": s.committed,
+                }
+                for s in self._streams.values()
+            ]
+
+    @property
+    def followed(self) -> int:
+        return len(self._streams)
+
+    def close(self) -> None:
+        with self._lock:
+            for stream in list(self._streams.values()):
+                self._close(stream, count=False)
+            if self._inotify is not None:
+                self._inotify.close()
+                self._inotify = None
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _next_chunk(self, max_bytes: int) -> Chunk | None:
+        """Round robin over followed names; within one name, rotated or copied files
+        (older content) before the live file."""
+        groups: dict[str, list[_Stream]] = {}
+        for stream in sorted(self._streams.values(), key=lambda s: (s.live, s.seq)):
+            groups.setdefault(stream.origin, []).append(stream)
+        if not groups:
+            return None
+        names = sorted(groups)
+        self._rr = (self._rr + 1) % len(names)
+        for name in names[self._rr :] + names[: self._rr]:
+            for stream in groups[name]:
+                chunk = self._read_stream(stream, max_bytes)
+                if chunk is not None:
+                    return chunk
+        return None
+
+    def _read_stream(self, stream: _Stream, max_bytes: int) -> Chunk | None:
+        if stream.closed:
+            return None
+        if stream.finished:
+            self._close_if_done(stream)
+            return None
+        if stream.detached:
+            return self._finish(stream)
+        while True:
+            want = max(max_bytes - len(stream.buffer.pending), 4096)
+            block = _pread(stream.fd, want, stream.read_pos)
+            now = time.monotonic()
+            if not block:
+                if stream.live:
+                    self._check_truncated(stream)
+                elif now - stream.last_growth >= self.limits.rotate_wait:
+                    return self._finish(stream)
+                return None
+            if stream.live and not self._head_intact(stream):
+                # Truncated (and maybe rewritten) before or while we read: `block` may be
+                # new content at an old offset. Drop it; the new content is read from 0.
+                self._on_truncated(stream)
+                return None
+            stream.read_pos += len(block)
+            stream.last_growth = now
+            self.stats.bytes_read += len(block)
+            lines = stream.buffer.feed(block)
+            end = stream.read_pos - len(stream.buffer.pending)
+            if lines:
+                return self._hand_out(stream, lines, end)
+            if stream.committed == stream.handed_out:
+                # Only discarded bytes (rest of a truncated long line): nothing to deliver.
+                stream.committed = stream.handed_out = end
+            if len(block) < want:
+                return None
+
+    def _hand_out(self, stream: _Stream, lines: list[str], end: int) -> Chunk:
+        chunk = Chunk(stream.origin, lines, stream.handed_out, end, stream)
+        stream.handed_out = end
+        self.stats.lines_read += len(lines)
+        return chunk
+
+    def _finish(self, stream: _Stream) -> Chunk | None:
+        """The file is done (rotated and quiet, or truncated away): deliver the held
+        incomplete line as a line and close the file once everything is committed."""
+        stream.finished = True
+        lines = stream.buffer.flush()
+        if lines:
+            return self._hand_out(stream, lines, stream.read_pos)
+        self._close_if_done(stream)
+        return None
+
+    def _close_if_done(self, stream: _Stream) -> None:
+        if stream.finished and not stream.closed and stream.committed >= stream.handed_out:
+            log.info("file done", extra={"path": stream.path, "origin": stream.origin})
+            self._close(stream)
+
+    def _close(self, stream: _Stream, count: bool = True) -> None:
+        stream.closed = True
+        with contextlib.suppress(OSError):
+            os.close(stream.fd)
+        self._streams.pop(stream.seq, None)
+        if self._by_ident.get(stream.ident) is stream:
+            del self._by_ident[stream.ident]
+        if count:
+            self.stats.files_closed += 1
+
+    # --- identity, truncation, copies ---------------------------------------------------------
+
+    def _head_intact(self, stream: _Stream) -> bool:
+        """True if the file still starts with the head we know (and extend the head while
+        the file is shorter than the fingerprint)."""
+        head = _pread(stream.fd, self.limits.fingerprint_bytes, 0)
+        if not head.startswith(stream.head):
+            return False
+        stream.head = head
+        return True
+
+    def _check_truncated(self, stream: _Stream) -> None:
+        try:
+            size = os.fstat(stream.fd).st_size
+        except OSError:
+            return
+        if size < stream.read_pos or not self._head_intact(stream):
+            self._on_truncated(stream)
+
+    def _on_truncated(self, stream: _Stream) -> None:
+        self.stats.truncations += 1
+        position = stream.read_pos
+        copy = self._find_copy(stream.path, stream.head, position) if position else None
+        del self._by_ident[stream.ident]
+        if copy is not None:
+            fd, ident, copy_path = copy
+            os.close(stream.fd)
+            stream.fd, stream.ident, stream.path = fd, ident, copy_path
+            stream.live = False
+            stream.last_growth = time.monotonic()
+            self._by_ident[ident] = stream
+            self.stats.copies_found += 1
+            log.info(
+                "file truncated in place; reading the rest of its copy first",
+                extra={"path": stream.origin, "copy": copy_path, "offset": position},
+            )
+        else:
+            stream.detached = True
+            stream.live = False
+            if position:
+                self.stats.truncations_without_copy += 1
+            log.warning(
+                "file truncated in place and no copy found: lines written after our position"
+                " and before the truncation are lost",
+                extra={"path": stream.origin, "offset": position},
+            )
+        self._open(stream.origin, origin=stream.origin, live=True)
+
+    def _find_copy(self, path: str, head: bytes, position: int) -> tuple[int, Ident, str] | None:
+        """A file in `path`'s directory with our head and at least `position` bytes:
+        the copy a copytruncate made. The most recently modified one wins."""
+        directory = os.path.dirname(path)
+        best: tuple[float, str] | None = None
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return None
+        for name in names:
+            candidate = os.path.join(directory, name)
+            if candidate == path:
+                continue
+            try:
+                st = os.stat(candidate)
+            except OSError:
+                continue
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or st.st_size < position
+                or (st.st_dev, st.st_ino) in self._by_ident
+            ):
+                continue
+            if self._starts_with(candidate, head) and (best is None or st.st_mtime > best[0]):
+                best = (st.st_mtime, candidate)
+        if best is None:
+            return None
+        opened = self._open_fd(best[1])
+        if opened is None:
+            return None
+        fd, st = opened
+        return fd, (st.st_dev, st.st_ino), best[1]
+
+    @staticmethod
+    def _starts_with(path: str, head: bytes) -> bool:
+        try:
+            with open(path, "rb") as handle:
+                return handle.read(len(head)) == head
+        except OSError:
+            return False
+
+    # --- checkpoints at start -------------------------------------------------------------------
+
+    def _resume(self, checkpoint: Checkpoint) -> None:
+        """Reopen a checkpointed file where it is now: under its name, renamed (same
+        inode, same head) or copied (a copytruncate while we were down: same head)."""
+        ident = (checkpoint.dev, checkpoint.ino)
+        for path in self._candidates(checkpoint):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_size < checkpoint.offset:
+                continue
+            if (st.st_dev, st.st_ino) in self._by_ident:
+                continue
+            if not self._head_matches(path, checkpoint):
+                continue
+            if (st.st_dev, st.st_ino) != ident or path != checkpoint.path:
+                log.info(
+                    "checkpointed file found elsewhere (renamed or copied while we were down)",
+                    extra={"path": checkpoint.path, "now_at": path},
+                )
+            self._open(
+                path,
+                origin=checkpoint.origin,
+                live=self._matches(path),
+                checkpoint=checkpoint,
+            )
+            return
+        self.stats.checkpoints_lost += 1
+        log.warning(
+            "checkpointed file not found (deleted, or rewritten in place); its unshipped"
+            " lines are lost",
+            extra={"path": checkpoint.path, "offset": checkpoint.offset},
+        )
+
+    def _candidates(self, checkpoint: Checkpoint) -> list[str]:
+        """Where the checkpointed file may be: its last path, then the same inode in its
+        directories, then any file there with its head (a copy)."""
+        ident = (checkpoint.dev, checkpoint.ino)
+        first = [checkpoint.path]
+        same_inode: list[str] = []
+        others: list[str] = []
+        for directory in dict.fromkeys(
+            [os.path.dirname(checkpoint.path), os.path.dirname(checkpoint.origin)]
+        ):
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.path == checkpoint.path:
+                    continue
+                try:
+                    inode = entry.inode()
+                    dev = entry.stat(follow_symlinks=False).st_dev
+                except OSError:
+                    continue
+                (same_inode if (dev, inode) == ident else others).append(entry.path)
+        # A copy only counts if the fingerprint covers something.
+        return first + same_inode + (others if checkpoint.head_len else [])
+
+    @staticmethod
+    def _head_matches(path: str, checkpoint: Checkpoint) -> bool:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(checkpoint.head_len)
+        except OSError:
+            return False
+        return len(head) == checkpoint.head_len and head_hash(head) == checkpoint.head_hash
+
+    def _checkpoints(self) -> list[Checkpoint]:
+        return [s.checkpoint() for s in self._streams.values() if not s.detached]
+
+    # --- discovery ---------------------------------------------------------------------------
+
+    def _matches(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.globs)
+
+    def _open_fd(self, path: str) -> tuple[int, os.stat_result] | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return None
+        return fd, st
+
+    def _open(
+        self, path: str, *, origin: str, live: bool, checkpoint: Checkpoint | None = None
+    ) -> _Stream | None:
+        opened = self._open_fd(path)
+        if opened is None:
+            return None
+        fd, st = opened
+        ident = (st.st_dev, st.st_ino)
+        if ident in self._by_ident:
+            os.close(fd)
+            return self._by_ident[ident]
+        offset = 0
+        if checkpoint is not None and st.st_size >= checkpoint.offset:
+            head = _pread(fd, checkpoint.head_len, 0)
+            if len(head) == checkpoint.head_len and head_hash(head) == checkpoint.head_hash:
+                offset = checkpoint.offset
+        self._seq += 1
+        stream = _Stream(
+            seq=self._seq,
+            fd=fd,
+            ident=ident,
+            path=path,
+            origin=origin,
+            live=live,
+            read_pos=offset,
+            committed=offset,
+            handed_out=offset,
+            head=_pread(fd, self.limits.fingerprint_bytes, 0),
+            buffer=LineBuffer(
+                self.limits.max_line_bytes,
+                self.stats,
+                truncate_long=self.limits.truncate_long_lines,
+            ),
+            last_growth=time.monotonic(),
+        )
+        self._streams[stream.seq] = stream
+        self._by_ident[ident] = stream
+        self.stats.files_opened += 1
+        log.info(
+            "following file",
+            extra={"path": path, "origin": origin, "offset": offset, "live": live},
+        )
+        return stream
+
+    def _scan(self) -> None:
+        """Look at every glob match and every followed file (the polling path, and the
+        safety net behind inotify)."""
+        self._next_scan = time.monotonic() + (
+            self.limits.rescan_interval if self._inotify else self.limits.poll_interval
+        )
+        self._update_watches()
+        matches: dict[Ident, str] = {}
+        for pattern in self.globs:
+            for path in sorted(glob.glob(pattern)):
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    matches.setdefault((st.st_dev, st.st_ino), path)
+        for stream in list(self._streams.values()):
+            if stream.detached or stream.closed:
+                continue
+            matched = matches.get(stream.ident)
+            if matched is not None:
+                stream.path = matched
+                if not stream.live and not stream.finished:
+                    stream.live, stream.origin = True, matched
+            elif stream.live:
+                self._moved_away(stream)
+        for ident, path in matches.items():
+            if ident not in self._by_ident:
+                self._open(path, origin=path, live=True)
+
+    def _moved_away(self, stream: _Stream, new_path: str | None = None) -> None:
+        try:
+            deleted = os.fstat(stream.fd).st_nlink == 0
+        except OSError:
+            deleted = True
+        stream.live = False
+        stream.last_growth = time.monotonic()
+        if new_path is not None:
+            stream.path = new_path
+        if deleted:
+            self.stats.deletions += 1
+        else:
+            self.stats.rotations += 1
+        log.info(
+            "file deleted" if deleted else "file rotated",
+            extra={"path": stream.origin, "now_at": stream.path},
+        )
+
+    # --- inotify -------------------------------------------------------------------------------
+
+    def _glob_directories(self) -> set[str]:
+        directories: set[str] = set()
+        for pattern in self.globs:
+            parent = os.path.dirname(pattern)
+            if _has_magic(parent):
+                directories.update(d for d in glob.glob(parent) if os.path.isdir(d))
+            elif os.path.isdir(parent):
+                directories.add(parent)
+        return directories
+
+    def _update_watches(self) -> None:
+        if self._inotify is None:
+            return
+        for directory in self._glob_directories() - set(self._watched_dirs):
+            try:
+                wd = self._inotify.add_watch(directory)
+            except OSError as exc:
+                log.warning("cannot watch directory", extra={"path": directory, "error": str(exc)})
+                continue
+            self._watched_dirs[directory] = wd
+            self._watches[wd] = directory
+
+    def _handle_events(self) -> None:
+        if self._inotify is None:
+            return
+        events = self._inotify.read_events()
+        if not events:
+            return
+        rescan = False
+        for event in events:
+            if event.mask & inotify.IN_Q_OVERFLOW:
+                rescan = True
+                continue
+            directory = self._watches.get(event.wd)
+            if directory is None:
+                continue
+            if event.mask & (inotify.IN_IGNORED | inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF):
+                self._watches.pop(event.wd, None)
+                self._watched_dirs.pop(directory, None)
+                rescan = True
+                continue
+            if event.mask & inotify.IN_ISDIR:
+                rescan = True
+                continue
+            path = os.path.join(directory, event.name)
+            if event.mask & inotify.IN_MOVED_FROM:
+                self._remember_move(event.cookie, path)
+                rescan = rescan or self._matches(path)
+            elif event.mask & inotify.IN_MOVED_TO:
+                source = self._moves.pop(event.cookie, None)
+                if source is not None and self._matches(source):
+                    self._renamed(source, path)
+                rescan = rescan or self._matches(path)
+            elif event.mask & inotify.IN_CREATE:
+                if self._matches(path):
+                    self._open(path, origin=path, live=True)
+            elif event.mask & inotify.IN_DELETE:
+                rescan = rescan or self._matches(path)
+        if rescan:
+            self._scan()
+
+    def _remember_move(self, cookie: int, path: str) -> None:
+        self._moves[cookie] = path
+        while len(self._moves) > 1024:  # MOVED_FROM without MOVED_TO: moved out of sight
+            del self._moves[next(iter(self._moves))]
+
+    def _renamed(self, source: str, target: str) -> None:
+        """A followed name was renamed to `target`. If we had not opened that file yet
+        (created and rotated between two looks), follow it now under its new name."""
+        try:
+            st = os.stat(target)
+        except OSError:
+            return
+        stream = self._by_ident.get((st.st_dev, st.st_ino))
+        if stream is None:
+            self._open(target, origin=source, live=self._matches(target))
+        elif self._matches(target):
+            stream.path = stream.origin = target
+        elif stream.live:
+            self._moved_away(stream, target)
+        else:
+            stream.path = target
+
+    def _wait(self, seconds: float) -> None:
+        if self._inotify is None:
+            time.sleep(seconds)
+            return
+        with contextlib.suppress(OSError, ValueError):
+            select.select([self._inotify.fileno()], [], [], seconds)
