@@ -1,0 +1,64 @@
+"""`log-adapter`: settings from ADAPTER_* variables (see patterns/adapter/README.md)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from patterns.adapter.log_adapter.adapter import Adapter, FollowerCollector
+from patterns.adapter.log_adapter.config import Config, load_config
+from patterns.adapter.log_adapter.metrics import AdapterMetrics
+from patterns.adapter.log_adapter.output import ForwardOutput, NullOutput, Output, StdoutOutput
+from patterns.common.admin import json_response
+from patterns.common.forward.client import ForwardClient
+from patterns.common.service import Runtime, main_for
+
+log = logging.getLogger("patterns.adapter.log_adapter")
+
+# The loop wakes at least every poll interval; this long without a turn means it is stuck.
+STALL_SECONDS = 60.0
+
+
+def make_output(config: Config, runtime: Runtime, heartbeat: object) -> Output:
+    if config.output == "stdout":
+        return StdoutOutput()
+    if config.output == "forward":
+        client = ForwardClient(
+            config.fluent_host, config.fluent_port,
+            shared_key=os.environ.get("FLUENT_SHARED_KEY") or None,
+        )
+        return ForwardOutput(client, config.fluent_tag, runtime.stopping, heartbeat)
+    return NullOutput()
+
+
+def run(config: Config, runtime: Runtime) -> None:
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    metrics = AdapterMetrics([spec.name for spec in config.inputs], config.max_paths)
+    runtime.registry.register(metrics)
+    adapter: Adapter | None = None
+
+    def beat() -> None:
+        if adapter is not None:
+            adapter.heartbeat = time.monotonic()
+
+    adapter = Adapter(config, metrics, make_output(config, runtime, beat), runtime.stopping)
+    runtime.registry.register(FollowerCollector(adapter))
+    runtime.admin.readiness.append(
+        lambda: (adapter.started, "starting") if not adapter.started
+        else adapter.store.check_writable()
+    )
+    runtime.admin.liveness.append(
+        lambda: (
+            time.monotonic() - adapter.heartbeat < STALL_SECONDS,
+            f"main loop stalled for {time.monotonic() - adapter.heartbeat:.0f}s",
+        )
+    )
+    runtime.admin.route("/status", lambda _query: json_response(adapter.status()))
+    adapter.run()
+
+
+main = main_for("log-adapter", load_config, run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""The adapter's loop: follow the inputs' files, decode each chunk, update the metrics,
+hand the records to the output, then commit the follower's checkpoint.
+
+Checkpoints and multi-line records: a `legacy` record is complete only when the next
+record's first line arrives (or after a quiet period, `multiline_flush_seconds`). While
+it is being assembled its lines are not emitted, so the checkpoint is committed only up
+to its first line: a restart reads the half-assembled traceback again from its start.
+The chunks it spans are kept (without their lines) and fully committed once it is out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from patterns.adapter.log_adapter.config import Config, InputSpec
+from patterns.adapter.log_adapter.formats import Context, Decoder, new_decoder, observed_now
+from patterns.adapter.log_adapter.metrics import AdapterMetrics
+from patterns.adapter.log_adapter.output import Output, Stopped
+from patterns.common.follower import CheckpointStore, Chunk, Follower, Limits
+
+log = logging.getLogger(__name__)
+
+# The follower's counters, exposed as adapter_file_events_total{event=...}.
+_FILE_EVENTS = (
+    "invalid_utf8_lines", "long_lines", "nul_lines", "rotations", "deletions", "truncations",
+    "copies_found", "truncations_without_copy", "files_opened", "files_closed",
+    "checkpoints_lost",
+)
+
+
+@dataclass
+class _File:
+    """One followed name (a rotated file keeps its name's state: its lines come first)."""
+
+    spec: InputSpec
+    decoder: Decoder
+    last_line: float = 0.0
+    # Chunks holding lines of the record under assembly: committed once it is emitted.
+    held: list[Chunk] = field(default_factory=list)
+
+
+class Adapter:
+    def __init__(
+        self,
+        config: Config,
+        metrics: AdapterMetrics,
+        output: Output,
+        stopping: threading.Event,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.output = output
+        self.stopping = stopping
+        self.emit = config.output != "none"
+        self.resource = {"service.name": config.service_name}
+        self.store = CheckpointStore(config.state_dir)
+        self.follower = Follower(
+            [spec.glob for spec in config.inputs],
+            self.store,
+            Limits(max_line_bytes=config.max_line_bytes, poll_interval=config.poll_seconds),
+        )
+        self.contexts = {
+            spec.glob: Context(spec.name, metrics, self.emit, self.resource)
+            for spec in config.inputs
+        }
+        self.files: dict[str, _File] = {}
+        self.heartbeat = time.monotonic()
+        self.started = False
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.follower.start()
+        self.started = True
+        log.info("following", extra={
+            "inputs": [f"{s.format}={s.glob}" for s in self.config.inputs],
+            "output": self.config.output, "inotify": self.follower.uses_inotify,
+        })
+        try:
+            while not self.stopping.is_set():
+                self.heartbeat = time.monotonic()
+                chunk = self.follower.read(self.config.read_bytes, self.config.poll_seconds)
+                if chunk is not None:
+                    self.handle(chunk)
+                self.flush_quiet(time.monotonic())
+        except Stopped:
+            log.info("stopped with records undelivered; they are read again at the next start")
+        finally:
+            self.follower.save()
+            self.follower.close()
+            self.output.close()
+
+    def handle(self, chunk: Chunk) -> None:
+        state = self._file(chunk.path)
+        if state is None:
+            self.follower.commit(chunk)  # cannot happen: the follower reads our globs only
+            return
+        observed = observed_now()
+        with self.metrics.lock:
+            records = state.decoder.feed(chunk.lines, observed)
+        self.output.write(records)
+        state.last_line = time.monotonic()
+        self._commit(state, chunk)
+
+    def flush_quiet(self, now: float) -> None:
+        """Emit records whose file has been quiet for multiline_flush_seconds."""
+        for state in self.files.values():
+            if state.decoder.held_lines and now - state.last_line >= self.config.multiline_flush_seconds:
+                observed = observed_now()
+                with self.metrics.lock:
+                    records = state.decoder.flush(observed)
+                self.output.write(records)
+                for chunk in state.held:
+                    self.follower.commit(chunk)
+                state.held.clear()
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def _commit(self, state: _File, chunk: Chunk) -> None:
+        held = state.decoder.held_lines
+        if held == 0:
+            for earlier in state.held:
+                self.follower.commit(earlier)
+            state.held.clear()
+            self.follower.commit(chunk)
+            return
+        bare = dataclasses.replace(chunk, lines=[])  # keep the position, not the text
+        if held > len(chunk.lines):
+            state.held.append(bare)  # the record began in an earlier chunk: nothing emitted
+            return
+        for earlier in state.held:  # the record began in this chunk: earlier ones are out
+            self.follower.commit(earlier)
+        state.held = [bare]
+        start = self._pending_start(chunk, held)
+        if start is not None and start > chunk.start:
+            self.follower.commit(dataclasses.replace(chunk, lines=[], end=start))
+
+    def _pending_start(self, chunk: Chunk, held: int) -> int | None:
+        """File offset of the first held line, counted back from the chunk's end. None
+        when that cannot be exact (a held line was repaired or split by the follower): the
+        chunk then stays uncommitted until the record is out, at the cost of re-emitting
+        its earlier records after a crash."""
+        size = 0
+        for line in chunk.lines[-held:]:
+            encoded = len(line.encode("utf-8", "surrogatepass"))
+            if "\ufffd" in line or encoded >= self.config.max_line_bytes:
+                return None
+            size += encoded + 1
+        start = chunk.end - size
+        return start if start >= chunk.start else None
+
+    def _file(self, path: str) -> _File | None:
+        state = self.files.get(path)
+        if state is None:
+            spec = self._spec_for(path)
+            if spec is None:
+                return None
+            decoder = new_decoder(
+                spec.format, self.contexts[spec.glob], path, self.config.regex,
+                self.config.max_record_bytes,
+            )
+            state = self.files[path] = _File(spec, decoder)
+        return state
+
+    def _spec_for(self, path: str) -> InputSpec | None:
+        for spec in self.config.inputs:
+            if fnmatch.fnmatchcase(path, spec.glob):
+                return spec
+        return None
+
+    # --- admin ----------------------------------------------------------------------------
+
+    def held_lines(self) -> int:
+        return sum(state.decoder.held_lines for state in list(self.files.values()))
+
+    def status(self) -> dict[str, Any]:
+        inputs = []
+        for spec in self.config.inputs:
+            parsed, rejected = self.metrics.lines_total(spec.name)
+            inputs.append({"format": spec.format, "glob": spec.glob,
+                           "parsed": parsed, "rejected": rejected})
+        return {
+            "inputs": inputs,
+            "output": self.config.output,
+            "files": self.follower.files(),
+            "lines_read": self.follower.stats.lines_read,
+            "lines_held": self.held_lines(),
+            "backlog_bytes": self.follower.backlog_bytes(),
+        }
+
+
+class FollowerCollector(Collector):
+    """What the follower counted (repairs, rotations) and how far behind the adapter is."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+
+    def collect(self) -> Iterator[Metric]:
+        follower = self.adapter.follower
+        events = CounterMetricFamily(
+            "adapter_file_events",
+            "Input repairs and file events seen by the follower (invalid UTF-8 replaced, "
+            "long lines split, rotations, truncations, ...).",
+            labels=["event"],
+        )
+        for name in _FILE_EVENTS:
+            events.add_metric([name], getattr(follower.stats, name))
+        yield events
+        yield CounterMetricFamily(
+            "adapter_lines_read", "Lines read from the inputs.", value=follower.stats.lines_read
+        )
+        yield CounterMetricFamily(
+            "adapter_bytes_read", "Bytes read from the inputs.", value=follower.stats.bytes_read
+        )
+        yield GaugeMetricFamily(
+            "adapter_lines_held",
+            "Lines of multi-line records still being assembled (not yet counted).",
+            value=self.adapter.held_lines(),
+        )
+        yield GaugeMetricFamily(
+            "adapter_backlog_bytes",
+            "Bytes in followed files not yet handled (committed).",
+            value=follower.backlog_bytes(),
+        )
+        yield GaugeMetricFamily(
+            "adapter_files_followed", "Files open for reading.", value=follower.followed
+        )
