@@ -6,8 +6,8 @@
 //
 // Modes Message, PackedForward and CompressedPackedForward use fluent-logger (with
 // requireAckResponse and, when sharedKey is given, its handshake). fluent-logger has no
-// Forward mode, so "Forward" writes one Forward request with msgpack-lite over a plain
-// socket and waits for its ack. Prints one JSON line: {"ok": true, "acked": n} or
+// Forward mode, so "Forward" does the handshake and writes one Forward request with
+// msgpack-lite over a plain socket, then waits for its ack. Prints one JSON line: {"ok": true, "acked": n} or
 // {"ok": false, "error": "..."}; exits 0 or 1. Gives up after 15 seconds.
 'use strict';
 
@@ -64,6 +64,7 @@ function viaFluentLogger() {
   }
 }
 
+// Forward mode by hand, handshake included, as an independent reading of the spec.
 function viaRawForward() {
   const codec = msgpack.createCodec();
   codec.addExtPacker(0x00, fluent.EventTime, fluent.EventTime.pack);
@@ -71,16 +72,47 @@ function viaRawForward() {
   const entries = [];
   for (let i = 0; i < args.count; i++) entries.push([eventTime(i), record(i)]);
   const request = msgpack.encode([args.tag, entries, { chunk, size: args.count }], { codec });
-  const socket = net.connect(args.port, host, () => socket.write(request));
+  const sha512 = (...parts) => {
+    const hash = crypto.createHash('sha512');
+    for (const part of parts) hash.update(part);
+    return hash.digest('hex');
+  };
+  const clientHostname = args.clientHostname || 'node-client';
+  const salt = crypto.randomBytes(16);
+  let nonce = null;
+  let state = args.sharedKey ? 'helo' : 'ack';
+  const socket = net.connect(args.port, host, () => {
+    if (state === 'ack') socket.write(request);
+  });
   const decoder = msgpack.createDecodeStream();
   socket.pipe(decoder);
-  decoder.on('data', (response) => {
-    socket.destroy();
-    if (response && response.ack === chunk) finish({ ok: true, acked: args.count });
-    finish({ ok: false, error: `unexpected response ${JSON.stringify(response)}` });
+  decoder.on('data', (message) => {
+    if (state === 'helo') {
+      if (!Array.isArray(message) || message[0] !== 'HELO') {
+        finish({ ok: false, error: `expected HELO, got ${JSON.stringify(message)}` });
+      }
+      nonce = message[1].nonce;
+      const digest = sha512(salt, clientHostname, nonce, args.sharedKey);
+      socket.write(msgpack.encode(['PING', clientHostname, salt, digest, '', '']));
+      state = 'pong';
+    } else if (state === 'pong') {
+      if (!Array.isArray(message) || message[0] !== 'PONG') {
+        finish({ ok: false, error: `expected PONG, got ${JSON.stringify(message)}` });
+      }
+      if (!message[1]) finish({ ok: false, error: `Authentication failed: ${message[2]}` });
+      if (message[4] !== sha512(salt, message[3], nonce, args.sharedKey)) {
+        finish({ ok: false, error: 'shared key mismatch in PONG' });
+      }
+      state = 'ack';
+      socket.write(request);
+    } else {
+      socket.destroy();
+      if (message && message.ack === chunk) finish({ ok: true, acked: args.count });
+      finish({ ok: false, error: `unexpected response ${JSON.stringify(message)}` });
+    }
   });
   socket.on('error', (err) => finish({ ok: false, error: err.message }));
-  socket.on('close', () => finish({ ok: false, error: 'connection closed before the ack' }));
+  socket.on('close', () => finish({ ok: false, error: `connection closed in state ${state}` }));
 }
 
 if (args.mode === 'Forward') viaRawForward();

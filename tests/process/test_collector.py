@@ -1,0 +1,377 @@
+"""The log-collector as a real process, driven by real Forward clients: fluent-logger for
+Python (Message mode), fluent-logger for Node (every mode, acks, shared key), our own
+ForwardClient, and hand-made hostile requests. Assertions are on what a user relies on:
+the records in the data files and the HTTP API, acks, rejections in /metrics, restarts."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import requests
+from fluent.sender import EventTime, FluentSender
+
+from patterns.common.forward import protocol
+from patterns.common.forward.client import ForwardClient, ForwardError, HandshakeError
+from tests.conftest import free_port, http_ok, require_tool, wait_until
+
+INTEROP = Path(__file__).parent / "forward_interop"
+MODULE = "patterns.sidecar.collector"
+
+
+@dataclass
+class Collector:
+    proc: Any
+    forward_port: int
+    http_port: int
+    data_dir: Path
+    env: dict[str, str]
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def get(self, path: str) -> Any:
+        response = requests.get(self.url(path), timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def counts(self) -> dict[str, Any]:
+        return self.get("/api/counts")
+
+    def stored(self) -> list[dict[str, Any]]:
+        """Every record in the data files, in file order."""
+        lines = []
+        for path in sorted(self.data_dir.glob("records-*.jsonl")):
+            lines.extend(line for line in path.read_text().splitlines() if line)
+        return [json.loads(line) for line in lines]
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = requests.get(self.url("/metrics"), timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            match = re.match(rf"^{name}(\{{.*\}})? (\S+)$", line)
+            if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
+                total += float(match.group(2))
+        return total
+
+    def client(self, **kwargs: Any) -> ForwardClient:
+        return ForwardClient("127.0.0.1", self.forward_port, self_hostname="test-client", **kwargs)
+
+
+@pytest.fixture
+def collector(service: Callable[..., Any], tmp_path: Path) -> Iterator[Callable[..., Collector]]:
+    """Factory: start a collector (same data dir on every call within a test, so a second
+    call is a restart) and wait until it is ready."""
+
+    def start(**extra: str) -> Collector:
+        forward_port, http_port = free_port(), free_port()
+        env = {
+            "COLLECTOR_FORWARD_HOST": "127.0.0.1",
+            "COLLECTOR_FORWARD_PORT": str(forward_port),
+            "COLLECTOR_HTTP_HOST": "127.0.0.1",
+            "COLLECTOR_HTTP_PORT": str(http_port),
+            "COLLECTOR_DATA_DIR": str(tmp_path / "data"),
+            "COLLECTOR_HOSTNAME": "collector.test",
+            **extra,
+        }
+        proc = service(MODULE, env)
+        found = Collector(proc, forward_port, http_port, tmp_path / "data", env)
+        wait_until(
+            lambda: http_ok(found.url("/readyz")) or not proc.alive(), what="collector ready"
+        )
+        assert proc.alive(), proc.output()
+        return found
+
+    yield start
+
+
+def packed(lines: list[str], path: str = "/var/log/app.log") -> bytes:
+    now = time.time()
+    return b"".join(
+        msgpack.packb([EventTime(now), {"log": line, "file": path}], use_bin_type=True)
+        for line in lines
+    )
+
+
+# --- (a) fluent-logger for Python, Message mode -------------------------------------------
+
+
+def test_python_fluent_logger_records_are_stored(collector: Callable[..., Collector]) -> None:
+    c = collector()
+    sender = FluentSender("py", host="127.0.0.1", port=c.forward_port, nanosecond_precision=True)
+    try:
+        for i in range(20):
+            assert sender.emit("app", {"message": f"hello {i}", "seq": i}), sender.last_error
+    finally:
+        sender.close()
+    wait_until(lambda: c.counts()["total"] == 20, what="20 events counted")
+    stored = c.stored()
+    assert [r["record"] for r in stored] == [{"message": f"hello {i}", "seq": i} for i in range(20)]
+    assert {r["tag"] for r in stored} == {"py.app"}
+    assert all(abs(r["time"] - time.time()) < 60 for r in stored)
+    api = c.get("/api/records?tag=py.app&limit=5")["records"]
+    assert [r["record"]["seq"] for r in api] == [15, 16, 17, 18, 19]  # newest last
+    assert c.counts() == {"tags": {"py.app": 20}, "total": 20}
+
+
+# --- (b) fluent-logger for Node: every mode, acks, shared key ------------------------------
+
+
+@pytest.fixture(scope="module")
+def node_sender() -> Callable[..., dict[str, Any]]:
+    node = require_tool("node", "install Node.js 20 (apt-get install nodejs npm)")
+    npm = require_tool("npm", "install npm (apt-get install npm)")
+    if not (INTEROP / "node_modules" / "fluent-logger").exists():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=INTEROP, check=True, timeout=300)
+
+    def send(**args: Any) -> dict[str, Any]:
+        done = subprocess.run(
+            [node, "send.js", json.dumps(args)],
+            cwd=INTEROP,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        lines = done.stdout.strip().splitlines()
+        assert lines, f"send.js printed nothing; stderr: {done.stderr}"
+        return json.loads(lines[-1])
+
+    return send
+
+
+NODE_MODES = ["Message", "Forward", "PackedForward", "CompressedPackedForward"]
+
+
+def test_node_fluent_logger_every_mode_with_acks_and_shared_key(
+    collector: Callable[..., Collector], node_sender: Callable[..., dict[str, Any]]
+) -> None:
+    c = collector(COLLECTOR_SHARED_KEY="interop-key")
+    for mode in NODE_MODES:
+        result = node_sender(
+            port=c.forward_port, mode=mode, tag=f"node.{mode}", count=25, sharedKey="interop-key"
+        )
+        assert result == {"ok": True, "acked": 25}, mode
+    stored = c.stored()
+    for mode in NODE_MODES:
+        mine = [r for r in stored if r["tag"] == f"node.{mode}"]
+        assert [r["record"]["seq"] for r in mine] == list(range(25)), mode
+        assert mine[3]["record"]["message"] == f"node.{mode} event 3"
+        assert all(abs(r["time"] - time.time()) < 60 for r in mine)
+    assert c.counts()["total"] == 100
+    for wire_mode in ("message", "forward", "packed_forward", "compressed_packed_forward"):
+        assert c.metric("collector_events_received_total", mode=wire_mode) == 25, wire_mode
+    # Message mode acks each event, the others one request of 25.
+    assert c.metric("collector_acks_sent_total") == 25 + 3
+
+
+def test_node_fluent_logger_with_a_wrong_shared_key_is_refused(
+    collector: Callable[..., Collector], node_sender: Callable[..., dict[str, Any]]
+) -> None:
+    c = collector(COLLECTOR_SHARED_KEY="interop-key")
+    for mode in ("PackedForward", "Forward"):
+        result = node_sender(port=c.forward_port, mode=mode, tag="x", count=2, sharedKey="nope")
+        assert result["ok"] is False
+        assert "shared key mismatch" in result["error"]
+    assert c.counts()["total"] == 0
+    assert c.metric("collector_rejected_frames_total", reason="auth_failed") == 2
+
+
+# --- (c) our ForwardClient ----------------------------------------------------------------
+
+
+def test_forward_client_without_shared_key(collector: Callable[..., Collector]) -> None:
+    c = collector()
+    with c.client() as client:
+        client.send_packed("app.plain", packed(["a", "b", "c"]), 3)
+        # The ack means stored: the lines are in the files the moment the call returns.
+        assert [r["record"]["log"] for r in c.stored()] == ["a", "b", "c"]
+        client.send_packed("app.gz", packed(["d", "e"]), 2, compressed=True)
+        assert [r["record"]["log"] for r in c.stored()] == ["a", "b", "c", "d", "e"]
+    assert c.counts() == {"tags": {"app.gz": 2, "app.plain": 3}, "total": 5}
+    assert c.stored()[0]["record"] == {"log": "a", "file": "/var/log/app.log"}
+
+
+def test_forward_client_with_shared_key_and_users(collector: Callable[..., Collector]) -> None:
+    c = collector(COLLECTOR_SHARED_KEY="k3y", COLLECTOR_USERS="alice:wonder")
+    with c.client(shared_key="k3y", username="alice", password="wonder") as client:
+        client.send_packed("secure", packed(["one"]), 1)
+        client.send_packed("secure", packed(["two"]), 1, compressed=True)
+    assert [r["record"]["log"] for r in c.stored()] == ["one", "two"]
+
+    with pytest.raises(HandshakeError, match="shared key mismatch"):
+        c.client(shared_key="wrong", username="alice", password="wonder").send_packed(
+            "secure", packed(["x"]), 1
+        )
+    with pytest.raises(HandshakeError, match="username/password mismatch"):
+        c.client(shared_key="k3y", username="alice", password="guess").send_packed(
+            "secure", packed(["x"]), 1
+        )
+    with pytest.raises(HandshakeError, match="requires the shared-key handshake"):
+        c.client().send_packed("secure", packed(["x"]), 1)
+    assert c.counts()["total"] == 2
+
+
+def test_forward_client_reconnects_after_a_collector_restart(
+    collector: Callable[..., Collector],
+) -> None:
+    first = collector(COLLECTOR_SHARED_KEY="k")
+    client = ForwardClient(
+        "127.0.0.1", first.forward_port, shared_key="k", self_hostname="c", ack_timeout=3
+    )
+    client.send_packed("r", packed(["before"]), 1)
+    assert first.proc.stop() == 0
+    second = collector(COLLECTOR_SHARED_KEY="k", COLLECTOR_FORWARD_PORT=str(first.forward_port))
+    with pytest.raises(ForwardError):
+        client.send_packed("r", packed(["lost-connection"]), 1)  # old socket is dead
+    client.send_packed("r", packed(["after"]), 1)  # reconnects, handshakes again
+    client.close()
+    logs = [r["record"]["log"] for r in second.stored()]
+    assert logs[0] == "before" and logs[-1] == "after"
+
+
+# --- (d) malformed and hostile requests -----------------------------------------------------
+
+
+def big_declared_bin() -> bytes:
+    return b"\x93\xa1t\xc6" + (2**31).to_bytes(4, "big") + os.urandom(2 * 1024 * 1024)
+
+
+HOSTILE: dict[str, tuple[bytes, str]] = {
+    "garbage": (b"\xc1" + os.urandom(4096), "bad_msgpack"),
+    "wrong types": (msgpack.packb([1, 2, 3]), "bad_tag"),
+    "not an array": (msgpack.packb("GET / HTTP/1.1"), "bad_request"),
+    "deep nesting": (b"\x91" * 100_000, "bad_msgpack"),
+    "huge declared array": (b"\x93\xa1t\xdd\xff\xff\xff\xff", "bad_msgpack"),
+    "huge declared bin": (big_declared_bin(), "too_large"),
+    "too many entries": (
+        protocol.encode_packed_forward("t", packed(["x"] * 1001), 1001, "c"),
+        "too_many_entries",
+    ),
+    "bad gzip": (msgpack.packb(["t", b"\x1f\x8bnot gzip", {"compressed": "gzip"}]), "bad_gzip"),
+    "gzip bomb": (
+        msgpack.packb(
+            ["t", gzip.compress(b"\x00" * (200 * 1024 * 1024), 9), {"compressed": "gzip"}]
+        ),
+        "too_large",
+    ),
+    "truncated entries": (msgpack.packb(["t", packed(["a", "b"])[:-4]]), "bad_entry"),
+}
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def closed_by_server(sock: socket.socket, timeout: float = 10.0) -> bool:
+    """True once the server has closed the connection (nothing is ever sent back)."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_hostile_requests_are_closed_counted_and_others_keep_being_served(
+    collector: Callable[..., Collector],
+) -> None:
+    c = collector(
+        COLLECTOR_MAX_FRAME_BYTES=str(1024 * 1024),
+        COLLECTOR_MAX_DECOMPRESSED_BYTES=str(4 * 1024 * 1024),
+        COLLECTOR_MAX_ENTRIES="1000",
+        COLLECTOR_IDLE_TIMEOUT="1",
+    )
+    good = c.client()
+    good.send_packed("good", packed(["warm-up"]), 1)
+    rss_before = rss_bytes(c.proc.pid)
+    sent = 0
+    for round_ in range(3):  # repeated, so a leak would show in RSS
+        for name, (payload, _) in HOSTILE.items():
+            with socket.create_connection(("127.0.0.1", c.forward_port), timeout=10) as sock:
+                # Closed by the server while we were still sending is just as good.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    sock.sendall(payload)
+                assert closed_by_server(sock), name
+            sent += 1
+            # A client on another connection is still served, on the same socket as before.
+            good.send_packed("good", packed([f"{round_}-{name}"]), 1)
+    good.close()
+    for name, (_, reason) in HOSTILE.items():
+        assert c.metric("collector_rejected_frames_total", reason=reason) >= 3, name
+    assert c.metric("collector_rejected_frames_total") == sent
+    assert c.counts()["tags"] == {"good": 1 + sent}
+    assert c.proc.alive()
+    growth = rss_bytes(c.proc.pid) - rss_before
+    assert growth < 64 * 1024 * 1024, f"RSS grew by {growth / 2**20:.0f} MiB"
+    assert "rejected client request" in c.proc.output()
+    assert "127.0.0.1:" in c.proc.output()  # the peer is in the log line
+
+
+def test_silent_connections_are_closed_after_the_idle_timeout(
+    collector: Callable[..., Collector],
+) -> None:
+    c = collector(COLLECTOR_IDLE_TIMEOUT="0.5")
+    with socket.create_connection(("127.0.0.1", c.forward_port), timeout=5) as sock:
+        started = time.monotonic()
+        sock.settimeout(5)
+        assert sock.recv(1) == b""
+        assert time.monotonic() - started < 3
+
+
+# --- (e) restart ------------------------------------------------------------------------------
+
+
+def test_restart_keeps_stored_records_and_counts(collector: Callable[..., Collector]) -> None:
+    first = collector()
+    with first.client() as client:
+        client.send_packed("web", packed([f"web {i}" for i in range(30)]), 30)
+        client.send_packed("db", packed([f"db {i}" for i in range(12)]), 12, compressed=True)
+    before_records = first.get("/api/records?limit=50")["records"]
+    assert first.proc.stop() == 0
+    # A crash in the middle of a write leaves a partial line that was never acked.
+    [segment] = first.data_dir.glob("records-*.jsonl")
+    with open(segment, "ab") as handle:
+        handle.write(b'{"tag":"web","time":1.0,"rec')
+
+    second = collector()
+    assert second.counts() == {"tags": {"db": 12, "web": 30}, "total": 42}
+    assert second.get("/api/records?limit=50")["records"] == before_records
+    with second.client() as client:
+        client.send_packed("web", packed(["after restart"]), 1)
+    assert second.counts()["total"] == 43
+    logs = [r["record"]["log"] for r in second.stored()]
+    assert logs[-2:] == ["db 11", "after restart"]  # the partial line is gone
+    assert second.get("/api/records?tag=web&limit=2")["records"][-1]["record"]["log"] == (
+        "after restart"
+    )
+
+
+def test_http_page_api_errors_and_graceful_stop(collector: Callable[..., Collector]) -> None:
+    c = collector()
+    page = requests.get(c.url("/"), timeout=5)
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert "api/records" in page.text and "api/counts" in page.text
+    bad = requests.get(c.url("/api/records?limit=zero"), timeout=5)
+    assert bad.status_code == 400 and "limit" in bad.json()["error"]
+    assert c.get("/api/records") == {"records": []}
+    c.proc.signal(signal.SIGTERM)
+    assert c.proc.wait(15) == 0
+    assert '"stopped"' in c.proc.output()
