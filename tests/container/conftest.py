@@ -51,9 +51,10 @@ def docker_client() -> Iterator[Any]:
     client.close()
 
 
-@pytest.fixture(scope="session")
-def images(docker_client: Any) -> dict[str, str]:
-    """service name -> image reference, built once per session by images/build.py."""
+def build_suite_images() -> dict[str, str]:
+    """Build every image with images/build.py (as `make images` does); service name ->
+    image reference. A failed build fails the calling test: it is a defect, not a
+    missing prerequisite."""
     BUILD_LOG.parent.mkdir(parents=True, exist_ok=True)
     with open(BUILD_LOG, "w") as log:
         result = subprocess.run(
@@ -68,12 +69,41 @@ def images(docker_client: Any) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def images(docker_client: Any) -> dict[str, str]:
+    """service name -> image reference, built once per session."""
+    return build_suite_images()
+
+
+@pytest.fixture(scope="session")
 def pod_network(docker_client: Any) -> Iterator[str]:
     """An internal network: pods reach each other by container name, nothing goes out."""
     network = docker_client.networks.create(f"pp-test-{uuid.uuid4().hex[:8]}",
                                             driver="bridge", internal=True)
     yield network.name
     network.remove()
+
+
+def http_get_script(url: str, timeout: float) -> str:
+    """Python source that GETs `url` and prints the status, a newline and the body: run
+    inside a container (the images have no curl) to reach its pod's localhost."""
+    return (
+        "import sys, urllib.request, urllib.error\n"
+        "try:\n"
+        f"    r = urllib.request.urlopen({url!r}, timeout={timeout})\n"
+        "    status, body = r.status, r.read()\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    status, body = e.code, e.read()\n"
+        "except OSError as e:\n"
+        "    status, body = 0, str(e).encode()\n"
+        "sys.stdout.write(str(status) + '\\n' + body.decode(errors='replace'))\n"
+    )
+
+
+def parse_http_get(exit_code: int, output: str) -> tuple[int, str]:
+    if exit_code != 0:
+        return 0, output
+    status, _, body = output.partition("\n")
+    return int(status), body
 
 
 @dataclass
@@ -92,22 +122,7 @@ class PodContainer:
     def http_get(self, url: str, timeout: float = 3.0) -> tuple[int, str]:
         """(HTTP status, body) of a GET made from inside the container; status 0 when the
         connection itself failed."""
-        code = (
-            "import sys, urllib.request, urllib.error\n"
-            "try:\n"
-            f"    r = urllib.request.urlopen({url!r}, timeout={timeout})\n"
-            "    status, body = r.status, r.read()\n"
-            "except urllib.error.HTTPError as e:\n"
-            "    status, body = e.code, e.read()\n"
-            "except OSError as e:\n"
-            "    status, body = 0, str(e).encode()\n"
-            "sys.stdout.write(str(status) + '\\n' + body.decode(errors='replace'))\n"
-        )
-        exit_code, output = self.python(code)
-        if exit_code != 0:
-            return 0, output
-        status, _, body = output.partition("\n")
-        return int(status), body
+        return parse_http_get(*self.python(http_get_script(url, timeout)))
 
     def running(self) -> bool:
         self.container.reload()

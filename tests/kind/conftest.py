@@ -1,0 +1,160 @@
+"""kind tier: the suite's manifests on a real Kubernetes cluster made by kind.
+
+Needs `kind`, `kubectl` and a running Docker engine; without them every test here skips,
+naming what is missing. The cluster is $KIND_CLUSTER (default `podpatterns`, the one
+`make kind-up` and the demos use): reused if it exists, otherwise created from
+k8s/kind-cluster.yaml and deleted again after the session (KEEP_KIND_CLUSTER=1 keeps it).
+
+Images are built by images/build.py (the same path as `make images`), loaded with
+`kind load docker-image`, and the rendered overlay is applied with its image tags replaced
+by the ones just built.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, require_tool
+from tests.container.conftest import build_suite_images, http_get_script, parse_http_get
+
+KIND_CLUSTER = os.environ.get("KIND_CLUSTER", "podpatterns")
+IMAGE_REF = re.compile(r"(image:\s*['\"]?)(podpatterns/([a-z0-9-]+)):[A-Za-z0-9_.-]+")
+
+
+def run(argv: list[str], input: str | None = None, timeout: float = 600,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, input=input, capture_output=True, text=True, cwd=ROOT,
+                            timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        pytest.fail(f"$ {' '.join(argv)}\nexit {result.returncode}\n{result.stdout}"
+                    f"\n{result.stderr}", pytrace=False)
+    return result
+
+
+@dataclass
+class Cluster:
+    name: str
+
+    @property
+    def context(self) -> str:
+        return f"kind-{self.name}"
+
+    def kubectl(self, *args: str, input: str | None = None, timeout: float = 600,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run(["kubectl", "--context", self.context, *args], input=input,
+                   timeout=timeout, check=check)
+
+    def json(self, *args: str) -> Any:
+        import json
+
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def exec(self, namespace: str, pod: str, container: str, *argv: str,
+             check: bool = False) -> tuple[int, str]:
+        result = self.kubectl("-n", namespace, "exec", pod, "-c", container, "--", *argv,
+                              timeout=60, check=check)
+        return result.returncode, result.stdout + result.stderr
+
+    def python(self, namespace: str, pod: str, container: str, code: str) -> tuple[int, str]:
+        result = self.kubectl("-n", namespace, "exec", pod, "-c", container, "--",
+                              "python3", "-c", code, timeout=60, check=False)
+        # stdout only: kubectl's own warnings go to stderr.
+        return result.returncode, result.stdout if result.returncode == 0 else result.stderr
+
+    def http_get(self, namespace: str, pod: str, container: str, url: str,
+                 timeout: float = 5.0) -> tuple[int, str]:
+        return parse_http_get(*self.python(namespace, pod, container,
+                                           http_get_script(url, timeout)))
+
+
+@pytest.fixture(scope="session")
+def kind_cluster() -> Iterator[Cluster]:
+    require_tool("kind", "https://kind.sigs.k8s.io/docs/user/quick-start/#installation")
+    require_tool("kubectl", "https://kubernetes.io/docs/tasks/tools/")
+    require_tool("docker", "apt-get install docker.io")
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.skip("needs a running Docker engine for kind: start dockerd")
+    cluster = Cluster(KIND_CLUSTER)
+    existing = run(["kind", "get", "clusters"]).stdout.split()
+    created = KIND_CLUSTER not in existing
+    if created:
+        run(["make", "--no-print-directory", "kind-up", f"KIND_CLUSTER={KIND_CLUSTER}"],
+            timeout=900)
+    yield cluster
+    if created and os.environ.get("KEEP_KIND_CLUSTER") != "1":
+        run(["kind", "delete", "cluster", "--name", KIND_CLUSTER], check=False)
+
+
+@pytest.fixture(scope="session")
+def kind_images(kind_cluster: Cluster) -> dict[str, str]:
+    """Every suite image, built and loaded into the cluster's node."""
+    images = build_suite_images()
+    for ref in images.values():
+        run(["kind", "load", "docker-image", "--name", kind_cluster.name, ref], timeout=600)
+    return images
+
+
+@dataclass
+class Deployed:
+    cluster: Cluster
+    manifests: str
+    documents: list[dict[str, Any]]
+
+    def namespace_of(self, kind: str, name: str) -> str:
+        for doc in self.documents:
+            if doc.get("kind") == kind and doc["metadata"]["name"] == name:
+                return str(doc["metadata"].get("namespace", "default"))
+        raise AssertionError(f"no {kind} {name} in the rendered manifests")
+
+
+def render(pattern: str, images: dict[str, str]) -> str:
+    """`kubectl kustomize k8s/<pattern>/kind` with every podpatterns/<service> image set to
+    the reference just built (the overlay names a placeholder tag)."""
+    rendered = run(["kubectl", "kustomize", str(ROOT / "k8s" / pattern / "kind")]).stdout
+
+    def built(match: re.Match[str]) -> str:
+        service = match.group(3)
+        if service not in images:
+            raise AssertionError(f"manifest uses podpatterns/{service}, which no Dockerfile builds")
+        return match.group(1) + images[service]
+
+    return IMAGE_REF.sub(built, rendered)
+
+
+@pytest.fixture(scope="module")
+def deploy(kind_cluster: Cluster, kind_images: dict[str, str]) -> Iterator:
+    """Factory: `deploy("sidecar")` applies k8s/sidecar/kind, waits until every Deployment
+    is Available, and deletes it all after the module."""
+    applied: list[str] = []
+
+    def apply(pattern: str) -> Deployed:
+        manifests = render(pattern, kind_images)
+        kind_cluster.kubectl("apply", "-f", "-", input=manifests)
+        applied.append(manifests)
+        documents = [doc for doc in yaml.safe_load_all(manifests) if doc]
+        for doc in documents:
+            if doc.get("kind") == "Deployment":
+                meta = doc["metadata"]
+                result = kind_cluster.kubectl(
+                    "-n", meta.get("namespace", "default"), "rollout", "status",
+                    f"deployment/{meta['name']}", "--timeout=300s", check=False)
+                if result.returncode != 0:
+                    events = kind_cluster.kubectl(
+                        "-n", meta.get("namespace", "default"), "get", "events",
+                        "--sort-by=.lastTimestamp", check=False).stdout
+                    pytest.fail(f"deployment {meta['name']} did not roll out:\n"
+                                f"{result.stderr}\n{events[-4000:]}", pytrace=False)
+        return Deployed(kind_cluster, manifests, documents)
+
+    yield apply
+    for manifests in reversed(applied):
+        kind_cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-",
+                             input=manifests, check=False)

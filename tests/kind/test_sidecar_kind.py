@@ -1,0 +1,181 @@
+"""The sidecar pattern on a real cluster: k8s/sidecar/kind applied with kustomize, then the
+same promises as the container tier, checked with `kubectl exec` inside the pods.
+
+Nothing here assumes object names: the web-app pod is the one running podpatterns/web-app,
+its sidecar the container (or native-sidecar init container) running
+podpatterns/log-shipper, and the collector the pod running podpatterns/log-collector.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.kind.conftest import Cluster, Deployed
+
+TRAFFIC_LINES = 200
+
+
+@dataclass
+class RunningContainer:
+    namespace: str
+    pod: str
+    name: str
+    spec: dict[str, Any]
+
+    def env(self, name: str, default: str) -> str:
+        for item in self.spec.get("env", []):
+            if item["name"] == name and "value" in item:
+                return str(item["value"])
+        return default
+
+    def mount_of(self, volume: str) -> str | None:
+        for mount in self.spec.get("volumeMounts", []):
+            if mount["name"] == volume:
+                return str(mount["mountPath"])
+        return None
+
+
+def all_containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
+    # Native sidecars are init containers with restartPolicy: Always.
+    return list(pod_spec.get("initContainers", [])) + list(pod_spec["containers"])
+
+
+def find(cluster: Cluster, deployed: Deployed, service: str) -> RunningContainer:
+    """The running container of the pod whose image is podpatterns/<service>."""
+    for doc in deployed.documents:
+        if doc.get("kind") != "Deployment":
+            continue
+        template = doc["spec"]["template"]["spec"]
+        for container in all_containers(template):
+            if f"podpatterns/{service}:" not in container["image"]:
+                continue
+            namespace = doc["metadata"].get("namespace", "default")
+            selector = ",".join(f"{key}={value}" for key, value in
+                                doc["spec"]["selector"]["matchLabels"].items())
+            pods = cluster.json("-n", namespace, "get", "pods", "-l", selector)["items"]
+            running = [pod for pod in pods if pod["status"].get("phase") == "Running"
+                       and not pod["metadata"].get("deletionTimestamp")]
+            assert running, f"no running pod for {service} ({selector})"
+            return RunningContainer(namespace, running[0]["metadata"]["name"],
+                                    container["name"], container)
+    raise AssertionError(f"no Deployment runs podpatterns/{service}")
+
+
+def eventually(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}", pytrace=False)
+        time.sleep(1.0)
+
+
+@dataclass
+class SidecarOnKind:
+    cluster: Cluster
+    deployed: Deployed
+    app: RunningContainer
+    shipper: RunningContainer
+    collector: RunningContainer
+    app_log_dir: str
+    shipper_log_dir: str
+
+
+@pytest.fixture(scope="module")
+def sidecar(kind_cluster: Cluster, deploy: Callable[[str], Deployed]) -> SidecarOnKind:
+    deployed = deploy("sidecar")
+    app = find(kind_cluster, deployed, "web-app")
+    shipper = find(kind_cluster, deployed, "log-shipper")
+    collector = find(kind_cluster, deployed, "log-collector")
+    assert (app.namespace, app.pod) == (shipper.namespace, shipper.pod), \
+        "the web app and the shipper must be one pod"
+    app_log_dir = app.env("WEB_APP_LOG_DIR", "/var/log/app")
+    shared = [mount["name"] for mount in app.spec.get("volumeMounts", [])
+              if mount["mountPath"] == app_log_dir]
+    assert shared, f"the web app's log dir {app_log_dir} is not on a volume"
+    shipper_log_dir = shipper.mount_of(shared[0])
+    assert shipper_log_dir, f"the shipper does not mount the app's log volume {shared[0]}"
+    return SidecarOnKind(kind_cluster, deployed, app, shipper, collector, app_log_dir,
+                         shipper_log_dir)
+
+
+@pytest.fixture(scope="module")
+def traffic(sidecar: SidecarOnKind) -> dict[str, Any]:
+    port = sidecar.app.env("WEB_APP_PORT", "8080")
+    status, body = sidecar.cluster.http_get(
+        sidecar.app.namespace, sidecar.app.pod, sidecar.app.name,
+        f"http://127.0.0.1:{port}/traffic?n={TRAFFIC_LINES}", timeout=30)
+    assert status == 200, body
+    return dict(json.loads(body))
+
+
+def file_identity(sidecar: SidecarOnKind, where: RunningContainer, path: str) -> dict:
+    code = (
+        "import json, os, sys\n"
+        f"st = os.stat({path!r})\n"
+        "json.dump({'ino': st.st_ino, 'dev': st.st_dev, 'size': st.st_size}, sys.stdout)\n"
+    )
+    exit_code, output = sidecar.cluster.python(where.namespace, where.pod, where.name, code)
+    assert exit_code == 0, output
+    return dict(json.loads(output))
+
+
+def test_app_and_shipper_see_the_same_file_on_the_shared_volume(
+    sidecar: SidecarOnKind, traffic: dict[str, Any]
+) -> None:
+    # The app keeps writing (kubelet probes are logged too), so compare the file's
+    # identity, not its size.
+    in_app = file_identity(sidecar, sidecar.app, f"{sidecar.app_log_dir}/access.log")
+    in_shipper = file_identity(sidecar, sidecar.shipper,
+                               f"{sidecar.shipper_log_dir}/access.log")
+    assert (in_app["ino"], in_app["dev"]) == (in_shipper["ino"], in_shipper["dev"])
+    assert in_app["size"] > 0
+
+
+def test_app_reaches_the_shipper_admin_port_on_localhost(sidecar: SidecarOnKind) -> None:
+    port = sidecar.shipper.env("SHIPPER_HTTP_PORT", "9102")
+    status, body = sidecar.cluster.http_get(sidecar.app.namespace, sidecar.app.pod,
+                                            sidecar.app.name, f"http://localhost:{port}/healthz")
+    assert status == 200, body
+
+
+def test_every_container_runs_as_uid_10001_on_a_read_only_root(sidecar: SidecarOnKind) -> None:
+    for where in (sidecar.app, sidecar.shipper, sidecar.collector):
+        exit_code, status = sidecar.cluster.exec(where.namespace, where.pod, where.name,
+                                                 "cat", "/proc/1/status")
+        assert exit_code == 0, status
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        assert fields["Uid"].split() == ["10001"] * 4, (where.name, fields["Uid"])
+        assert int(fields["CapEff"].strip(), 16) == 0, (where.name, fields["CapEff"])
+        assert fields["NoNewPrivs"].strip() == "1", where.name
+        exit_code, output = sidecar.cluster.python(where.namespace, where.pod, where.name,
+                                                   "open('/opt/venv/probe', 'w')")
+        assert exit_code != 0 and "Read-only file system" in output, (where.name, output)
+
+
+def test_lines_reach_the_collector(sidecar: SidecarOnKind, traffic: dict[str, Any]) -> None:
+    exit_code, output = sidecar.cluster.python(
+        sidecar.app.namespace, sidecar.app.pod, sidecar.app.name,
+        f"import glob; print(sum(sum(1 for _ in open(p, 'rb')) "
+        f"for p in glob.glob({sidecar.app_log_dir + '/access.log'!r} + '*')))")
+    assert exit_code == 0, output
+    logged = int(output)
+    port = sidecar.collector.env("COLLECTOR_HTTP_PORT", "8081")
+
+    def collected() -> int:
+        status, body = sidecar.cluster.http_get(
+            sidecar.collector.namespace, sidecar.collector.pod, sidecar.collector.name,
+            f"http://127.0.0.1:{port}/api/counts")
+        return int(json.loads(body)["total"]) if status == 200 else -1
+
+    # Probes keep adding lines, so every line logged up to now must be there, at least.
+    eventually(lambda: collected() >= logged,
+               f"the collector to hold the {logged} lines the app had logged")
