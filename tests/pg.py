@@ -187,3 +187,11 @@ class Cluster:
 
     def server_log(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def prepend_hba(cluster: Cluster, lines: list[str]) -> None:
+    """Rules that win over initdb's (pg_hba.conf is first-match); reload if running."""
+    hba = cluster.data / "pg_hba.conf"
+    hba.write_text("\n".join(lines) + "\n" + hba.read_text())
+    if cluster.running():
+        cluster._pg("pg_ctl", "-D", str(cluster.data), "reload")

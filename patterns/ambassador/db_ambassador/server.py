@@ -195,7 +195,9 @@ class Ambassador:
     def _refuse(self, writer: asyncio.StreamWriter, reason: str, sqlstate: str, text: str) -> None:
         self.metrics.refusals.labels(reason=reason).inc()
         log.warning("client refused", extra={"reason": reason, "detail": text})
-        writer.write(pgwire.error_response(sqlstate, text))
+        # libpq keeps no SQLSTATE for errors during connection start-up (psycopg's
+        # e.sqlstate is None there), so the code is in the text too, for people and logs.
+        writer.write(pgwire.error_response(sqlstate, f"{text} (SQLSTATE {sqlstate})"))
         writer.close()
 
     async def _connect(self) -> tuple[Upstream, asyncio.StreamReader, asyncio.StreamWriter]:

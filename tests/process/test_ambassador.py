@@ -1,0 +1,362 @@
+"""db-ambassador against real PostgreSQL 15 servers started by the tests: round trips,
+TLS verify-full, the connection limit, no upstream at all, SIGTERM with an open
+transaction, and many idle clients. Failover is in test_ambassador_failover.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+
+from patterns.ambassador.db_ambassador.pgwire import parse_error_fields
+from tests import pg
+from tests.conftest import free_port, http_ok, wait_until
+
+MODULE = "patterns.ambassador.db_ambassador"
+PASSWORD = "s3cret-test"
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    problem = pg.missing_prerequisite()
+    if problem:
+        pytest.skip(problem)
+    path = pg.make_workdir()
+    yield path
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pki(workdir: Path) -> pg.Pki:
+    return pg.make_pki(workdir / "pki", ["localhost", "127.0.0.1"])
+
+
+@pytest.fixture(scope="module")
+def primary(workdir: Path, pki: pg.Pki) -> Iterator[pg.Cluster]:
+    cluster = pg.Cluster(workdir, "primary", free_port(), PASSWORD).init(pki)
+    # Health-check roles for the two older password methods (SCRAM is the default).
+    pg.prepend_hba(
+        cluster,
+        ["host all health_md5 127.0.0.1/32 md5", "host all health_plain 127.0.0.1/32 password"],
+    )
+    cluster.start()
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute("SET password_encryption = 'md5'")
+        conn.execute(f"CREATE ROLE health_md5 LOGIN PASSWORD '{PASSWORD}'")
+        conn.execute("SET password_encryption = 'scram-sha-256'")
+        conn.execute(f"CREATE ROLE health_plain LOGIN PASSWORD '{PASSWORD}'")
+    yield cluster
+    cluster.stop()
+
+
+@dataclass
+class Ambassador:
+    port: int
+    admin: str
+    proc: Any
+
+    def dsn(self, **extra: str) -> str:
+        params = {"host": "127.0.0.1", "port": str(self.port), "user": "postgres",
+                  "password": PASSWORD, "dbname": "postgres", "connect_timeout": "10", **extra}  # fmt: skip
+        return " ".join(f"{k}={v}" for k, v in params.items())
+
+    def json(self, path: str) -> Any:
+        return requests.get(self.admin + path, timeout=2).json()
+
+    def metric(self, sample: str) -> float:
+        """The value of one sample, e.g. 'ambassador_refusals_total{reason="x"}'."""
+        for line in requests.get(self.admin + "/metrics", timeout=2).text.splitlines():
+            key, _, value = line.rpartition(" ")
+            if key == sample:
+                return float(value)
+        return 0.0
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def raw_refusal(port: int) -> dict[str, str]:
+    """Speak the protocol by hand: SSLRequest, startup, and read the ErrorResponse's
+    fields ({'C': sqlstate, 'M': message, ...})."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(struct.pack("!II", 8, 80877103))
+        assert sock.recv(1) == b"N"
+        params = b"user\0postgres\0database\0postgres\0\0"
+        sock.sendall(struct.pack("!II", 8 + len(params), 196608) + params)
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    assert data[:1] == b"E", data
+    return parse_error_fields(data[5:])
+
+
+@pytest.fixture
+def ambassador(service):
+    def start(upstreams: list[int], **env: str) -> Ambassador:
+        port, admin_port = free_port(), free_port()
+        proc = service(
+            MODULE,
+            {
+                "AMBASSADOR_LISTEN": f"127.0.0.1:{port}",
+                "AMBASSADOR_UPSTREAMS": ",".join(f"127.0.0.1:{p}" for p in upstreams),
+                "AMBASSADOR_HTTP_HOST": "127.0.0.1",
+                "AMBASSADOR_HTTP_PORT": str(admin_port),
+                "AMBASSADOR_HEALTH_INTERVAL": "0.3",
+                **env,
+            },
+        )
+        amb = Ambassador(port, f"http://127.0.0.1:{admin_port}", proc)
+        wait_until(lambda: http_ok(amb.admin + "/healthz"), what="ambassador liveness")
+        wait_until(lambda: listening(port) or not proc.alive(), what="ambassador listening")
+        assert proc.alive(), proc.output()
+        return amb
+
+    return start
+
+
+def test_round_trip_through_the_ambassador(ambassador, primary):
+    amb = ambassador([primary.port])
+    wait_until(lambda: http_ok(amb.admin + "/readyz"), what="readiness")
+    # psycopg's default sslmode=prefer sends an SSLRequest first: the ambassador says 'N'.
+    with psycopg.connect(amb.dsn()) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS notes (id serial PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO notes (body) VALUES (%s)", ("through the ambassador",))
+        conn.commit()
+        big = conn.execute("SELECT repeat('x', 1000000)").fetchone()[0]
+        assert len(big) == 1_000_000
+        port = conn.execute("SELECT current_setting('port')").fetchone()[0]
+        assert int(port) == primary.port
+    with psycopg.connect(primary.dsn()) as direct:
+        bodies = [r[0] for r in direct.execute("SELECT body FROM notes")]
+    assert "through the ambassador" in bodies
+    assert amb.metric('ambassador_sessions_total{upstream="127.0.0.1:%d"}' % primary.port) == 1
+    assert amb.metric('ambassador_bytes_total{direction="upstream_to_client"}') > 1_000_000
+    view = amb.json("/upstreams")
+    assert view["active_upstream"] == f"127.0.0.1:{primary.port}"
+    assert view["upstreams"][0]["healthy"] is True
+
+
+def test_verify_full_with_the_right_ca_encrypts_upstream(ambassador, primary, pki):
+    amb = ambassador(
+        [primary.port], AMBASSADOR_TLS_MODE="verify-full", AMBASSADOR_TLS_CA_FILE=str(pki.ca_cert)
+    )
+    wait_until(lambda: http_ok(amb.admin + "/readyz"), what="readiness")
+    with psycopg.connect(amb.dsn()) as conn:
+        # The client's leg is plaintext on loopback; the server sees a TLS connection.
+        assert conn.pgconn.ssl_in_use is False
+        row = conn.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        ssl_on, version = row.fetchone()
+    assert ssl_on is True
+    assert version.startswith("TLS")
+
+
+def test_verify_full_with_the_wrong_ca_fails_with_a_clear_error(ambassador, primary, workdir):
+    other = pg.make_pki(workdir / "other-pki", ["localhost", "127.0.0.1"], ca_name="some other CA")
+    amb = ambassador(
+        [primary.port], AMBASSADOR_TLS_MODE="verify-full", AMBASSADOR_TLS_CA_FILE=str(other.ca_cert)
+    )
+    with pytest.raises(psycopg.OperationalError) as failure:
+        psycopg.connect(amb.dsn())
+    assert "SQLSTATE 08006" in str(failure.value)
+    assert "TLS certificate verification failed" in str(failure.value)
+    assert f"127.0.0.1:{primary.port}" in str(failure.value)
+    readyz = requests.get(amb.admin + "/readyz", timeout=2)
+    assert readyz.status_code == 503
+    assert "certificate" in readyz.text
+    assert http_ok(amb.admin + "/healthz")
+
+
+@pytest.mark.parametrize("user", ["postgres", "health_md5", "health_plain"])
+def test_health_credentials_find_the_primary_with_each_password_method(ambassador, primary, user):
+    # postgres: SCRAM-SHA-256 (over TLS, where the server also offers -PLUS);
+    # health_md5: md5; health_plain: cleartext.
+    amb = ambassador(
+        [primary.port],
+        AMBASSADOR_TLS_MODE="require",
+        AMBASSADOR_HEALTH_USER=user,
+        AMBASSADOR_HEALTH_PASSWORD=PASSWORD,
+    )
+    wait_until(lambda: amb.json("/upstreams")["upstreams"][0]["role"] == "primary", what="role")
+    assert amb.metric('ambassador_upstream_primary{upstream="127.0.0.1:%d"}' % primary.port) == 1
+
+
+def test_wrong_health_password_marks_the_upstream_unhealthy_with_the_reason(ambassador, primary):
+    amb = ambassador(
+        [primary.port], AMBASSADOR_HEALTH_USER="postgres", AMBASSADOR_HEALTH_PASSWORD="wrong"
+    )
+    upstream = amb.json("/upstreams")["upstreams"][0]
+    assert upstream["healthy"] is False
+    assert "28P01" in upstream["last_error"]  # invalid_password, from the server itself
+
+
+def test_over_the_limit_the_client_sees_sqlstate_53300(ambassador, primary):
+    amb = ambassador([primary.port], AMBASSADOR_MAX_CONNECTIONS="2", AMBASSADOR_CONNECT_TIMEOUT="2")
+    wait_until(lambda: http_ok(amb.admin + "/readyz"), what="readiness")
+    first, second = psycopg.connect(amb.dsn()), psycopg.connect(amb.dsn())
+    try:
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError) as refused:
+            psycopg.connect(amb.dsn())
+        assert time.monotonic() - started < 2
+        # psycopg (libpq) keeps no SQLSTATE for start-up errors: it is in the text, and
+        # in the ErrorResponse's code field for drivers that read it (asyncpg, JDBC).
+        assert "SQLSTATE 53300" in str(refused.value)
+        assert raw_refusal(amb.port)["C"] == "53300"
+        assert "too many connections" in str(refused.value)
+        assert "AMBASSADOR_MAX_CONNECTIONS=2" in str(refused.value)
+        # The admitted sessions are untouched.
+        assert first.execute("SELECT 1").fetchone() == (1,)
+        second.close()
+        wait_until(lambda: amb.json("/upstreams")["sessions_open"] == 1, what="slot freed")
+        with psycopg.connect(amb.dsn()) as again:
+            assert again.execute("SELECT 2").fetchone() == (2,)
+    finally:
+        first.close()
+        second.close()
+    assert amb.metric('ambassador_refusals_total{reason="too_many_connections"}') == 2
+
+
+def test_no_upstream_at_all_is_a_prompt_clear_error_and_not_ready(ambassador):
+    dead = free_port()  # nothing listens there
+    amb = ambassador([dead], AMBASSADOR_CONNECT_TIMEOUT="3")
+    started = time.monotonic()
+    with pytest.raises(psycopg.OperationalError) as failure:
+        psycopg.connect(amb.dsn())
+    assert time.monotonic() - started < 3
+    assert "SQLSTATE 08006" in str(failure.value)
+    assert raw_refusal(amb.port)["C"] == "08006"
+    assert "no healthy upstream" in str(failure.value)
+    assert f"127.0.0.1:{dead}" in str(failure.value)
+    assert requests.get(amb.admin + "/readyz", timeout=2).status_code == 503
+    assert http_ok(amb.admin + "/healthz")
+    assert amb.metric('ambassador_refusals_total{reason="no_healthy_upstream"}') == 2
+
+
+def test_sigterm_lets_an_open_transaction_finish_then_exits_0(ambassador, primary):
+    amb = ambassador([primary.port], AMBASSADOR_DRAIN_TIMEOUT="20")
+    wait_until(lambda: http_ok(amb.admin + "/readyz"), what="readiness")
+    with psycopg.connect(primary.dsn(), autocommit=True) as direct:
+        direct.execute("CREATE TABLE IF NOT EXISTS drained (v int)")
+    conn = psycopg.connect(amb.dsn())
+    conn.execute("INSERT INTO drained VALUES (1)")
+    amb.proc.signal(signal.SIGTERM)
+    # New clients are no longer accepted...
+    wait_until(lambda: not listening(amb.port), timeout=5, what="listener closed")
+    assert amb.proc.alive()
+    assert requests.get(amb.admin + "/readyz", timeout=2).status_code == 503
+    # ...while the open transaction carries on and commits.
+    time.sleep(0.5)
+    conn.execute("INSERT INTO drained VALUES (2)")
+    conn.commit()
+    conn.close()
+    assert amb.proc.wait(10) == 0
+    with psycopg.connect(primary.dsn()) as direct:
+        assert sorted(r[0] for r in direct.execute("SELECT v FROM drained")) == [1, 2]
+
+
+def test_second_sigterm_exits_at_once(ambassador, primary):
+    amb = ambassador([primary.port], AMBASSADOR_DRAIN_TIMEOUT="60")
+    conn = psycopg.connect(amb.dsn())
+    try:
+        amb.proc.signal(signal.SIGTERM)
+        wait_until(lambda: not listening(amb.port), timeout=5, what="listener closed")
+        amb.proc.signal(signal.SIGTERM)
+        assert amb.proc.wait(5) != 0  # 128+15: it did not wait for the session
+    finally:
+        conn.close()
+
+
+def _fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_500_idle_clients_do_not_exhaust_fds_and_are_cleaned_up(ambassador, primary):
+    # Start the ambassador with a soft fd limit of 256 (a container's default is often
+    # 1024): it must raise its own limit, and drop peers that never finish a startup.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        amb = ambassador(
+            [primary.port], AMBASSADOR_CONNECT_TIMEOUT="2", AMBASSADOR_IDLE_TIMEOUT="1.5"
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    wait_until(lambda: http_ok(amb.admin + "/readyz"), what="readiness")
+    baseline = _fd_count(amb.proc.pid)
+    idle: list[socket.socket] = []
+    try:
+        for i in range(500):
+            sock = socket.create_connection(("127.0.0.1", amb.port), timeout=5)
+            if i % 2:  # half of them get as far as the SSLRequest, then go quiet
+                sock.sendall(struct.pack("!II", 8, 80877103))
+            idle.append(sock)
+        wait_until(lambda: _fd_count(amb.proc.pid) >= baseline + 450, what="idle clients accepted")
+        # A real client is still served while 500 sockets sit there.
+        with psycopg.connect(amb.dsn()) as conn:
+            assert conn.execute("SELECT 42").fetchone() == (42,)
+        for sock in idle:
+            sock.setblocking(False)
+        # The startup deadline (AMBASSADOR_CONNECT_TIMEOUT) closes every silent peer.
+        wait_until(lambda: all(_closed_by_peer(s) for s in idle), timeout=10, what="idle peers closed")
+        wait_until(lambda: _fd_count(amb.proc.pid) <= baseline + 2, timeout=5, what="fds released")
+        assert amb.metric('ambassador_refusals_total{reason="startup_timeout"}') == 500
+    finally:
+        for sock in idle:
+            sock.close()
+
+    # A session that goes idle past AMBASSADOR_IDLE_TIMEOUT is closed: the client sees an
+    # error on its next query (not a hang) and the server's backend goes away.
+    conn = psycopg.connect(amb.dsn(application_name="idle-victim"))
+    conn.execute("SELECT 1")
+    conn.commit()
+    with psycopg.connect(primary.dsn(), autocommit=True) as direct:
+        count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'idle-victim'"
+        wait_until(lambda: direct.execute(count).fetchone()[0] == 0, timeout=8, what="backend gone")
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT 1")
+    conn.close()
+
+    # A half-open peer: it sends its startup packet and half-closes. The EOF is passed on,
+    # the server ends the session, and the client sees the close (no socket left behind).
+    raw = socket.create_connection(("127.0.0.1", amb.port), timeout=5)
+    params = b"user\0postgres\0database\0postgres\0\0"
+    raw.sendall(struct.pack("!II", 8 + len(params), 196608) + params)
+    raw.shutdown(socket.SHUT_WR)
+    received = b""
+    with contextlib.suppress(TimeoutError):
+        while chunk := raw.recv(4096):
+            received += chunk
+    raw.close()
+    assert received[:1] == b"R"  # the server's authentication request came through
+    wait_until(lambda: amb.json("/upstreams")["sessions_open"] == 0, what="half-open session gone")
