@@ -96,6 +96,17 @@ def test_traffic_writes_n_lines_as_one_contiguous_range(client, tmp_path):
     assert metric(client, "web_app_log_last_sequence", scrape) == 252
 
 
+def test_stats_say_what_was_written_before_the_stats_request(client):
+    client.get("/traffic?n=10")
+
+    stats = client.get("/api/stats").get_json()
+
+    assert stats["lines_written"] == 11 and stats["last_seq"] == 11
+    assert (stats["rotations"], stats["write_errors"]) == (0, 0)
+    assert stats["log_path"].endswith("/logs/access.log")
+    assert client.get("/api/stats").get_json()["last_seq"] == 12
+
+
 @pytest.mark.parametrize("bad", ["0", "-5", "abc", "1.5", "", "10001"])
 def test_bad_n_gets_400_and_writes_nothing_but_its_own_line(client, tmp_path, bad):
     response = client.get(f"/traffic?n={bad}")

@@ -110,7 +110,10 @@ class AccessLog:
         self.lines = Counter(
             "web_app_log_lines", "Access-log lines written to the file.", registry=registry
         )
+        # Plain counts for /api/stats (the Prometheus counters hold the same numbers).
         self.rotation_count = 0
+        self.lines_written = 0
+        self.write_error_count = 0
         self.rotations = Counter(
             "web_app_log_rotations", "Times access.log was rotated by size.", registry=registry
         )
@@ -170,6 +173,7 @@ class AccessLog:
             # The number is not consumed, so a gap in the file always means lost lines
             # downstream, never a failed write here.
             self.write_errors.inc()
+            self.write_error_count += 1
             if self.healthy:
                 log.error(
                     "cannot write access log", extra={"path": str(self.path), "error": repr(error)}
@@ -182,6 +186,7 @@ class AccessLog:
         self.sequence = seq
         self.sequence_gauge.set(seq)
         self.lines.inc()
+        self.lines_written += 1
 
     def close(self) -> None:
         with self._lock:

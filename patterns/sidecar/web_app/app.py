@@ -94,6 +94,17 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Fla
         # A short write (disk full) is a server error, never a silent success.
         return body, (200 if written == count else 507)
 
+    @app.get("/api/stats")
+    def stats() -> Response:
+        # Read before this request's own line is written: that one shows up in the next call.
+        return jsonify(
+            log_path=str(access_log.path),
+            lines_written=access_log.lines_written,
+            last_seq=access_log.sequence,
+            rotations=access_log.rotation_count,
+            write_errors=access_log.write_error_count,
+        )
+
     @app.get("/healthz")
     def healthz() -> tuple[str, int, dict[str, str]]:
         return "ok\n", 200, {"Content-Type": "text/plain; charset=utf-8"}
