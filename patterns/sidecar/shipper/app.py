@@ -1,0 +1,284 @@
+"""The log-shipper: follow files, ship every line over Forward, checkpoint only what is acked.
+
+Two threads: the reader (this service's main thread) reads chunks from the follower and
+encodes them; the sender sends one batch at a time, waits for the collector's ack,
+retries with backoff until it gets one, and only then commits the chunk (which saves the
+checkpoint). The queue between them holds one batch, so the next batch is prepared
+while the collector works on the current one, yet at most one batch is ever sent and not
+yet checkpointed: after a SIGKILL, at most that batch is sent twice.
+
+A collector outage stops the sender, then the reader (the queue is full): positions stay
+in the files, nothing is dropped, and the backlog metric grows. Readiness does not depend
+on the collector, so an outage never gets the sidecar restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from patterns.common.admin import json_response
+from patterns.common.follower import CheckpointStore, Chunk, Follower
+from patterns.common.forward.client import ForwardClient, ForwardError
+from patterns.common.service import Runtime
+from patterns.sidecar.shipper.config import Config
+from patterns.sidecar.shipper.encode import EntryEncoder
+
+log = logging.getLogger(__name__)
+
+_STALL_SECONDS = 60.0  # the reader loop ticks at least every second; this means it hangs
+
+
+@dataclass(frozen=True)
+class Batch:
+    chunk: Chunk
+    entries: bytes
+    count: int
+
+
+class FollowerMetrics(Collector):
+    """The follower's own counters, read at scrape time (no second bookkeeping)."""
+
+    _COUNTERS = {
+        "lines_read": "Lines read from the followed files.",
+        "bytes_read": "Bytes read from the followed files.",
+        "invalid_utf8_lines": "Lines with invalid UTF-8, shipped with U+FFFD replacements.",
+        "long_lines": "Lines longer than SHIPPER_MAX_LINE_BYTES (split or truncated).",
+        "nul_lines": "Lines (or pieces) containing NUL bytes, shipped as U+0000.",
+        "rotations": "Followed files renamed away (rename rotation).",
+        "deletions": "Followed files deleted.",
+        "truncations": "Followed files truncated in place (copytruncate, or a rewrite).",
+        "copies_found": "copytruncate copies found and read from the truncation point.",
+        "truncations_without_copy": "Truncations where no copy was found: lines between"
+        " the read position and the truncation may be lost.",
+        "files_opened": "Files opened for following.",
+        "files_closed": "Rotated or deleted files closed after they were fully shipped.",
+        "checkpoints_lost": "Checkpointed files found nowhere at start.",
+    }
+
+    def __init__(self, follower: Follower) -> None:
+        self.follower = follower
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.follower.stats
+        for name, documentation in self._COUNTERS.items():
+            yield CounterMetricFamily(f"shipper_{name}", documentation, value=getattr(stats, name))
+        yield GaugeMetricFamily(
+            "shipper_files_followed", "Files open and followed now.", value=self.follower.followed
+        )
+        yield GaugeMetricFamily(
+            "shipper_backlog_bytes",
+            "Bytes in followed files not yet acknowledged by the collector.",
+            value=self.follower.backlog_bytes(),
+        )
+
+
+class Shipper:
+    def __init__(self, config: Config, follower: Follower, runtime: Runtime) -> None:
+        self.config = config
+        self.follower = follower
+        self.stopping = runtime.stopping
+        self.encoder = EntryEncoder()
+        self.client = ForwardClient(
+            config.fluent_host,
+            config.fluent_port,
+            shared_key=config.shared_key,
+            self_hostname=config.self_hostname,
+            connect_timeout=config.connect_timeout,
+            ack_timeout=config.ack_timeout,
+        )
+        self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        self.deadline = math.inf  # set when shutdown begins
+        self.shutdown_begun = threading.Event()
+        self.heartbeat = time.monotonic()
+        self.sender = threading.Thread(target=self._send_loop, name="sender", daemon=True)
+        registry = runtime.registry
+        self.acked_events = Counter(
+            "shipper_events_acked", "Events acknowledged by the collector.", registry=registry
+        )
+        self.acked_batches = Counter(
+            "shipper_batches_acked", "Batches acknowledged by the collector.", registry=registry
+        )
+        self.retries = Counter(
+            "shipper_retries",
+            "Batches sent again after a failure (no ack in time, connection refused or lost).",
+            ["reason"],
+            registry=registry,
+        )
+        self.ack_seconds = Histogram(
+            "shipper_ack_seconds",
+            "Time from sending a batch to its ack.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=registry,
+        )
+        self.collector_up = Gauge(
+            "shipper_collector_up",
+            "1 if the last attempt to ship to the collector succeeded.",
+            registry=registry,
+        )
+        registry.register(FollowerMetrics(follower))
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """From the signal handler: ship what we can until SHIPPER_SHUTDOWN_TIMEOUT."""
+        if not self.shutdown_begun.is_set():
+            self.deadline = time.monotonic() + self.config.shutdown_timeout
+            self.shutdown_begun.set()
+
+    def run(self) -> None:
+        self.follower.start()
+        self.sender.start()
+        try:
+            self._read_loop()
+        finally:
+            self._finish()
+
+    def alive(self) -> tuple[bool, str]:
+        age = time.monotonic() - self.heartbeat
+        if age > _STALL_SECONDS:
+            return False, f"reader loop stalled for {age:.0f}s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.sender.is_alive() and not self.stopping.is_set():
+            return False, "sender thread is not running"
+        return self.alive()
+
+    # --- reader -------------------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            if self.stopping.is_set():
+                self.begin_shutdown()
+            if self.shutdown_begun.is_set() and time.monotonic() >= self.deadline:
+                return
+            # After SIGTERM: keep going while there is something to read; a quiet
+            # follower means everything written so far has been handed to the sender.
+            timeout = 0.3 if self.shutdown_begun.is_set() else 1.0
+            chunk = self.follower.read(self.config.batch_bytes, timeout=timeout)
+            if chunk is None:
+                if self.shutdown_begun.is_set():
+                    return
+                continue
+            entries = self.encoder.encode(chunk.lines, chunk.path, time.time())
+            if not self._enqueue(Batch(chunk, entries, len(chunk.lines))):
+                return
+
+    def _enqueue(self, batch: Batch | None) -> bool:
+        while True:
+            self.heartbeat = time.monotonic()
+            if self.stopping.is_set():
+                self.begin_shutdown()
+            try:
+                self.queue.put(batch, timeout=0.5)
+                return True
+            except queue.Full:
+                if time.monotonic() >= self.deadline:
+                    return False
+
+    def _finish(self) -> None:
+        self.begin_shutdown()
+        self._enqueue(None)  # the sender stops after the batches before it
+        self.sender.join(max(0.0, self.deadline - time.monotonic()) + 1.0)
+        if self.sender.is_alive():
+            log.warning("shutdown timeout: unacknowledged lines are shipped after the restart")
+        self.follower.save()
+        backlog = self.follower.backlog_bytes()
+        self.follower.close()
+        self.client.close()
+        log.info("shipper stopped", extra={"backlog_bytes": backlog})
+
+    # --- sender -------------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        while True:
+            try:
+                batch = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if batch is None:
+                return
+            if batch.count and not self._deliver(batch):
+                return  # shutdown deadline: not acked, not committed, read again next time
+            self.follower.commit(batch.chunk)
+            self.acked_events.inc(batch.count)
+            self.acked_batches.inc()
+
+    def _deliver(self, batch: Batch) -> bool:
+        """Send until acked (True), or until the shutdown deadline (False)."""
+        delay = self.config.retry_min
+        failures = 0
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # Near the shutdown deadline, never wait longer than the time that is left.
+            self.client.ack_timeout = min(self.config.ack_timeout, remaining)
+            self.client.connect_timeout = min(self.config.connect_timeout, remaining)
+            started = time.monotonic()
+            try:
+                self.client.send_packed(
+                    self.config.tag, batch.entries, batch.count, compressed=self.config.compress
+                )
+            except ForwardError as exc:
+                failures += 1
+                self.collector_up.set(0)
+                self.retries.labels(reason=type(exc).__name__).inc()
+                wait = random.uniform(delay / 2, delay)
+                log.warning(
+                    "sending failed, will retry",
+                    extra={
+                        "error": str(exc),
+                        "failures": failures,
+                        "retry_in": round(wait, 3),
+                        "lines": batch.count,
+                        "file": batch.chunk.path,
+                    },
+                )
+                delay = min(delay * 2, self.config.retry_max)
+                if time.monotonic() + wait >= self.deadline:
+                    return False
+                if self.shutdown_begun.is_set():
+                    time.sleep(wait)
+                else:
+                    self.shutdown_begun.wait(wait)  # on SIGTERM, try once more at once
+                continue
+            self.ack_seconds.observe(time.monotonic() - started)
+            self.collector_up.set(1)
+            if failures:
+                log.info("collector reachable again", extra={"failures": failures})
+            return True
+
+
+def run(config: Config, runtime: Runtime) -> None:
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    store = CheckpointStore(config.state_dir, fsync=config.checkpoint_fsync)
+    follower = Follower(config.paths, store, config.limits)
+    shipper = Shipper(config, follower, runtime)
+    runtime.on_stop.append(shipper.begin_shutdown)
+    runtime.admin.readiness.append(store.check_writable)
+    runtime.admin.readiness.append(shipper.ready)
+    runtime.admin.liveness.append(shipper.alive)
+    runtime.admin.route("/api/files", lambda _query: json_response(follower.files()))
+    log.info(
+        "shipping",
+        extra={
+            "paths": config.paths,
+            "collector": f"{config.fluent_host}:{config.fluent_port}",
+            "tag": config.tag,
+            "inotify": follower.uses_inotify,
+        },
+    )
+    shipper.run()
