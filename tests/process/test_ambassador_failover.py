@@ -1,0 +1,119 @@
+"""Failover through db-ambassador with a real primary and a streaming standby."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tests import pg
+from tests.conftest import free_port, wait_until
+from tests.process.test_ambassador import PASSWORD, ambassador  # noqa: F401 (fixture)
+
+HEALTH_INTERVAL = 0.5
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[pg.Cluster, pg.Cluster]]:
+    """A fresh primary and its hot standby (each test stops and promotes them)."""
+    problem = pg.missing_prerequisite()
+    if problem:
+        pytest.skip(problem)
+    workdir = pg.make_workdir()
+    primary = pg.Cluster(workdir, "primary", free_port(), PASSWORD)
+    standby = pg.Cluster(workdir, "standby", free_port(), PASSWORD)
+    try:
+        primary.init().start()
+        with psycopg.connect(primary.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
+            conn.execute("INSERT INTO notes (body) VALUES ('before failover')")
+        standby.init_standby_of(primary).start()
+        yield primary, standby
+    finally:
+        primary.stop("immediate")
+        standby.stop("immediate")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def served_by(dsn: str) -> tuple[int, bool]:
+    with psycopg.connect(dsn) as conn:
+        port, in_recovery = conn.execute(
+            "SELECT current_setting('port')::int, pg_is_in_recovery()"
+        ).fetchone()
+    return port, in_recovery
+
+
+def test_primary_stopped_new_sessions_go_to_the_other_upstream(ambassador, pair):  # noqa: F811
+    primary, standby = pair
+    amb = ambassador(
+        [primary.port, standby.port], AMBASSADOR_HEALTH_INTERVAL=str(HEALTH_INTERVAL)
+    )
+    assert served_by(amb.dsn()) == (primary.port, False)
+    open_session = psycopg.connect(amb.dsn())
+    open_session.execute("SELECT 1")
+    open_session.commit()
+
+    primary.stop("immediate")
+    stopped = time.monotonic()
+    # Within one health-check interval (plus the check itself) new sessions succeed on
+    # the standby, which still serves reads.
+    wait_until(lambda: _works(amb.dsn()), timeout=HEALTH_INTERVAL + 3, interval=0.05,
+               what="a session on the standby")  # fmt: skip
+    assert time.monotonic() - stopped < HEALTH_INTERVAL + 2.5
+    assert served_by(amb.dsn()) == (standby.port, True)
+    # The session on the dead primary got an error, it did not hang.
+    started = time.monotonic()
+    with pytest.raises(psycopg.OperationalError):
+        open_session.execute("SELECT 1")
+    assert time.monotonic() - started < 2
+    open_session.close()
+    # New sessions never waited for the health check (a refused connect falls through
+    # to the next upstream); the check then records the failover.
+    wait_until(lambda: amb.metric("ambassador_failovers_total") == 1, timeout=HEALTH_INTERVAL + 3,
+               what="failover counted")  # fmt: skip
+    assert amb.json("/upstreams")["active_upstream"] == f"127.0.0.1:{standby.port}"
+
+
+def _works(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn) as conn:
+            conn.execute("SELECT body FROM notes").fetchall()
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+def test_with_health_credentials_the_promoted_standby_becomes_the_primary(ambassador, pair):  # noqa: F811
+    primary, standby = pair
+    # The standby is listed FIRST: only the role check keeps writes on the real primary.
+    amb = ambassador(
+        [standby.port, primary.port],
+        AMBASSADOR_HEALTH_INTERVAL=str(HEALTH_INTERVAL),
+        AMBASSADOR_HEALTH_USER="postgres",
+        AMBASSADOR_HEALTH_PASSWORD=PASSWORD,
+    )
+    wait_until(lambda: amb.json("/upstreams")["active_upstream"] == f"127.0.0.1:{primary.port}",
+               what="primary chosen")  # fmt: skip
+    roles = {u["upstream"]: u["role"] for u in amb.json("/upstreams")["upstreams"]}
+    assert roles == {f"127.0.0.1:{primary.port}": "primary", f"127.0.0.1:{standby.port}": "standby"}
+    assert served_by(amb.dsn()) == (primary.port, False)
+
+    primary.stop("fast")
+    standby.promote()
+    wait_until(lambda: served_by(amb.dsn()) == (standby.port, False),
+               timeout=HEALTH_INTERVAL + 5, what="the promoted standby as primary")  # fmt: skip
+    with psycopg.connect(amb.dsn()) as conn:
+        conn.execute("INSERT INTO notes (body) VALUES ('after failover')")
+        conn.commit()
+        bodies = [r[0] for r in conn.execute("SELECT body FROM notes ORDER BY id")]
+    assert bodies == ["before failover", "after failover"]
+    wait_until(lambda: amb.json("/upstreams")["active_upstream"] == f"127.0.0.1:{standby.port}",
+               timeout=HEALTH_INTERVAL + 3, what="admin view updated")  # fmt: skip
+    view = amb.json("/upstreams")
+    states = {u["upstream"]: u for u in view["upstreams"]}
+    assert states[f"127.0.0.1:{standby.port}"]["role"] == "primary"
+    assert states[f"127.0.0.1:{primary.port}"]["healthy"] is False
+    assert amb.metric("ambassador_failovers_total") >= 1
