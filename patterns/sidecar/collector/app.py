@@ -25,6 +25,12 @@ _PAGE = resources.files(__package__).joinpath("live.html")
 
 
 def run(config: Config, runtime: Runtime) -> None:
+    # The admin server already answers; with no checks it would say ready while the store
+    # is still loading. Not ready until the Forward port listens.
+    servers: list[ForwardServer] = []
+    runtime.admin.readiness.append(
+        lambda: (bool(servers) and servers[0].listening, "forward port is not listening")
+    )
     store = RecordStore(
         config.data_dir,
         fsync=config.fsync,
@@ -34,8 +40,10 @@ def run(config: Config, runtime: Runtime) -> None:
     store.open()
     try:
         _add_metrics(store, runtime)
+        server = _forward_server(config, runtime, store)
+        servers.append(server)
         _add_routes(store, config, runtime)
-        asyncio.run(_serve(config, runtime, store))
+        asyncio.run(_serve(config, runtime, server))
     finally:
         store.close()
 
@@ -91,14 +99,7 @@ def _add_routes(store: RecordStore, config: Config, runtime: Runtime) -> None:
     runtime.admin.readiness.append(store.writable)
 
 
-async def _serve(config: Config, runtime: Runtime, store: RecordStore) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def wake() -> None:
-        loop.call_soon_threadsafe(stop.set)
-
-    runtime.on_stop.append(wake)
+def _forward_server(config: Config, runtime: Runtime, store: RecordStore) -> ForwardServer:
     server = ForwardServer(
         config.forward_host,
         config.forward_port,
@@ -113,8 +114,18 @@ async def _serve(config: Config, runtime: Runtime, store: RecordStore) -> None:
         ),
         metrics=ForwardMetrics(runtime.registry, prefix="collector"),
     )
+    return server
+
+
+async def _serve(config: Config, runtime: Runtime, server: ForwardServer) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    runtime.on_stop.append(wake)
     await server.start()
-    runtime.admin.readiness.append(lambda: (server.listening, "forward port is not listening"))
     log.info(
         "collector ready",
         extra={
