@@ -64,10 +64,10 @@ class PathLabels:
     def __init__(self, max_paths: int) -> None:
         self.max_paths = max_paths
         self._known: set[str] = set()
-        self._cache: dict[str, str] = {}
+        self.cache: dict[str, str] = {}  # read directly by the combined decoder's loop
 
     def __call__(self, target: str) -> str:
-        label = self._cache.get(target)
+        label = self.cache.get(target)
         if label is not None:
             return label
         label = normalize_path(target)
@@ -76,9 +76,9 @@ class PathLabels:
                 label = OTHER_PATH
             else:
                 self._known.add(label)
-        if len(self._cache) >= self.CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[target] = label
+        if len(self.cache) >= self.CACHE_LIMIT:
+            self.cache.clear()
+        self.cache[target] = label
         return label
 
 
