@@ -70,8 +70,10 @@ class Ambassador:
     proc: Any
 
     def dsn(self, **extra: str) -> str:
-        params = {"host": "127.0.0.1", "port": str(self.port), "user": "postgres",
-                  "password": PASSWORD, "dbname": "postgres", "connect_timeout": "10", **extra}  # fmt: skip
+        params = {
+            "host": "127.0.0.1", "port": str(self.port), "user": "postgres",
+            "password": PASSWORD, "dbname": "postgres", "connect_timeout": "10", **extra,
+        }  # fmt: skip
         return " ".join(f"{k}={v}" for k, v in params.items())
 
     def json(self, path: str) -> Any:
@@ -148,7 +150,7 @@ def test_round_trip_through_the_ambassador(ambassador, primary):
     with psycopg.connect(primary.dsn()) as direct:
         bodies = [r[0] for r in direct.execute("SELECT body FROM notes")]
     assert "through the ambassador" in bodies
-    assert amb.metric('ambassador_sessions_total{upstream="127.0.0.1:%d"}' % primary.port) == 1
+    assert amb.metric(f'ambassador_sessions_total{{upstream="127.0.0.1:{primary.port}"}}') == 1
     assert amb.metric('ambassador_bytes_total{direction="upstream_to_client"}') > 1_000_000
     view = amb.json("/upstreams")
     assert view["active_upstream"] == f"127.0.0.1:{primary.port}"
@@ -196,7 +198,7 @@ def test_health_credentials_find_the_primary_with_each_password_method(ambassado
         AMBASSADOR_HEALTH_PASSWORD=PASSWORD,
     )
     wait_until(lambda: amb.json("/upstreams")["upstreams"][0]["role"] == "primary", what="role")
-    assert amb.metric('ambassador_upstream_primary{upstream="127.0.0.1:%d"}' % primary.port) == 1
+    assert amb.metric(f'ambassador_upstream_primary{{upstream="127.0.0.1:{primary.port}"}}') == 1
 
 
 def test_wrong_health_password_marks_the_upstream_unhealthy_with_the_reason(ambassador, primary):
@@ -328,7 +330,9 @@ def test_500_idle_clients_do_not_exhaust_fds_and_are_cleaned_up(ambassador, prim
         for sock in idle:
             sock.setblocking(False)
         # The startup deadline (AMBASSADOR_CONNECT_TIMEOUT) closes every silent peer.
-        wait_until(lambda: all(_closed_by_peer(s) for s in idle), timeout=10, what="idle peers closed")
+        wait_until(
+            lambda: all(_closed_by_peer(s) for s in idle), timeout=10, what="idle peers closed"
+        )
         wait_until(lambda: _fd_count(amb.proc.pid) <= baseline + 2, timeout=5, what="fds released")
         assert amb.metric('ambassador_refusals_total{reason="startup_timeout"}') == 500
     finally:

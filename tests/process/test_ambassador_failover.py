@@ -48,9 +48,7 @@ def served_by(dsn: str) -> tuple[int, bool]:
 
 def test_primary_stopped_new_sessions_go_to_the_other_upstream(ambassador, pair):  # noqa: F811
     primary, standby = pair
-    amb = ambassador(
-        [primary.port, standby.port], AMBASSADOR_HEALTH_INTERVAL=str(HEALTH_INTERVAL)
-    )
+    amb = ambassador([primary.port, standby.port], AMBASSADOR_HEALTH_INTERVAL=str(HEALTH_INTERVAL))
     assert served_by(amb.dsn()) == (primary.port, False)
     open_session = psycopg.connect(amb.dsn())
     open_session.execute("SELECT 1")
