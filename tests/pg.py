@@ -131,6 +131,7 @@ class Cluster:
         settings = [
             "listen_addresses = '127.0.0.1'",
             f"port = {self.port}",
+            f"cluster_name = '{self.name}'",  # what the notes app's /db shows
             f"unix_socket_directories = '{self.data}'",
             # Test and demo data is disposable: trade durability for speed.
             "fsync = off", "synchronous_commit = off", "full_page_writes = off",

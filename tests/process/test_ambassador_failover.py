@@ -28,8 +28,8 @@ def pair() -> Iterator[tuple[pg.Cluster, pg.Cluster]]:
     try:
         primary.init().start()
         with psycopg.connect(primary.dsn(), autocommit=True) as conn:
-            conn.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
-            conn.execute("INSERT INTO notes (body) VALUES ('before failover')")
+            conn.execute("CREATE TABLE items (id serial PRIMARY KEY, body text)")
+            conn.execute("INSERT INTO items (body) VALUES ('before failover')")
         standby.init_standby_of(primary).start()
         yield primary, standby
     finally:
@@ -78,7 +78,7 @@ def test_primary_stopped_new_sessions_go_to_the_other_upstream(ambassador, pair)
 def _works(dsn: str) -> bool:
     try:
         with psycopg.connect(dsn) as conn:
-            conn.execute("SELECT body FROM notes").fetchall()
+            conn.execute("SELECT body FROM items").fetchall()
         return True
     except psycopg.OperationalError:
         return False
@@ -104,9 +104,9 @@ def test_with_health_credentials_the_promoted_standby_becomes_the_primary(ambass
     wait_until(lambda: served_by(amb.dsn()) == (standby.port, False),
                timeout=HEALTH_INTERVAL + 5, what="the promoted standby as primary")  # fmt: skip
     with psycopg.connect(amb.dsn()) as conn:
-        conn.execute("INSERT INTO notes (body) VALUES ('after failover')")
+        conn.execute("INSERT INTO items (body) VALUES ('after failover')")
         conn.commit()
-        bodies = [r[0] for r in conn.execute("SELECT body FROM notes ORDER BY id")]
+        bodies = [r[0] for r in conn.execute("SELECT body FROM items ORDER BY id")]
     assert bodies == ["before failover", "after failover"]
     wait_until(lambda: amb.json("/upstreams")["active_upstream"] == f"127.0.0.1:{standby.port}",
                timeout=HEALTH_INTERVAL + 3, what="admin view updated")  # fmt: skip

@@ -1,0 +1,35 @@
+"""`notes-app` serves the notes service under gunicorn (settings: NOTES_APP_*, DATABASE_URL)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from patterns.common.config import ConfigError
+from patterns.common.jsonlog import setup_logging
+from patterns.common.service import EXIT_CONFIG
+
+from .config import load_config
+
+log = logging.getLogger("patterns.ambassador.notes_app")
+SERVICE = "notes-app"
+
+
+def main() -> None:
+    setup_logging(SERVICE, os.environ.get("LOG_LEVEL", "info"))
+    try:
+        config = load_config(os.environ)
+    except ConfigError as exc:
+        print(f"{SERVICE}: configuration error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    from .server import NotesServer
+
+    log.info("starting", extra={"bind": f"{config.host}:{config.port}"})
+    # gunicorn parses sys.argv; the settings come from the environment only.
+    sys.argv = sys.argv[:1]
+    NotesServer(config).run()  # gunicorn's master: SIGTERM stops it gracefully, exit 0
+
+
+if __name__ == "__main__":
+    main()
