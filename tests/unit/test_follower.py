@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -303,4 +304,21 @@ def test_polling_fallback_follows_rotation(tmp_path, logs):
     os.rename(app, logs / "app.log.1")
     app.write_text("3\n")
     assert lines(drain(follower)) == ["2", "3"]
+    follower.close()
+
+
+def test_poll_holds_files_rotated_while_the_consumer_is_blocked(tmp_path, logs):
+    follower = make(tmp_path, use_inotify=False)  # polling: only poll() can notice them
+    assert follower.read(timeout=0.1) is None
+    app = logs / "app.log"
+    app.write_text("first 1\n")
+    time.sleep(0.1)
+    follower.poll()  # the consumer's destination is down: no read(), but keep track
+    os.rename(app, logs / "app.log.1")
+    app.write_text("second 1\n")
+    time.sleep(0.1)
+    follower.poll()
+    os.rename(app, logs / "app.log.2")
+    assert lines(drain(follower)) == ["first 1", "second 1"]
+    assert follower.stats.rotations == 2
     follower.close()

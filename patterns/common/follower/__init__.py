@@ -35,6 +35,8 @@ Guarantees and rules:
   new content.
 - Memory is bounded: reads are at most `max_bytes`, a held incomplete line at most
   `max_line_bytes`; longer lines are split (or truncated) and counted.
+- While the consumer cannot take chunks (its destination is down), call `poll()` now
+  and then: files created and rotated away meanwhile are then opened and held.
 - Counters for metrics are in `follower.stats` (a `FollowerStats`), plus
   `follower.followed` (open files) and `follower.backlog_bytes()`.
 """

@@ -183,6 +183,17 @@ class Follower:
                 return None
             self._wait(min(remaining, self.limits.poll_interval))
 
+    def poll(self) -> None:
+        """Keep track of files without reading: open new ones, notice rotations. Call it
+        while the consumer cannot take chunks (its destination is down), so that files
+        created and rotated away meanwhile are held open and not missed."""
+        with self._lock:
+            if not self._started:
+                self.start()
+            self._handle_events()
+            if time.monotonic() >= self._next_scan:
+                self._scan()
+
     def commit(self, chunk: Chunk) -> None:
         """The consumer has durably handled `chunk` (and every chunk before it from the
         same file): advance and save the checkpoint. Chunks of one file must be committed

@@ -187,6 +187,7 @@ class Shipper:
             except queue.Full:
                 if time.monotonic() >= self.deadline:
                     return False
+                self.follower.poll()  # hold files rotated meanwhile open: nothing missed
 
     def _finish(self) -> None:
         self.begin_shutdown()

@@ -1,0 +1,356 @@
+"""The log-shipper and the log-collector as real processes: every line written arrives,
+exactly once, through rotations, a collector outage, SIGKILL, SIGTERM and garbage input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import free_port, http_ok, wait_until
+
+LINE_BYTES = 120
+PADDING = "x" * (LINE_BYTES - 10)
+
+
+def seq_line(seq: int) -> bytes:
+    return f"{seq:09d} {PADDING}\n".encode()
+
+
+class Collector:
+    def __init__(self, service, tmp_path: Path) -> None:
+        self.service = service
+        self.data_dir = tmp_path / "collector"
+        self.forward_port = free_port()
+        self.http_port = free_port()
+        self.proc = None
+
+    def start(self) -> Collector:
+        self.proc = self.service(
+            "patterns.sidecar.collector",
+            {
+                "COLLECTOR_FORWARD_HOST": "127.0.0.1",
+                "COLLECTOR_FORWARD_PORT": str(self.forward_port),
+                "COLLECTOR_HTTP_HOST": "127.0.0.1",
+                "COLLECTOR_HTTP_PORT": str(self.http_port),
+                "COLLECTOR_DATA_DIR": str(self.data_dir),
+                "COLLECTOR_FSYNC": "false",
+            },
+        )
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.http_port}/readyz"), what="collector")
+        return self
+
+    def count(self) -> int:
+        try:
+            return int(
+                requests.get(f"http://127.0.0.1:{self.http_port}/api/counts", timeout=2).json()[
+                    "total"
+                ]
+            )
+        except requests.RequestException:
+            return -1
+
+    def wait_for(self, total: int, timeout: float = 60) -> None:
+        wait_until(lambda: self.count() >= total, timeout=timeout, what=f"{total} events collected")
+
+    def records(self) -> list[dict]:
+        records = []
+        for path in sorted(self.data_dir.glob("records-*.jsonl")):
+            for raw in path.read_bytes().split(b"\n"):
+                if raw:
+                    records.append(json.loads(raw)["record"])
+        return records
+
+    def sequence_counts(self) -> Counter[int]:
+        return Counter(int(record["log"][:9]) for record in self.records())
+
+
+class Shipper:
+    def __init__(self, service, tmp_path: Path, collector: Collector, paths: str, **env: str):
+        self.service = service
+        self.http_port = free_port()
+        self.env = {
+            "SHIPPER_PATHS": paths,
+            "SHIPPER_STATE_DIR": str(tmp_path / "shipper-state"),
+            "SHIPPER_HTTP_HOST": "127.0.0.1",
+            "SHIPPER_HTTP_PORT": str(self.http_port),
+            "FLUENT_HOST": "127.0.0.1",
+            "FLUENT_PORT": str(collector.forward_port),
+            "SHIPPER_ROTATE_WAIT": "1",
+            "SHIPPER_RETRY_MAX": "1",
+            "SHIPPER_CHECKPOINT_FSYNC": "false",
+            **env,
+        }
+        self.proc = None
+
+    def start(self) -> Shipper:
+        self.proc = self.service("patterns.sidecar.shipper", self.env)
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.http_port}/readyz"), what="shipper")
+        return self
+
+    def metrics(self) -> dict[str, float]:
+        text = requests.get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5).text
+        values = {}
+        for line in text.splitlines():
+            match = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$", line)
+            if match:
+                values[match.group(1)] = float(match.group(2))
+        return values
+
+    def peak_rss(self) -> int:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+
+
+class RotatingWriter(threading.Thread):
+    """Writes numbered lines at `rate` lines/s to `path`, rotating it now and then: by
+    rename (the old file gets one more write through the old handle, like an app that
+    reopens its log a moment later) or by copytruncate.
+
+    The writer does its own copytruncate between two of its writes: lines written between
+    `cp` and `truncate` are lost by copytruncate itself (they are in neither file), which
+    is logrotate's documented race, not something a shipper can recover.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        total: int,
+        rate: int,
+        renames: int = 0,
+        copytruncates: int = 0,
+        rotate_every: float | None = None,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.path, self.total, self.rate = path, total, rate
+        # copytruncates spread evenly among the renames
+        count = renames + copytruncates
+        self.plan = [
+            "copytruncate"
+            if (i + 1) * copytruncates // count > i * copytruncates // count
+            else "rename"
+            for i in range(count)
+        ]
+        self.rotate_every = rotate_every
+        self.rotations: Counter[str] = Counter()
+        self.written = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def _run(self) -> None:
+        batch = 25
+        handle = open(self.path, "ab")  # noqa: SIM115
+        spacing = self.total // (len(self.plan) + 1) if self.plan else None
+        next_rotation = spacing
+        started = time.monotonic()
+        next_time_rotation = started + self.rotate_every if self.rotate_every else None
+        kinds = iter(self.plan)
+        seq = 0
+        while seq < self.total:
+            handle.write(b"".join(seq_line(s) for s in range(seq, min(seq + batch, self.total))))
+            handle.flush()
+            seq = min(seq + batch, self.total)
+            self.written = seq
+            due = (next_rotation is not None and seq >= next_rotation) or (
+                next_time_rotation is not None and time.monotonic() >= next_time_rotation
+            )
+            if due and seq < self.total:
+                kind = next(kinds, "rename") if next_rotation is not None else "rename"
+                if next_rotation is not None:
+                    next_rotation += spacing
+                if next_time_rotation is not None:
+                    next_time_rotation += self.rotate_every
+                handle = self._rotate(kind, handle, seq)
+                seq = self.written
+            pause = started + seq / self.rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+        handle.close()
+
+    def _rotate(self, kind: str, handle, seq: int):
+        number = sum(self.rotations.values()) + 1
+        self.rotations[kind] += 1
+        if kind == "copytruncate":
+            shutil.copyfile(self.path, self.path.with_name(f"{self.path.name}.copy{number}"))
+            handle.truncate(0)  # append mode: the next write lands at offset 0
+            return handle
+        os.rename(self.path, self.path.with_name(f"{self.path.name}.{number}"))
+        end = min(seq + 5, self.total)
+        handle.write(b"".join(seq_line(s) for s in range(seq, end)))  # a late write
+        handle.close()
+        self.written = end
+        return open(self.path, "ab")
+
+
+def assert_exactly_once(collector: Collector, total: int) -> None:
+    counts = collector.sequence_counts()
+    missing = [s for s in range(total) if s not in counts]
+    duplicated = {s: n for s, n in counts.items() if n > 1}
+    assert not missing, f"{len(missing)} lines lost, first {missing[:10]}"
+    assert not duplicated, f"{len(duplicated)} lines duplicated, first {list(duplicated)[:10]}"
+    assert len(counts) == total
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    return directory
+
+
+def test_every_line_arrives_once_across_rename_and_copytruncate_rotations(service, tmp_path, logs):
+    collector = Collector(service, tmp_path).start()
+    shipper = Shipper(service, tmp_path, collector, str(logs / "app.log")).start()
+    writer = RotatingWriter(
+        logs / "app.log", total=60_000, rate=6_000, renames=55, copytruncates=22
+    )
+    started = time.monotonic()
+    writer.start()
+    writer.join(60)
+    elapsed = time.monotonic() - started
+    assert writer.error is None and not writer.is_alive()
+    assert writer.rotations["rename"] >= 50 and writer.rotations["copytruncate"] >= 20
+    assert writer.total / elapsed >= 5_000, f"writer too slow: {writer.total / elapsed:.0f} lines/s"
+    collector.wait_for(writer.total)
+    time.sleep(0.5)  # anything extra (a duplicate) would arrive now
+    assert_exactly_once(collector, writer.total)
+    assert {r["file"] for r in collector.records()} == {str(logs / "app.log")}
+    metrics = shipper.metrics()
+    assert metrics["shipper_rotations_total"] >= 50
+    assert metrics["shipper_truncations_total"] >= 20
+    assert metrics["shipper_copies_found_total"] >= 1
+    assert shipper.proc.stop() == 0
+
+
+def test_collector_outage_of_30s_under_load_loses_and_duplicates_nothing(service, tmp_path, logs):
+    collector = Collector(service, tmp_path).start()
+    shipper = Shipper(service, tmp_path, collector, str(logs / "*.log")).start()
+    writer = RotatingWriter(logs / "app.log", total=80_000, rate=2_000, rotate_every=4.0)
+    writer.start()
+    wait_until(lambda: collector.count() > 2_000, what="shipping before the outage")
+    assert collector.proc.stop() == 0
+    outage_end = time.monotonic() + 30
+    while time.monotonic() < outage_end:
+        assert shipper.proc.alive()
+        assert http_ok(f"http://127.0.0.1:{shipper.http_port}/readyz"), "outage made it unready"
+        time.sleep(1)
+    metrics = shipper.metrics()
+    assert metrics["shipper_backlog_bytes"] > 0
+    assert metrics["shipper_collector_up"] == 0
+    assert sum(v for k, v in metrics.items() if k.startswith("shipper_retries_total")) >= 1
+    assert metrics["shipper_rotations_total"] >= 5, "rotated during the outage"
+    Collector.start(collector)  # same ports, same data directory
+    writer.join(60)
+    assert writer.error is None and not writer.is_alive()
+    collector.wait_for(writer.total, timeout=60)
+    time.sleep(1)
+    assert_exactly_once(collector, writer.total)
+    assert shipper.proc.stop() == 0
+
+
+def test_sigkill_and_restart_loses_nothing_and_repeats_at_most_one_batch(service, tmp_path, logs):
+    batch_bytes = 64 * 1024
+    total = 150_000
+    with open(logs / "app.log", "wb") as handle:
+        for start in range(0, total, 1000):
+            handle.write(b"".join(seq_line(s) for s in range(start, start + 1000)))
+    collector = Collector(service, tmp_path).start()
+    env = {"SHIPPER_BATCH_BYTES": str(batch_bytes)}
+    shipper = Shipper(service, tmp_path, collector, str(logs / "app.log"), **env).start()
+    wait_until(lambda: collector.count() > 20_000, what="shipping to be under way")
+    shipper.proc.kill()
+    killed_at = collector.count()
+    assert killed_at < total, "the kill should land mid-stream"
+    shipper = Shipper(service, tmp_path, collector, str(logs / "app.log"), **env).start()
+    collector.wait_for(total)
+    time.sleep(0.5)
+    counts = collector.sequence_counts()
+    assert [s for s in range(total) if s not in counts] == []
+    duplicated = sorted(s for s, n in counts.items() if n > 1)
+    assert all(n <= 2 for n in counts.values())
+    lines_per_batch = batch_bytes // len(seq_line(0)) + 1
+    assert len(duplicated) <= lines_per_batch, f"{len(duplicated)} duplicates: more than a batch"
+    if duplicated:
+        assert duplicated == list(range(duplicated[0], duplicated[-1] + 1)), "one contiguous batch"
+    assert shipper.proc.stop() == 0
+
+
+def test_garbage_input_is_shipped_counted_and_memory_stays_bounded(service, tmp_path, logs):
+    collector = Collector(service, tmp_path).start()
+    shipper = Shipper(service, tmp_path, collector, str(logs / "*.log")).start()
+    (logs / "utf8.log").write_bytes(b"ok\nbad \xff\xfe\xfd end\nalso \xc3 bad\n")
+    (logs / "nul.log").write_bytes(b"nul \x00 inside\n\x00\x00\x00\n")
+    ten_mib = 10 * 1024 * 1024
+    with open(logs / "long.log", "wb") as handle:
+        for _ in range(10):  # 10 MiB in one line without a newline, written in pieces
+            handle.write(b"L" * (1024 * 1024))
+            handle.flush()
+            time.sleep(0.05)
+    truncated = logs / "truncated.log"
+    truncated.write_bytes(b"before 1\nbefore 2\nhalf a li")
+    wait_until(
+        lambda: any(r["log"] == "before 2" for r in collector.records()),
+        what="the lines before the truncation",
+    )
+    with open(truncated, "r+b") as handle:  # truncated mid-line, no copy anywhere
+        handle.truncate(0)
+    with open(truncated, "ab") as handle:
+        handle.write(b"after\n")
+    with open(logs / "long.log", "ab") as handle:
+        handle.write(b"\nnext line\n")
+    pieces = ten_mib // (64 * 1024)
+    expected = 3 + 2 + pieces + 1 + 2 + 2  # utf8, nul, long pieces + "next line", truncated
+    collector.wait_for(expected)
+    time.sleep(0.5)
+    records = collector.records()
+    assert len(records) == expected
+    by_file: dict[str, list[str]] = {}
+    for record in records:
+        by_file.setdefault(Path(record["file"]).name, []).append(record["log"])
+    assert by_file["utf8.log"] == ["ok", "bad \ufffd\ufffd\ufffd end", "also \ufffd bad"]
+    assert by_file["nul.log"] == ["nul \x00 inside", "\x00\x00\x00"]
+    long_pieces = by_file["long.log"]
+    assert long_pieces[-1] == "next line"
+    assert "".join(long_pieces[:-1]) == "L" * ten_mib
+    assert max(len(p) for p in long_pieces) <= 64 * 1024
+    assert by_file["truncated.log"] == ["before 1", "before 2", "half a li", "after"]
+    metrics = shipper.metrics()
+    assert metrics["shipper_invalid_utf8_lines_total"] == 2
+    assert metrics["shipper_nul_lines_total"] == 2
+    assert metrics["shipper_long_lines_total"] == 1
+    assert metrics["shipper_truncations_total"] == 1
+    assert metrics["shipper_truncations_without_copy_total"] == 1
+    assert shipper.proc.alive()
+    peak = shipper.peak_rss()
+    assert peak < 64 * 1024 * 1024, f"peak RSS {peak / 2**20:.1f} MiB"
+    assert shipper.proc.stop() == 0
+
+
+def test_sigterm_ships_everything_then_exits_0(service, tmp_path, logs):
+    total = 100_000
+    with open(logs / "app.log", "wb") as handle:
+        for start in range(0, total, 1000):
+            handle.write(b"".join(seq_line(s) for s in range(start, start + 1000)))
+    collector = Collector(service, tmp_path).start()
+    shipper = Shipper(service, tmp_path, collector, str(logs / "app.log")).start()
+    wait_until(lambda: collector.count() > 0, what="shipping to start")
+    shipper.proc.signal(signal.SIGTERM)
+    assert shipper.proc.wait(30) == 0
+    assert collector.count() == total
+    assert_exactly_once(collector, total)
+    saved = json.loads((tmp_path / "shipper-state" / "checkpoints.json").read_text())["files"]
+    assert [f["offset"] for f in saved] == [(logs / "app.log").stat().st_size]
