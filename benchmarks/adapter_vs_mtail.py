@@ -46,7 +46,10 @@ def free_port() -> int:
 def tallies(exposition: str) -> dict[str, Counter]:
     """The series both tools export, keyed without the prog/input labels."""
     found: dict[str, Counter] = {
-        "requests": Counter(), "bytes": Counter(), "buckets": Counter(), "lines": Counter()
+        "requests": Counter(),
+        "bytes": Counter(),
+        "buckets": Counter(),
+        "lines": Counter(),
     }
     for family in text_string_to_metric_families(exposition):
         for s in family.samples:
@@ -78,9 +81,22 @@ def expected_tallies(expected: loggen.Expected) -> dict[str, Counter]:
 def run_mtail(mtail: str, log: Path) -> tuple[float, str]:
     started = time.perf_counter()
     result = subprocess.run(
-        [mtail, "--one_shot", "--one_shot_format", "prometheus", "--emit_prog_label=false",
-         "--progs", str(PROGRAM), "--logs", str(log), "--logtostderr"],
-        capture_output=True, text=True, check=True, timeout=600,
+        [
+            mtail,
+            "--one_shot",
+            "--one_shot_format",
+            "prometheus",
+            "--emit_prog_label=false",
+            "--progs",
+            str(PROGRAM),
+            "--logs",
+            str(log),
+            "--logtostderr",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
     )
     return time.perf_counter() - started, result.stdout
 
@@ -105,7 +121,9 @@ def run_adapter(log: Path, lines: int, work: Path) -> tuple[float, float, str, i
     base = f"http://127.0.0.1:{port}"
     launched = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "patterns.adapter.log_adapter"], env=env, cwd=ROOT,
+        [sys.executable, "-m", "patterns.adapter.log_adapter"],
+        env=env,
+        cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
     try:
@@ -181,9 +199,10 @@ def main() -> int:
         mtail_rate = args.lines / min(mtail_times)
         adapter_rate = args.lines / min(adapter_times)
         print("counts: identical (requests, bytes, duration buckets, parsed/rejected lines)")
-        print(f"mtail        {mtail_rate:>10,.0f} lines/s  (best of {args.repeat}: {min(mtail_times):.2f} s)")
-        print(f"log-adapter  {adapter_rate:>10,.0f} lines/s  (best of {args.repeat}: {min(adapter_times):.2f} s)")
-        print(f"             (plus {min(startups):.2f} s interpreter start-up before the file arrives, not counted)")
+        best = f"best of {args.repeat}"
+        print(f"mtail        {mtail_rate:>10,.0f} lines/s  ({best}: {min(mtail_times):.2f} s)")
+        print(f"log-adapter  {adapter_rate:>10,.0f} lines/s  ({best}: {min(adapter_times):.2f} s)")
+        print(f"             (+ {min(startups):.2f} s start-up before the file arrived)")
         print(f"ratio        {adapter_rate / mtail_rate:>10.2f} x mtail  (target >= 2)")
         print(f"peak RSS     {max(peaks) / 1024:>10.1f} MiB  (target < 64)")
     return 0

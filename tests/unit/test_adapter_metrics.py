@@ -34,7 +34,7 @@ def feed(fmt: str, lines: list[str], emit: bool, chunk: int = 1000) -> AdapterMe
     metrics = AdapterMetrics(["in"])
     decoder = new_decoder(fmt, Context("in", metrics, emit, {}), "/var/log/app/x.log")
     for start in range(0, len(lines), chunk):
-        decoder.feed(lines[start:start + chunk], "2026-11-25T12:00:00.000Z")
+        decoder.feed(lines[start : start + chunk], "2026-11-25T12:00:00.000Z")
     decoder.flush("2026-11-25T12:00:00.000Z")
     return metrics
 
@@ -44,13 +44,19 @@ def test_combined_metrics_equal_the_counts_of_the_input(emit: bool) -> None:
     lines, expected = loggen.combined_lines(20_000, seed=7, malformed_every=97)
     samples = scrape(feed("combined", lines, emit))
 
-    assert samples[("adapter_lines_total", (("input", "in"), ("result", "parsed")))] == expected.parsed
-    assert samples[("adapter_lines_total", (("input", "in"), ("result", "rejected")))] == expected.rejected
+    assert (
+        samples[("adapter_lines_total", (("input", "in"), ("result", "parsed")))] == expected.parsed
+    )
+    assert (
+        samples[("adapter_lines_total", (("input", "in"), ("result", "rejected")))]
+        == expected.rejected
+    )
     assert expected.parsed + expected.rejected == len(lines)
 
     requests = {
         (dict(labels)["method"], dict(labels)["status"]): value
-        for (name, labels), value in samples.items() if name == "http_requests_total"
+        for (name, labels), value in samples.items()
+        if name == "http_requests_total"
     }
     assert requests == dict(expected.requests)
     sizes = {
@@ -78,10 +84,13 @@ def test_app_log_records_by_severity_equal_the_input() -> None:
     samples = scrape(feed("legacy", lines, emit=False, chunk=77))
     by_severity = {
         dict(labels)["severity"]: value
-        for (name, labels), value in samples.items() if name == "app_log_records_total"
+        for (name, labels), value in samples.items()
+        if name == "app_log_records_total"
     }
     assert by_severity == dict(expected.app_records)
-    assert samples[("adapter_lines_total", (("input", "in"), ("result", "parsed")))] == expected.parsed
+    assert (
+        samples[("adapter_lines_total", (("input", "in"), ("result", "parsed")))] == expected.parsed
+    )
     assert samples[("adapter_lines_total", (("input", "in"), ("result", "rejected")))] == 1
 
 
@@ -107,5 +116,7 @@ def test_unknown_methods_share_one_label() -> None:
     line = '1.2.3.4 - - [25/Nov/2026:12:00:00 +0000] "{} / HTTP/1.1" 200 1 "-" "-" 5'
     lines = [line.format(m) for m in ("FOO", "BAR", "get", "GET")]
     samples = scrape(feed("combined", lines, emit=True))
-    methods = {dict(labels)["method"] for (name, labels) in samples if name == "http_requests_total"}
+    methods = {
+        dict(labels)["method"] for (name, labels) in samples if name == "http_requests_total"
+    }
     assert methods == {"_OTHER", "GET"}

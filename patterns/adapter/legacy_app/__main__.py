@@ -22,12 +22,17 @@ def main() -> None:
     try:
         config.log_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"{SERVICE}: configuration error: LEGACY_APP_LOG_DIR={config.log_dir}: "
-              f"{exc.strerror}", file=sys.stderr)
+        print(
+            f"{SERVICE}: configuration error: LEGACY_APP_LOG_DIR={config.log_dir}: {exc.strerror}",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_CONFIG)
     if not os.access(config.log_dir, os.W_OK | os.X_OK):
-        print(f"{SERVICE}: configuration error: LEGACY_APP_LOG_DIR={config.log_dir}: "
-              f"not writable by uid {os.getuid()}", file=sys.stderr)
+        print(
+            f"{SERVICE}: configuration error: LEGACY_APP_LOG_DIR={config.log_dir}: "
+            f"not writable by uid {os.getuid()}",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_CONFIG)
 
     from patterns.adapter.legacy_app.server import LegacyAppServer

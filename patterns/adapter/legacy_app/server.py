@@ -16,7 +16,7 @@ from patterns.adapter.legacy_app.config import Config
 ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s'
 
 
-class LegacyAppServer(BaseApplication):  # type: ignore[misc]  (gunicorn is untyped)
+class LegacyAppServer(BaseApplication):
     def __init__(self, config: Config) -> None:
         self.config = config
         super().__init__()

@@ -25,7 +25,8 @@ def make_output(config: Config, runtime: Runtime, heartbeat: object) -> Output:
         return StdoutOutput()
     if config.output == "forward":
         client = ForwardClient(
-            config.fluent_host, config.fluent_port,
+            config.fluent_host,
+            config.fluent_port,
             shared_key=os.environ.get("FLUENT_SHARED_KEY") or None,
         )
         return ForwardOutput(client, config.fluent_tag, runtime.stopping, heartbeat)
@@ -45,8 +46,9 @@ def run(config: Config, runtime: Runtime) -> None:
     adapter = Adapter(config, metrics, make_output(config, runtime, beat), runtime.stopping)
     runtime.registry.register(FollowerCollector(adapter))
     runtime.admin.readiness.append(
-        lambda: (adapter.started, "starting") if not adapter.started
-        else adapter.store.check_writable()
+        lambda: (
+            (adapter.started, "starting") if not adapter.started else adapter.store.check_writable()
+        )
     )
     runtime.admin.liveness.append(
         lambda: (

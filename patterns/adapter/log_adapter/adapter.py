@@ -32,8 +32,16 @@ log = logging.getLogger(__name__)
 
 # The follower's counters, exposed as adapter_file_events_total{event=...}.
 _FILE_EVENTS = (
-    "invalid_utf8_lines", "long_lines", "nul_lines", "rotations", "deletions", "truncations",
-    "copies_found", "truncations_without_copy", "files_opened", "files_closed",
+    "invalid_utf8_lines",
+    "long_lines",
+    "nul_lines",
+    "rotations",
+    "deletions",
+    "truncations",
+    "copies_found",
+    "truncations_without_copy",
+    "files_opened",
+    "files_closed",
     "checkpoints_lost",
 )
 
@@ -82,10 +90,14 @@ class Adapter:
     def run(self) -> None:
         self.follower.start()
         self.started = True
-        log.info("following", extra={
-            "inputs": [f"{s.format}={s.glob}" for s in self.config.inputs],
-            "output": self.config.output, "inotify": self.follower.uses_inotify,
-        })
+        log.info(
+            "following",
+            extra={
+                "inputs": [f"{s.format}={s.glob}" for s in self.config.inputs],
+                "output": self.config.output,
+                "inotify": self.follower.uses_inotify,
+            },
+        )
         try:
             while not self.stopping.is_set():
                 self.heartbeat = time.monotonic()
@@ -115,7 +127,10 @@ class Adapter:
     def flush_quiet(self, now: float) -> None:
         """Emit records whose file has been quiet for multiline_flush_seconds."""
         for state in self.files.values():
-            if state.decoder.held_lines and now - state.last_line >= self.config.multiline_flush_seconds:
+            if (
+                state.decoder.held_lines
+                and now - state.last_line >= self.config.multiline_flush_seconds
+            ):
                 observed = observed_now()
                 with self.metrics.lock:
                     records = state.decoder.flush(observed)
@@ -166,7 +181,10 @@ class Adapter:
             if spec is None:
                 return None
             decoder = new_decoder(
-                spec.format, self.contexts[spec.glob], path, self.config.regex,
+                spec.format,
+                self.contexts[spec.glob],
+                path,
+                self.config.regex,
                 self.config.max_record_bytes,
             )
             state = self.files[path] = _File(spec, decoder)
@@ -187,8 +205,9 @@ class Adapter:
         inputs = []
         for spec in self.config.inputs:
             parsed, rejected = self.metrics.lines_total(spec.name)
-            inputs.append({"format": spec.format, "glob": spec.glob,
-                           "parsed": parsed, "rejected": rejected})
+            inputs.append(
+                {"format": spec.format, "glob": spec.glob, "parsed": parsed, "rejected": rejected}
+            )
         return {
             "inputs": inputs,
             "output": self.config.output,

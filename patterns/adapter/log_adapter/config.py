@@ -47,7 +47,8 @@ class Config:
 
 def parse_inputs(env: Env, name: str) -> tuple[InputSpec, ...]:
     specs = []
-    for item in env.list(name, required=True):
+    items: list[str] = env.list(name, required=True)
+    for item in items:
         fmt, sep, glob = item.partition("=")
         fmt, glob = fmt.strip(), glob.strip()
         if not sep or fmt not in FORMATS or not glob.startswith("/"):
@@ -87,7 +88,9 @@ def load_config(environ: Mapping[str, str]) -> Config:
         fluent_tag=env.str("FLUENT_TAG", "adapter"),
         service_name=env.str("OTEL_SERVICE_NAME", "unknown_service"),
         regex=regex,
-        multiline_flush_seconds=env.float("ADAPTER_MULTILINE_FLUSH_SECONDS", 1.0, min=0.01, max=3600),
+        multiline_flush_seconds=env.float(
+            "ADAPTER_MULTILINE_FLUSH_SECONDS", 1.0, min=0.01, max=3600
+        ),
         max_record_bytes=env.int("ADAPTER_MAX_RECORD_BYTES", 65536, min=1024),
         max_line_bytes=env.int("ADAPTER_MAX_LINE_BYTES", 65536, min=256),
         max_paths=env.int("ADAPTER_MAX_PATHS", 100, min=1),

@@ -15,6 +15,7 @@ Formats:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -40,14 +41,16 @@ _QUOTED = r'[^"\\]*(?:\\.[^"\\]*)*'  # Apache escapes " and \ inside quoted fiel
 COMBINED = re.compile(
     r"(?P<client>\S+) \S+ (?P<user>\S+) "
     r"\[(?P<time>\d\d/[A-Z][a-z][a-z]/\d{4}:\d\d:\d\d:\d\d [+-]\d{4})\] "
-    rf'"(?:(?P<method>[A-Za-z]+) (?P<target>[^ "]+)(?: (?P<proto>[^ "]+))?|(?P<request>{_QUOTED}))" '
+    rf'"(?:(?P<method>[A-Za-z]+) (?P<target>[^ "]+)(?: (?P<proto>[^ "]+))?'
+    rf'|(?P<request>{_QUOTED}))" '
     r"(?P<status>[1-5]\d\d) (?P<size>\d+|-)"
     rf'(?: "(?P<referer>{_QUOTED})" "(?P<agent>{_QUOTED})")?'
     r"(?: (?P<duration>\d+))?"
 )
 
 LEGACY_HEADER = re.compile(
-    r"(?P<date>\d{4}-\d\d-\d\d) (?P<time>(?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60))[,.](?P<ms>\d{3}) +"
+    r"(?P<date>\d{4}-\d\d-\d\d) "
+    r"(?P<time>(?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60))[,.](?P<ms>\d{3}) +"
     r"(?P<level>[A-Za-z]+) +\[(?P<thread>[^\]]*)\] (?P<logger>\S+) - (?P<message>.*)",
     re.DOTALL,
 )
@@ -56,15 +59,22 @@ LEGACY_HEADER = re.compile(
 _EXCEPTION_LINE = re.compile(r"(?P<type>[A-Za-z_$][\w$.]*)(?::\s*(?P<message>.*))?", re.DOTALL)
 _JAVA_EXCEPTION = re.compile(r"[\w$.]+(?:Exception|Error|Throwable)(?::.*)?", re.DOTALL)
 
-_MONTHS = {m: i for i, m in enumerate(
-    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
-)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
 _CACHE_LIMIT = 4096
 
 
 class Decoder(Protocol):
     format: str
-    held_lines: int  # trailing lines fed but not yet emitted (a record under assembly)
+
+    @property
+    def held_lines(self) -> int:
+        """Trailing lines fed but not yet emitted (a record under assembly)."""
+        ...
 
     def feed(self, lines: Sequence[str], observed: str) -> list[Record]: ...
 
@@ -119,8 +129,12 @@ class _AccessTime:
             return ""
         try:
             moment = datetime(
-                int(text[7:11]), month, int(text[0:2]),
-                int(text[12:14]), int(text[15:17]), int(text[18:20]),
+                int(text[7:11]),
+                month,
+                int(text[0:2]),
+                int(text[12:14]),
+                int(text[15:17]),
+                int(text[18:20]),
             )
         except ValueError:
             return ""
@@ -160,28 +174,38 @@ class CombinedDecoder:
         records: list[Record] = []
         rejected = 0
         duration_sum = 0
+        timestamp: str | None = None
         for line in lines:
             m = match(line)
             if m is not None:
-                (client, user, time_text, method, target, proto, _request,
-                 status, size, referer, agent, duration) = m.groups()
+                (
+                    client,
+                    user,
+                    time_text,
+                    method,
+                    target,
+                    proto,
+                    _request,
+                    status,
+                    size,
+                    referer,
+                    agent,
+                    duration,
+                ) = m.groups()
                 timestamp = time_get(time_text)
                 if timestamp is None:
                     timestamp = access_time(time_text)
             if m is None or not timestamp:
                 rejected += 1
                 if emit:
-                    records.append(
-                        unparsed(line, "combined", self.path, observed, ctx.resource)
-                    )
+                    records.append(unparsed(line, "combined", self.path, observed, ctx.resource))
                 continue
             label_method = method if method in known else OTHER_METHOD
             if target is None:
                 path = OTHER_PATH
             else:
-                path = path_get(target)
-                if path is None:
-                    path = path_label(target)
+                cached = path_get(target)
+                path = path_label(target) if cached is None else cached
             key = (label_method, status, path)
             entry = requests_get(key)
             if entry is None:
@@ -194,18 +218,44 @@ class CombinedDecoder:
                 buckets[bisect_left(bounds, micros)] += 1
                 duration_sum += micros
             if emit:
-                records.append(self._record(
-                    line, observed, timestamp, client, user, method, label_method, target,
-                    proto, status, size, referer, agent, duration,
-                ))
+                records.append(
+                    self._record(
+                        line,
+                        observed,
+                        timestamp,
+                        client,
+                        user,
+                        method,
+                        label_method,
+                        target,
+                        proto,
+                        status,
+                        size,
+                        referer,
+                        agent,
+                        duration,
+                    )
+                )
         metrics.duration_sum_us += duration_sum
         metrics.count_lines(ctx.input_name, len(lines) - rejected, rejected)
         return records
 
     def _record(
-        self, line: str, observed: str, timestamp: str, client: str, user: str,
-        method: str | None, label_method: str, target: str | None, proto: str | None,
-        status: str, size: str, referer: str | None, agent: str | None, duration: str | None,
+        self,
+        line: str,
+        observed: str,
+        timestamp: str,
+        client: str,
+        user: str,
+        method: str | None,
+        label_method: str,
+        target: str | None,
+        proto: str | None,
+        status: str,
+        size: str,
+        referer: str | None,
+        agent: str | None,
+        duration: str | None,
     ) -> Record:
         status_code = int(status)
         severity_text, severity_number = otel.http_status_severity(status_code)
@@ -299,7 +349,11 @@ class LegacyDecoder:
                     parsed += self._finish(records, observed)
                 date_text, time_text, ms, level, thread, logger, message = m.groups()
                 self._pending = _Pending(
-                    f"{date_text}T{time_text}.{ms}Z", level, thread, logger, [message],
+                    f"{date_text}T{time_text}.{ms}Z",
+                    level,
+                    thread,
+                    logger,
+                    [message],
                     len(message),
                 )
             elif (
@@ -352,16 +406,18 @@ class LegacyDecoder:
             if len(pending.lines) > 1:
                 attributes.update(_exception_attributes(pending.lines[1:]))
             attributes["log.file.path"] = self.path
-            records.append({
-                "timestamp": pending.timestamp,
-                "observed_timestamp": observed,
-                "severity_text": pending.level,
-                "severity_number": number,
-                "body": "\n".join(pending.lines),
-                "attributes": attributes,
-                "instrumentation_scope": {"name": pending.logger},
-                "resource": self.context.resource,
-            })
+            records.append(
+                {
+                    "timestamp": pending.timestamp,
+                    "observed_timestamp": observed,
+                    "severity_text": pending.level,
+                    "severity_number": number,
+                    "body": "\n".join(pending.lines),
+                    "attributes": attributes,
+                    "instrumentation_scope": {"name": pending.logger},
+                    "resource": self.context.resource,
+                }
+            )
         return len(pending.lines)
 
 
@@ -388,10 +444,16 @@ def _exception_attributes(continuation: list[str]) -> dict[str, str]:
 _TIME_KEYS = ("timestamp", "time", "@timestamp", "ts")
 _LEVEL_KEYS = ("severity_text", "level", "severity", "levelname", "lvl")
 _BODY_KEYS = ("body", "message", "msg")
-_INT_ATTRIBUTES = frozenset((
-    "http.response.status_code", "http.response.body.size", "process.pid", "thread.id",
-    "client.port", "server.port",
-))
+_INT_ATTRIBUTES = frozenset(
+    (
+        "http.response.status_code",
+        "http.response.body.size",
+        "process.pid",
+        "thread.id",
+        "client.port",
+        "server.port",
+    )
+)
 _FLOAT_ATTRIBUTES = frozenset(("http.server.request.duration",))
 
 
@@ -409,7 +471,9 @@ def _observe(metrics: AdapterMetrics, record: Record) -> None:
             str(status),
             attributes.get("url.path") if isinstance(attributes.get("url.path"), str) else None,
             size if isinstance(size, int) and size >= 0 else 0,
-            round(duration * 1_000_000) if isinstance(duration, (int, float)) and duration >= 0 else None,
+            round(duration * 1_000_000)
+            if isinstance(duration, (int, float)) and duration >= 0
+            else None,
         )
     else:
         metrics.observe_app_record(otel.severity_short_name(record["severity_number"]))
@@ -467,7 +531,9 @@ class JsonDecoder:
             if record is None:
                 rejected += 1
                 if self.context.emit:
-                    records.append(unparsed(line, "json", self.path, observed, self.context.resource))
+                    records.append(
+                        unparsed(line, "json", self.path, observed, self.context.resource)
+                    )
                 continue
             parsed += 1
             _observe(self.context.metrics, record)
@@ -492,8 +558,15 @@ class JsonDecoder:
         nested = data.get("attributes")
         if isinstance(nested, dict):
             attributes.update(nested)
-        used = {time_key if timestamp else None, level_key, body_key, "attributes",
-                "severity_number", "observed_timestamp", "resource"}
+        used = {
+            time_key if timestamp else None,
+            level_key,
+            body_key,
+            "attributes",
+            "severity_number",
+            "observed_timestamp",
+            "resource",
+        }
         for key, value in data.items():
             if key not in used:
                 attributes[key] = value
@@ -543,7 +616,8 @@ class RegexDecoder:
         self.path = path
         self.regex = regex
         self._names = {
-            name: name.replace("__", ".") for name in regex.pattern.groupindex
+            name: name.replace("__", ".")
+            for name in regex.pattern.groupindex
             if name not in ("timestamp", "severity", "body")
         }
 
@@ -555,7 +629,9 @@ class RegexDecoder:
             if record is None:
                 rejected += 1
                 if self.context.emit:
-                    records.append(unparsed(line, "regex", self.path, observed, self.context.resource))
+                    records.append(
+                        unparsed(line, "regex", self.path, observed, self.context.resource)
+                    )
                 continue
             parsed += 1
             _observe(self.context.metrics, record)
@@ -603,10 +679,8 @@ class RegexDecoder:
             if name in _INT_ATTRIBUTES and value.isdigit():
                 value = int(value)
             elif name in _FLOAT_ATTRIBUTES:
-                try:
+                with contextlib.suppress(ValueError):
                     value = float(value)
-                except ValueError:
-                    pass
             attributes[name] = value
         attributes["log.file.path"] = self.path
         record["attributes"] = attributes
@@ -618,7 +692,10 @@ class RegexDecoder:
 
 
 def new_decoder(
-    fmt: str, context: Context, path: str, regex: RegexFormat | None = None,
+    fmt: str,
+    context: Context,
+    path: str,
+    regex: RegexFormat | None = None,
     max_record_bytes: int = 65536,
 ) -> Decoder:
     if fmt == "combined":

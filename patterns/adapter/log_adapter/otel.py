@@ -77,7 +77,7 @@ def http_status_severity(status: int) -> tuple[str, int]:
 def format_timestamp(epoch: float) -> str:
     """RFC 3339 UTC with milliseconds, e.g. 2026-11-25T12:00:00.123Z."""
     whole = int(epoch)
-    millis = int(round((epoch - whole) * 1000))
+    millis = round((epoch - whole) * 1000)
     if millis == 1000:
         whole, millis = whole + 1, 0
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"

@@ -1,0 +1,379 @@
+"""log-adapter as a real process reading real files: rotation, restarts, garbage, a
+traceback cut in half by a restart, the Forward output to the real collector, and the
+exposition checked by promtool and scraped by a real Prometheus server."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import signal
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from patterns.adapter import loggen
+from tests.conftest import free_port, http_ok, require_tool, wait_until
+
+GOOD = (
+    '10.0.0.{c} - - [25/Nov/2026:12:00:{s:02d} +0000] "GET /items?n={n} HTTP/1.1" {status} 42'
+    ' "-" "curl/8.5.0" {d}\n'
+)
+
+
+def good_line(n: int) -> bytes:
+    return GOOD.format(
+        c=n % 250, s=n % 60, n=n, status=500 if n % 10 == 0 else 200, d=1000 + n
+    ).encode()
+
+
+class Adapter:
+    """One log-adapter process; `records()` are the OTel records it printed."""
+
+    def __init__(self, service, tmp_path: Path, inputs: str, **env: str) -> None:
+        self.port = free_port()
+        self.env = {
+            "ADAPTER_INPUTS": inputs,
+            "ADAPTER_STATE_DIR": str(tmp_path / "state"),
+            "ADAPTER_HTTP_HOST": "127.0.0.1",
+            "ADAPTER_HTTP_PORT": str(self.port),
+            "ADAPTER_POLL_SECONDS": "0.05",
+            "OTEL_SERVICE_NAME": "legacy-app",
+            **env,
+        }
+        self.service = service
+        self.runs: list = []
+
+    def start(self) -> Adapter:
+        self.runs.append(self.service("patterns.adapter.log_adapter", self.env, name="adapter"))
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.port}/readyz"), what="adapter ready")
+        return self
+
+    @property
+    def proc(self):
+        return self.runs[-1]
+
+    def metrics_text(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+
+    def samples(self) -> dict[tuple[str, tuple], float]:
+        found = {}
+        for family in text_string_to_metric_families(self.metrics_text()):
+            for s in family.samples:
+                found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return found
+
+    def lines(self, input_name: str) -> tuple[float, float]:
+        samples = self.samples()
+        return (
+            samples.get(("adapter_lines_total", (("input", input_name), ("result", "parsed"))), 0),
+            samples.get(
+                ("adapter_lines_total", (("input", input_name), ("result", "rejected"))), 0
+            ),
+        )
+
+    def counted(self, input_name: str) -> float:
+        return sum(self.lines(input_name))
+
+    def records(self) -> list[dict]:
+        found = []
+        for run in self.runs:
+            for line in run.output().splitlines():
+                if line.startswith("{") and '"observed_timestamp"' in line:
+                    found.append(json.loads(line))
+        return found
+
+
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def test_every_line_is_accounted_for_through_garbage_rotation_and_restart(service, tmp_path):
+    logs = tmp_path / "log"
+    logs.mkdir()
+    access = logs / "access.log"
+    adapter = Adapter(service, tmp_path, f"combined={access}").start()
+
+    # Phase 1: good lines and every kind of bad input.
+    append(access, b"".join(good_line(n) for n in range(0, 400)))
+    huge = b"A" * 2_000_000 + b"\n"  # split by the follower into 31 pieces of <= 64 KiB
+    garbage = [
+        b"\x00\x01\x02\xff\xfe binary garbage \x80\x81\n",
+        b'10.0.0.1 - - [25/Nov/2026:12:00:00 +0000] "GET /caf\xe9 HTTP/1.1" 200 1 "-" "-" 5\n',
+        b"\n",
+        huge,
+        b"not an access log line\n",
+    ]
+    append(access, b"".join(garbage))
+    append(access, b"".join(good_line(n) for n in range(400, 600)))
+    expected_first = 600 + 4 + 31  # good + 4 short bad/odd lines + the huge line's pieces
+    wait_until(lambda: adapter.counted(str(access)) == expected_first, timeout=20, what="phase 1")
+    samples = adapter.samples()
+    parsed, rejected = adapter.lines(str(access))
+    assert parsed == 600 + 1  # the invalid UTF-8 one is still a valid request line
+    assert rejected == 3 + 31
+    assert samples[("adapter_lines_read_total", ())] == parsed + rejected
+    assert samples[("adapter_file_events_total", (("event", "invalid_utf8_lines"),))] == 2
+    assert samples[("adapter_file_events_total", (("event", "long_lines"),))] == 1
+    assert samples[("adapter_file_events_total", (("event", "nul_lines"),))] == 1
+    assert samples[("http_requests_total", (("method", "GET"), ("status", "500")))] == 60
+    assert samples[("process_resident_memory_bytes", ())] < 96 * 2**20
+
+    # Phase 2: rename rotation, lines on both sides of it.
+    append(access, b"".join(good_line(n) for n in range(600, 800)))
+    os.rename(access, logs / "access.log.1")
+    append(access, b"".join(good_line(n) for n in range(800, 1000)))
+    wait_until(
+        lambda: adapter.counted(str(access)) == expected_first + 400, timeout=20, what="rotation"
+    )
+
+    # Phase 3: graceful restart, with lines written while the adapter is down.
+    assert adapter.proc.stop() == 0
+    append(access, b"".join(good_line(n) for n in range(1000, 1300)))
+    adapter.start()
+    append(access, b"".join(good_line(n) for n in range(1300, 1500)))
+    wait_until(lambda: adapter.counted(str(access)) == 500, timeout=20, what="after restart")
+    assert adapter.proc.stop() == 0
+
+    records = adapter.records()
+    seen = Counter(r["attributes"]["url.query"] for r in records if "url.query" in r["attributes"])
+    assert seen == Counter(f"n={n}" for n in range(1500)), "each line exactly once"
+    unparsed = [r for r in records if r["attributes"].get("adapter.unparsed")]
+    assert len(unparsed) == 34, "rejected lines are emitted, not dropped"
+    assert sum(len(r["body"]) for r in unparsed if set(r["body"]) == {"A"}) == 2_000_000
+
+
+def test_a_traceback_cut_by_a_restart_is_emitted_whole_once(service, tmp_path):
+    logs = tmp_path / "log"
+    logs.mkdir()
+    app_log = logs / "app.log"
+    adapter = Adapter(
+        service, tmp_path, f"legacy={app_log}", ADAPTER_MULTILINE_FLUSH_SECONDS="0.5"
+    ).start()
+    append(app_log, b"2026-11-25 12:00:00,001 INFO [main] shop - before\n")
+    wait_until(lambda: adapter.counted(str(app_log)) == 1, what="first record (quiet flush)")
+    # Half a traceback, then a restart before the quiet period ends.
+    append(
+        app_log,
+        b"2026-11-25 12:00:01,002 ERROR [main] shop - failed\nTraceback (most recent call last):\n",
+    )
+    wait_until(lambda: adapter.samples()[("adapter_lines_held", ())] == 2, what="record held")
+    adapter.proc.signal(signal.SIGTERM)
+    assert adapter.proc.wait() == 0
+    append(
+        app_log,
+        b'  File "shop.py", line 3, in pay\nValueError: declined\n'
+        b"2026-11-25 12:00:02,003 INFO [main] shop - after\n",
+    )
+    adapter.start()
+    wait_until(lambda: adapter.counted(str(app_log)) == 5, what="whole traceback after restart")
+    wait_until(lambda: len(adapter.records()) == 3, what="three records")
+    bodies = [r["body"] for r in adapter.records()]
+    assert bodies == [
+        "before",
+        'failed\nTraceback (most recent call last):\n  File "shop.py", line 3, in pay\n'
+        "ValueError: declined",
+        "after",
+    ]
+    assert adapter.records()[1]["attributes"]["exception.type"] == "ValueError"
+
+
+def test_legacy_app_files_become_records_and_metrics(service, tmp_path):
+    """The demo pair as processes: real gunicorn access log and app log."""
+    logs = tmp_path / "log"
+    app_port = free_port()
+    app = service(
+        "patterns.adapter.legacy_app",
+        {
+            "LEGACY_APP_HOST": "127.0.0.1",
+            "LEGACY_APP_PORT": str(app_port),
+            "LEGACY_APP_LOG_DIR": str(logs),
+        },
+        name="legacy-app",
+    )
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{app_port}/healthz"), timeout=20, what="app")
+    adapter = Adapter(
+        service,
+        tmp_path,
+        f"combined={logs}/access.log,legacy={logs}/app.log",
+        ADAPTER_MULTILINE_FLUSH_SECONDS="0.3",
+    ).start()
+    base = f"http://127.0.0.1:{app_port}"
+    for _ in range(3):
+        requests.get(base + "/checkout?fail=1", timeout=5)
+        requests.get(base + "/orders/4242", timeout=5)
+        requests.get(base + "/orders/7", timeout=5)
+    wait_until(
+        lambda: adapter.samples().get(("app_log_records_total", (("severity", "ERROR"),))) == 3,
+        what="three ERROR records",
+    )
+    samples = adapter.samples()
+    assert samples[("http_requests_total", (("method", "GET"), ("status", "500")))] == 3
+    assert samples[("http_requests_total", (("method", "GET"), ("status", "404")))] == 3
+    assert (
+        samples[("http_requests_by_path_total", (("path", "/checkout"), ("status_class", "5xx")))]
+        == 3
+    )
+    assert samples[("app_log_records_total", (("severity", "WARN"),))] == 3
+    assert (
+        samples[("adapter_lines_total", (("input", f"{logs}/access.log"), ("result", "rejected")))]
+        == 0
+    )
+    errors = [
+        r
+        for r in adapter.records()
+        if r.get("severity_text") == "ERROR" and "exception.type" in r["attributes"]
+    ]
+    assert len(errors) == 3
+    assert errors[0]["attributes"]["exception.type"].endswith("PaymentDeclined")
+    app.stop()
+
+
+def test_exposition_passes_promtool(service, tmp_path):
+    promtool = require_tool("promtool", "apt-get install prometheus")
+    logs = tmp_path / "log"
+    logs.mkdir()
+    lines, _ = loggen.combined_lines(500, seed=2, malformed_every=50)
+    (logs / "access.log").write_text("\n".join(lines) + "\n")
+    app_lines, _ = loggen.legacy_lines(50, seed=2)
+    (logs / "app.log").write_text("\n".join(app_lines) + "\n")
+    adapter = Adapter(
+        service,
+        tmp_path,
+        f"combined={logs}/access.log,legacy={logs}/app.log",
+        ADAPTER_OUTPUT="none",
+        ADAPTER_MULTILINE_FLUSH_SECONDS="0.2",
+    ).start()
+    wait_until(lambda: adapter.counted(f"{logs}/access.log") == 500, what="access log read")
+    wait_until(lambda: adapter.counted(f"{logs}/app.log") == len(app_lines), what="app log read")
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=adapter.metrics_text(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", "no lint findings"
+
+
+def test_a_real_prometheus_scrapes_the_expected_series(service, tmp_path):
+    prometheus = require_tool("prometheus", "apt-get install prometheus")
+    logs = tmp_path / "log"
+    logs.mkdir()
+    lines, expected = loggen.combined_lines(1000, seed=9, malformed_every=100)
+    (logs / "access.log").write_text("\n".join(lines) + "\n")
+    adapter = Adapter(
+        service, tmp_path, f"combined={logs}/access.log", ADAPTER_OUTPUT="none"
+    ).start()
+    wait_until(lambda: adapter.counted(f"{logs}/access.log") == 1000, what="access log read")
+
+    prom_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: legacy-app\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{adapter.port}']}}]\n"
+    )
+    log_file = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    api = f"http://127.0.0.1:{prom_port}/api/v1"
+
+    def query(expr: str) -> list[dict]:
+        try:
+            body = requests.get(f"{api}/query", params={"query": expr}, timeout=5).json()
+        except (requests.RequestException, ValueError):
+            return []
+        return body.get("data", {}).get("result", []) if body.get("status") == "success" else []
+
+    try:
+        wait_until(lambda: query('up{job="legacy-app"} == 1'), timeout=30, what="target up")
+        requests_total = wait_until(
+            lambda: query("http_requests_total"), timeout=30, what="http_requests_total scraped"
+        )
+        got = {
+            (r["metric"]["method"], r["metric"]["status"]): float(r["value"][1])
+            for r in requests_total
+        }
+        assert got == {k: float(v) for k, v in expected.requests.items()}
+        rejected = query('adapter_lines_total{result="rejected"}')
+        assert float(rejected[0]["value"][1]) == expected.rejected
+        count = query("http_request_duration_seconds_count")
+        assert float(count[0]["value"][1]) == expected.parsed
+        # The lab guide's question, answered from the scraped series.
+        assert query(
+            'sum by (path) (http_requests_by_path_total{status_class="5xx"})'
+            " / sum by (path) (http_requests_by_path_total)"
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log_file.close()
+
+
+def test_forward_output_reaches_the_collector(service, tmp_path):
+    forward_port, http_port = free_port(), free_port()
+    service(
+        "patterns.sidecar.collector",
+        {
+            "COLLECTOR_FORWARD_HOST": "127.0.0.1",
+            "COLLECTOR_FORWARD_PORT": str(forward_port),
+            "COLLECTOR_HTTP_HOST": "127.0.0.1",
+            "COLLECTOR_HTTP_PORT": str(http_port),
+            "COLLECTOR_DATA_DIR": str(tmp_path / "collector"),
+            "COLLECTOR_FSYNC": "false",
+        },
+        name="collector",
+    )
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{http_port}/readyz"), what="collector")
+    logs = tmp_path / "log"
+    logs.mkdir()
+    append(logs / "access.log", b"".join(good_line(n) for n in range(100)) + b"junk\n")
+    Adapter(
+        service,
+        tmp_path,
+        f"combined={logs}/access.log",
+        ADAPTER_OUTPUT="forward",
+        FLUENT_HOST="127.0.0.1",
+        FLUENT_PORT=str(forward_port),
+        FLUENT_TAG="legacy.access",
+    ).start()
+
+    def total() -> int:
+        try:
+            return int(
+                requests.get(f"http://127.0.0.1:{http_port}/api/counts", timeout=2).json()["total"]
+            )
+        except requests.RequestException:
+            return -1
+
+    wait_until(lambda: total() == 101, what="101 records at the collector")
+    stored = [
+        json.loads(line)
+        for segment in sorted((tmp_path / "collector").glob("records-*.jsonl"))
+        for line in segment.read_text().splitlines()
+    ]
+    assert {event["tag"] for event in stored} == {"legacy.access"}
+    first = stored[0]["record"]
+    assert first["attributes"]["url.query"] == "n=0"
+    # The event time travels as the Forward EventTime: the access log's, not the read time.
+    assert stored[0]["time"] == calendar.timegm((2026, 11, 25, 12, 0, 0, 0, 0, 0))
+    assert sum(1 for event in stored if event["record"]["attributes"].get("adapter.unparsed")) == 1
