@@ -4,9 +4,10 @@ the container tests (tests/container/conftest.py).
 
 1. Choose the base: $BASE_IMAGE if set; otherwise python:3.12-slim if it is present or can
    be pulled; otherwise say so and build the Debian-packaged base (images/base/build.sh).
-2. Write the build context, build/docker/: the project wheel (`pip wheel --no-deps`), the
-   pinned requirements of each extras set a Dockerfile asks for, and the optional CA bundle
-   for pip in the build stage ($PIP_CA_BUNDLE, else $PIP_CERT, else none).
+2. Write a fresh build context, with the paths the Dockerfiles COPY from (build/docker/):
+   the project wheel (`pip wheel --no-deps`), the pinned requirements of each extras set a
+   Dockerfile asks for, and the optional CA bundle for pip in the build stage
+   ($PIP_CA_BUNDLE, else $PIP_CERT, else none).
 3. `docker build` every images/<pattern>/<service>.Dockerfile as
    podpatterns/<service>:<version>-<git short sha>, and print what was built.
 
@@ -27,13 +28,16 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "images"
-CONTEXT = ROOT / "build" / "docker"
+# Each run writes its own context, <run dir>/build/docker/ (the paths the Dockerfiles
+# COPY from), so concurrent builds (a demo and the tests) never see each other's files.
+CONTEXT_PARENT = ROOT / "build" / "contexts"
 PUBLIC_BASE = "python:3.12-slim"
 PULL_TIMEOUT_S = 120
 REQUIREMENTS_REF = re.compile(r"build/docker/requirements/([a-z0-9-]+)\.txt")
@@ -114,16 +118,17 @@ def requirement_sets(specs: list[ImageSpec]) -> set[str]:
     names: set[str] = set()
     for spec in specs:
         found = REQUIREMENTS_REF.findall(spec.dockerfile.read_text())
-        if len(found) != 1:
-            raise BuildError(f"{spec.dockerfile} must COPY exactly one requirements file")
+        # None is fine: an image without the project in it (the ambassador's PostgreSQL).
+        if len(found) > 1:
+            raise BuildError(f"{spec.dockerfile} must COPY at most one requirements file")
         names.update(found)
     return names
 
 
-def write_requirements(names: set[str]) -> None:
+def write_requirements(context: Path, names: set[str]) -> None:
     project = project_metadata()
     extras = project.get("optional-dependencies", {})
-    folder = CONTEXT / "requirements"
+    folder = context / "requirements"
     folder.mkdir(parents=True, exist_ok=True)
     for name in sorted(names):
         wanted = [] if name == "core" else name.split("-")
@@ -136,10 +141,10 @@ def write_requirements(names: set[str]) -> None:
         (folder / f"{name}.txt").write_text("\n".join(lines) + "\n")
 
 
-def write_ca_bundle() -> None:
+def write_ca_bundle(context: Path) -> None:
     # PIP_CA_BUNDLE="" explicitly turns it off; PIP_CERT is pip's own setting on the host.
     source = os.environ.get("PIP_CA_BUNDLE", os.environ.get("PIP_CERT", ""))
-    target = CONTEXT / "pip-ca.crt"
+    target = context / "pip-ca.crt"
     if source and Path(source).is_file():
         shutil.copyfile(source, target)
         say(f"pip in the build stage trusts {source}")
@@ -147,9 +152,8 @@ def write_ca_bundle() -> None:
         target.write_bytes(b"")
 
 
-def build_wheel() -> None:
-    wheels = CONTEXT / "wheels"
-    shutil.rmtree(wheels, ignore_errors=True)
+def build_wheel(context: Path) -> None:
+    wheels = context / "wheels"
     wheels.mkdir(parents=True)
     say("building the project wheel")
     result = run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
@@ -158,14 +162,15 @@ def build_wheel() -> None:
         raise BuildError("pip wheel failed (see its output above)")
 
 
-def build_image(spec: ImageSpec, base: str, tag: str, version: str, revision: str) -> str:
+def build_image(spec: ImageSpec, base: str, tag: str, version: str, revision: str,
+                run_dir: Path) -> str:
     ref = f"{os.environ.get('IMAGE_PREFIX', 'podpatterns')}/{spec.service}:{tag}"
     say(f"building {ref} from {spec.dockerfile.relative_to(ROOT)}")
     result = run(["docker", "build", "--file", str(spec.dockerfile),
                   "--build-arg", f"BASE_IMAGE={base}",
                   "--build-arg", f"VERSION={version}",
                   "--build-arg", f"VCS_REF={revision}",
-                  "--tag", ref, str(ROOT)],
+                  "--tag", ref, str(run_dir)],
                  stdout=sys.stderr)
     if result.returncode != 0:
         raise BuildError(f"docker build of {ref} failed (see its output above)")
@@ -202,13 +207,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         base = choose_base()
-        CONTEXT.mkdir(parents=True, exist_ok=True)
-        write_requirements(requirement_sets(specs))
-        write_ca_bundle()
-        build_wheel()
-        version, revision, tag = project_metadata()["version"], git_short_sha(), image_tag()
-        built = {spec.service: build_image(spec, base, tag, version, revision)
-                 for spec in specs}
+        CONTEXT_PARENT.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=CONTEXT_PARENT) as run_dir:
+            context = Path(run_dir) / "build" / "docker"
+            context.mkdir(parents=True)
+            write_requirements(context, requirement_sets(specs))
+            write_ca_bundle(context)
+            build_wheel(context)
+            version, revision, tag = project_metadata()["version"], git_short_sha(), image_tag()
+            built = {spec.service: build_image(spec, base, tag, version, revision, Path(run_dir))
+                     for spec in specs}
     except BuildError as error:
         say(str(error))
         return 1
