@@ -13,7 +13,7 @@ Use::
             continue
         deliver(chunk.path, chunk.lines)   # lines: list[str], newline removed
         follower.commit(chunk)             # only once `deliver` is durable
-    follower.save()
+    follower.save(final=True)
     follower.close()
 
 Guarantees and rules:

@@ -204,15 +204,16 @@ class Follower:
             self._close_if_done(stream)
         self.save()
 
-    def save(self) -> None:
-        """Write the checkpoints now (commit does it; call it once more at shutdown)."""
+    def save(self, final: bool = False) -> None:
+        """Write the checkpoints now (commit does it; call it with final=True at shutdown
+        to make them durable against a power cut too)."""
         if self.store is None:
             return
         with self._save_lock:
             with self._lock:
                 snapshot = self._checkpoints()
             try:
-                self.store.save(snapshot)
+                self.store.save(snapshot, sync_directory=final)
             except OSError as exc:
                 log.error("cannot save checkpoints", extra={"error": str(exc)})
 

@@ -195,7 +195,7 @@ class Shipper:
         self.sender.join(max(0.0, self.deadline - time.monotonic()) + 1.0)
         if self.sender.is_alive():
             log.warning("shutdown timeout: unacknowledged lines are shipped after the restart")
-        self.follower.save()
+        self.follower.save(final=True)
         backlog = self.follower.backlog_bytes()
         self.follower.close()
         self.client.close()
