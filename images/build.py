@@ -4,10 +4,10 @@ the container tests (tests/container/conftest.py).
 
 1. Choose the base: $BASE_IMAGE if set; otherwise python:3.12-slim if it is present or can
    be pulled; otherwise say so and build the Debian-packaged base (images/base/build.sh).
-2. Write a fresh build context, with the paths the Dockerfiles COPY from (build/docker/):
-   the project wheel (`pip wheel --no-deps`), the pinned requirements of each extras set a
-   Dockerfile asks for, and the optional CA bundle for pip in the build stage
-   ($PIP_CA_BUNDLE, else $PIP_CERT, else none).
+2. Write a fresh build context with the paths the Dockerfiles COPY from: images/ (entrypoint
+   scripts) and build/docker/ (the project wheel from `pip wheel --no-deps`, the pinned
+   requirements of each extras set a Dockerfile asks for, and the optional CA bundle for
+   pip in the build stage: $PIP_CA_BUNDLE, else $PIP_CERT, else none).
 3. `docker build` every images/<pattern>/<service>.Dockerfile as
    podpatterns/<service>:<version>-<git short sha>, and print what was built.
 
@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(dir=CONTEXT_PARENT) as run_dir:
             context = Path(run_dir) / "build" / "docker"
             context.mkdir(parents=True)
+            # Scripts an image copies in (entrypoints) live beside its Dockerfile.
+            shutil.copytree(IMAGES, Path(run_dir) / "images",
+                            ignore=shutil.ignore_patterns("__pycache__", "*.py", "base"))
             write_requirements(context, requirement_sets(specs))
             write_ca_bundle(context)
             build_wheel(context)
