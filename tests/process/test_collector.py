@@ -234,12 +234,25 @@ def test_forward_client_reconnects_after_a_collector_restart(
     client.send_packed("r", packed(["before"]), 1)
     assert first.proc.stop() == 0
     second = collector(COLLECTOR_SHARED_KEY="k", COLLECTOR_FORWARD_PORT=str(first.forward_port))
-    with pytest.raises(ForwardError):
-        client.send_packed("r", packed(["lost-connection"]), 1)  # old socket is dead
-    client.send_packed("r", packed(["after"]), 1)  # reconnects, handshakes again
+    # The old connection was closed by the stopping collector: the client notices before
+    # sending, reconnects and handshakes again.
+    client.send_packed("r", packed(["after"]), 1)
     client.close()
-    logs = [r["record"]["log"] for r in second.stored()]
-    assert logs[0] == "before" and logs[-1] == "after"
+    assert [r["record"]["log"] for r in second.stored()] == ["before", "after"]
+    second.proc.stop()
+    with pytest.raises(ForwardError, match="cannot connect"):
+        client.send_packed("r", packed(["nobody listening"]), 1)
+
+
+def test_forward_client_reconnects_when_the_collector_closed_an_idle_connection(
+    collector: Callable[..., Collector],
+) -> None:
+    c = collector(COLLECTOR_IDLE_TIMEOUT="0.3", COLLECTOR_SHARED_KEY="k")
+    with c.client(shared_key="k") as client:
+        client.send_packed("idle", packed(["first"]), 1)
+        time.sleep(1.0)  # the collector closes the silent connection meanwhile
+        client.send_packed("idle", packed(["second"]), 1)  # no error: a fresh connection
+    assert [r["record"]["log"] for r in c.stored()] == ["first", "second"]
 
 
 # --- (d) malformed and hostile requests -----------------------------------------------------

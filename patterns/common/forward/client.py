@@ -10,6 +10,7 @@ the shared-key handshake), so the caller's retry is simply "call again".
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from typing import Any
@@ -131,7 +132,10 @@ class ForwardClient:
 
     def _connect(self) -> socket.socket:
         if self._sock is not None:
-            return self._sock
+            if not self._closed_by_peer(self._sock):
+                return self._sock
+            # The server closed an idle connection: reconnect now rather than fail the send.
+            self.close()
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         except OSError as exc:
@@ -148,6 +152,16 @@ class ForwardClient:
                 self.close()
                 raise HandshakeError(f"handshake with {self._peer()} failed: {exc}") from None
         return sock
+
+    @staticmethod
+    def _closed_by_peer(sock: socket.socket) -> bool:
+        """Between requests the server sends nothing, so a readable socket means EOF
+        (or an error), i.e. the server has closed the connection."""
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _handshake(self, sock: socket.socket, shared_key: str) -> None:
         deadline = time.monotonic() + self.connect_timeout

@@ -185,7 +185,8 @@ class RecordStore:
         self._file.write(data)
         self._file.flush()
         if self.fsync:
-            os.fsync(self._file.fileno())
+            # fdatasync: the data and the file size, without the timestamps nobody needs.
+            os.fdatasync(self._file.fileno())
         self._size += len(data)
         with self._lock:
             self._counts.update(counts)
@@ -210,6 +211,14 @@ class RecordStore:
         path = self._path(self._segment)
         self._file = open(path, "ab")  # noqa: SIM115 (kept open; closed in close/_rotate)
         self._size = self._file.tell()
+        if self._size == 0 and self.fsync:
+            # A new file's directory entry must be durable too, or the fsynced data in it
+            # can vanish with it after a power loss.
+            directory = os.open(self.data_dir, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         self._segment_counts = Counter(self._active_counts)
 
     def _rotate(self) -> None:
