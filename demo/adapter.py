@@ -1,0 +1,154 @@
+"""The adapter demo: legacy app -> two log files on the shared volume -> log-adapter ->
+OpenTelemetry JSON records (its stdout) and Prometheus metrics (:9103)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from demo import containers
+from demo.local import LocalPod, demo_seconds, say
+
+NAMESPACE = "podpatterns-adapter"
+# 8082 on the host, as in docker-compose.yml: the sidecar demo's app has 8080.
+APP_URL = "http://127.0.0.1:8082"
+ADAPTER_ADMIN = "http://127.0.0.1:9103"
+
+
+def tallies() -> dict[str, float]:
+    """Sums of the series a learner looks at first."""
+    text = requests.get(f"{ADAPTER_ADMIN}/metrics", timeout=5).text
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "http_requests_total":
+                key = "requests" if s.labels["status"] < "500" else "5xx"
+                found[key] = found.get(key, 0) + s.value
+            elif s.name == "app_log_records_total" and s.labels["severity"] == "ERROR":
+                found["app errors"] = found.get("app errors", 0) + s.value
+            elif s.name == "adapter_lines_total":
+                found[s.labels["result"]] = found.get(s.labels["result"], 0) + s.value
+    return found
+
+
+def exercise(seconds: float) -> None:
+    """Generate traffic and show the adapter's metrics growing (0 seconds: until Ctrl-C)."""
+    say(f"generating traffic; the adapter's metrics are at {ADAPTER_ADMIN}/metrics "
+        + ("(Ctrl-C to stop)" if not seconds else f"for {seconds:.0f}s"))
+    started = time.monotonic()
+    try:
+        while not seconds or time.monotonic() - started < seconds:
+            requests.get(f"{APP_URL}/traffic", params={"n": 30}, timeout=30)
+            t = tallies()
+            total = t.get("requests", 0) + t.get("5xx", 0)
+            say(f"{time.monotonic() - started:5.0f}s  requests {total:>6.0f}"
+                f"  of which 5xx {t.get('5xx', 0):>5.0f}"
+                f"  app ERROR records {t.get('app errors', 0):>5.0f}"
+                f"  lines parsed {t.get('parsed', 0):>6.0f} rejected {t.get('rejected', 0):>3.0f}")
+            time.sleep(1)
+    except KeyboardInterrupt:
+        say("Ctrl-C: stopping")
+
+
+def show_twins(logs: Path, adapter_output: Path) -> None:
+    """Raw legacy lines and the JSON records the adapter made of them, one after the other."""
+    records = [
+        json.loads(line) for line in adapter_output.read_text(errors="replace").splitlines()
+        if line.startswith("{") and '"observed_timestamp"' in line
+    ]
+    access = next((r for r in reversed(records) if "url.path" in r.get("attributes", {})), None)
+    if access is not None:
+        say("an access-log line, as gunicorn wrote it to access.log:")
+        print(access["body"])
+        say("and its JSON twin, on the adapter's stdout:")
+        print(json.dumps(access, indent=2))
+    raw = (logs / "app.log").read_text(errors="replace").splitlines()
+    twin = next((r for r in records if "exception.type" in r.get("attributes", {})), None)
+    if twin is None:
+        return
+    first_line = twin["body"].split("\n", 1)[0]
+    start = next((i for i, line in enumerate(raw) if line.endswith(" - " + first_line)), None)
+    if start is None:
+        return
+    say("a legacy record, as the app wrote it to app.log:")
+    print("\n".join(raw[start:start + twin["body"].count("\n") + 1]))
+    say("and the adapter's JSON twin of it, on its stdout:")
+    print(json.dumps(twin, indent=2))
+
+
+def run_local() -> None:
+    pod = LocalPod("adapter")
+    logs = pod.path("shared-volume")
+    say(f"shared volume (the pod's emptyDir): {logs}")
+    try:
+        # The adapter starts first, as its native sidecar does in Kubernetes.
+        pod.start("log-adapter", "patterns.adapter.log_adapter", {
+            "ADAPTER_INPUTS": f"combined={logs}/access.log,legacy={logs}/app.log",
+            "ADAPTER_STATE_DIR": str(pod.path("adapter-state")),
+            "ADAPTER_HTTP_HOST": "127.0.0.1", "ADAPTER_HTTP_PORT": "9103",
+            "OTEL_SERVICE_NAME": "legacy-app",
+        })
+        pod.wait_ready("log-adapter", f"{ADAPTER_ADMIN}/readyz")
+        pod.start("legacy-app", "patterns.adapter.legacy_app", {
+            "LEGACY_APP_HOST": "127.0.0.1", "LEGACY_APP_PORT": "8082",
+            "LEGACY_APP_LOG_DIR": str(logs),
+        })
+        pod.wait_ready("legacy-app", f"{APP_URL}/healthz")
+        exercise(demo_seconds())
+        time.sleep(1.5)  # the last traceback is emitted after a quiet second
+        show_twins(logs, pod.workdir / "logs-of-processes" / "log-adapter.log")
+        say(f"error rate per path, from the adapter's metrics: {ADAPTER_ADMIN}/metrics "
+            "(series http_requests_by_path_total); the lab guide has the PromQL")
+    finally:
+        pod.stop_all()
+        say(f"everything the demo wrote is under {pod.workdir}")
+
+
+def explore(runtime: str) -> None:
+    if runtime == "kind":
+        kubectl = f"kubectl -n {NAMESPACE}"
+        say("explore:\n"
+            f"  {kubectl} logs deploy/legacy-app -c adapter | tail -3   # JSON records\n"
+            f"  {kubectl} exec deploy/legacy-app -c main -- tail -3 /var/log/app/access.log\n"
+            f"  {kubectl} exec deploy/legacy-app -c main -- python -c \"import urllib.request;"
+            " print(urllib.request.urlopen('http://localhost:9103/metrics').read().decode())\"\n"
+            "  make demo-clean")
+    else:
+        say("explore:\n"
+            "  docker ps --filter name=adapter\n"
+            "  docker logs <adapter-adapter container> | tail -3          # JSON records\n"
+            "  docker exec <adapter-main container> tail -3 /var/log/app/access.log\n"
+            f"  curl {ADAPTER_ADMIN}/metrics\n"
+            "  make demo-clean")
+
+
+def run_compose() -> None:
+    containers.compose_up("adapter")
+    for url in (f"{APP_URL}/healthz", f"{ADAPTER_ADMIN}/readyz"):
+        _wait_http(url)
+    exercise(demo_seconds(30))
+    explore("compose")
+
+
+def run_kind() -> None:
+    containers.kind_up("adapter", [NAMESPACE])
+    with containers.port_forward(NAMESPACE, "svc/legacy-app", 8082, 8080), \
+            containers.port_forward(NAMESPACE, "svc/legacy-app-metrics", 9103, 9103):
+        exercise(demo_seconds(30))
+    explore("kind")
+
+
+def _wait_http(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"not ready after {timeout:.0f}s: {url}")
