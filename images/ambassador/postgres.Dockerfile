@@ -1,0 +1,37 @@
+# postgres: ambassador pattern, the "outside world" PostgreSQL (primary or streaming standby)
+#
+# Debian's PostgreSQL packages on the suite's base, so that it builds where no registry
+# can be pulled from (images/build.py passes the Debian-built base as BASE_IMAGE). On
+# Debian bookworm `postgresql` is PostgreSQL 15. One image, two roles (PG_ROLE=primary or
+# standby): see images/ambassador/postgres-entrypoint.sh.
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE}
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends postgresql ca-certificates \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
+    && set -- /usr/lib/postgresql/*/bin \
+    && ln -s "$1" /usr/local/lib/pgbin \
+    && groupadd --gid 10001 pgserver \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /var/lib/pgdata \
+        --shell /usr/sbin/nologin pgserver
+COPY images/ambassador/postgres-entrypoint.sh /usr/local/bin/pg-entrypoint
+ENV PATH=/usr/local/lib/pgbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PGDATA=/var/lib/pgdata/data \
+    LANG=C.UTF-8
+# Numeric, so that Kubernetes can verify runAsNonRoot; PGDATA is a volume it owns (fsGroup).
+# initdb needs the uid to have a passwd entry: pgserver, created above.
+USER 10001:10001
+EXPOSE 5432
+ENTRYPOINT ["pg-entrypoint"]
+
+ARG BASE_IMAGE
+ARG VERSION=0.1.0
+ARG VCS_REF=unknown
+LABEL org.opencontainers.image.title="postgres" \
+      org.opencontainers.image.description="ambassador pattern, PostgreSQL primary or streaming standby from Debian packages" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.vendor="podpatterns" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
