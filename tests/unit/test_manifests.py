@@ -82,13 +82,21 @@ def rendered_documents() -> Iterator[tuple[str, dict[str, Any]]]:
                 if doc:
                     yield source, doc
         elif directory.name != "kind":
-            resources = yaml.safe_load((directory / "kustomization.yaml").read_text())
-            for entry in resources.get("resources", []):
-                path = directory / entry
-                if path.is_file():
-                    for doc in yaml.safe_load_all(path.read_text()):
-                        if doc:
-                            yield str(path.relative_to(ROOT)), doc
+            yield from listed_resources(directory)
+
+
+def listed_resources(directory: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Without kustomize: the documents of the files a kustomization lists, following
+    listed folders (bases) to their own kustomization.yaml."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    for entry in kustomization.get("resources", []):
+        path = directory / entry
+        if path.is_dir():
+            yield from listed_resources(path)
+        elif path.is_file():
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc:
+                    yield str(path.relative_to(ROOT)), doc
 
 
 def workloads() -> list[Any]:
