@@ -1,9 +1,9 @@
 """The sidecar pattern on a real cluster: k8s/sidecar/kind applied with kustomize, then the
 same promises as the container tier, checked with `kubectl exec` inside the pods.
 
-Nothing here assumes object names: the web-app pod is the one running podpatterns/web-app,
-its sidecar the container (or native-sidecar init container) running
-podpatterns/log-shipper, and the collector the pod running podpatterns/log-collector.
+Nothing here assumes object names: the pod under test is the Deployment's that runs both
+podpatterns/web-app and podpatterns/log-shipper (preferring the native-sidecar variant),
+and the collector the pod running podpatterns/log-collector.
 """
 
 from __future__ import annotations
@@ -46,25 +46,40 @@ def all_containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
     return list(pod_spec.get("initContainers", [])) + list(pod_spec["containers"])
 
 
-def find(cluster: Cluster, deployed: Deployed, service: str) -> RunningContainer:
-    """The running container of the pod whose image is podpatterns/<service>."""
+def running_pod(cluster: Cluster, deployment: dict[str, Any]) -> tuple[str, str]:
+    namespace = deployment["metadata"].get("namespace", "default")
+    selector = ",".join(f"{key}={value}" for key, value in
+                        deployment["spec"]["selector"]["matchLabels"].items())
+    pods = cluster.json("-n", namespace, "get", "pods", "-l", selector)["items"]
+    running = [pod for pod in pods if pod["status"].get("phase") == "Running"
+               and not pod["metadata"].get("deletionTimestamp")]
+    assert running, f"no running pod for deployment {deployment['metadata']['name']}"
+    return namespace, running[0]["metadata"]["name"]
+
+
+def find(cluster: Cluster, deployed: Deployed, *services: str) -> list[RunningContainer]:
+    """The containers running podpatterns/<service>, for each service, all in one pod: of
+    the Deployments that run them all, the one with the most native sidecars (the overlay
+    may also carry a classic variant with the sidecar as a regular container)."""
+    candidates = []
     for doc in deployed.documents:
         if doc.get("kind") != "Deployment":
             continue
         template = doc["spec"]["template"]["spec"]
+        by_service = {}
         for container in all_containers(template):
-            if f"podpatterns/{service}:" not in container["image"]:
-                continue
-            namespace = doc["metadata"].get("namespace", "default")
-            selector = ",".join(f"{key}={value}" for key, value in
-                                doc["spec"]["selector"]["matchLabels"].items())
-            pods = cluster.json("-n", namespace, "get", "pods", "-l", selector)["items"]
-            running = [pod for pod in pods if pod["status"].get("phase") == "Running"
-                       and not pod["metadata"].get("deletionTimestamp")]
-            assert running, f"no running pod for {service} ({selector})"
-            return RunningContainer(namespace, running[0]["metadata"]["name"],
-                                    container["name"], container)
-    raise AssertionError(f"no Deployment runs podpatterns/{service}")
+            for service in services:
+                if f"podpatterns/{service}:" in container["image"]:
+                    by_service[service] = container
+        if len(by_service) == len(services):
+            native = sum(1 for c in template.get("initContainers", [])
+                         if c.get("restartPolicy") == "Always")
+            candidates.append((native, doc, by_service))
+    assert candidates, f"no Deployment runs all of {services} in one pod"
+    _, doc, by_service = max(candidates, key=lambda candidate: candidate[0])
+    namespace, pod = running_pod(cluster, doc)
+    return [RunningContainer(namespace, pod, by_service[service]["name"], by_service[service])
+            for service in services]
 
 
 def eventually(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
@@ -92,11 +107,8 @@ class SidecarOnKind:
 @pytest.fixture(scope="module")
 def sidecar(kind_cluster: Cluster, deploy: Callable[[str], Deployed]) -> SidecarOnKind:
     deployed = deploy("sidecar")
-    app = find(kind_cluster, deployed, "web-app")
-    shipper = find(kind_cluster, deployed, "log-shipper")
-    collector = find(kind_cluster, deployed, "log-collector")
-    assert (app.namespace, app.pod) == (shipper.namespace, shipper.pod), \
-        "the web app and the shipper must be one pod"
+    app, shipper = find(kind_cluster, deployed, "web-app", "log-shipper")
+    (collector,) = find(kind_cluster, deployed, "log-collector")
     app_log_dir = app.env("WEB_APP_LOG_DIR", "/var/log/app")
     shared = [mount["name"] for mount in app.spec.get("volumeMounts", [])
               if mount["mountPath"] == app_log_dir]
