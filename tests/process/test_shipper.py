@@ -33,6 +33,7 @@ class Collector:
         self.forward_port = free_port()
         self.http_port = free_port()
         self.proc = None
+        self.extra_env: dict[str, str] = {}
 
     def start(self) -> Collector:
         self.proc = self.service(
@@ -44,6 +45,7 @@ class Collector:
                 "COLLECTOR_HTTP_PORT": str(self.http_port),
                 "COLLECTOR_DATA_DIR": str(self.data_dir),
                 "COLLECTOR_FSYNC": "false",
+                **self.extra_env,
             },
         )
         wait_until(lambda: http_ok(f"http://127.0.0.1:{self.http_port}/readyz"), what="collector")
@@ -354,3 +356,33 @@ def test_sigterm_ships_everything_then_exits_0(service, tmp_path, logs):
     assert_exactly_once(collector, total)
     saved = json.loads((tmp_path / "shipper-state" / "checkpoints.json").read_text())["files"]
     assert [f["offset"] for f in saved] == [(logs / "app.log").stat().st_size]
+
+
+def test_shared_key_handshake_and_a_wrong_key_is_retried_not_dropped(service, tmp_path, logs):
+    (logs / "app.log").write_bytes(b"".join(seq_line(s) for s in range(1000)))
+    collector = Collector(service, tmp_path)
+    collector.extra_env = {"COLLECTOR_SHARED_KEY": "s3cret"}
+    collector.start()
+    wrong = Shipper(
+        service,
+        tmp_path,
+        collector,
+        str(logs / "app.log"),
+        SHIPPER_SHARED_KEY="wrong",
+        SHIPPER_SHUTDOWN_TIMEOUT="2",
+    ).start()
+    wait_until(
+        lambda: wrong.metrics().get('shipper_retries_total{reason="HandshakeError"}', 0) >= 2,
+        what="handshake failures",
+    )
+    assert collector.count() == 0
+    assert http_ok(f"http://127.0.0.1:{wrong.http_port}/readyz")
+    stopping = time.monotonic()
+    assert wrong.proc.stop() == 0  # gives up after SHIPPER_SHUTDOWN_TIMEOUT, keeps position
+    assert time.monotonic() - stopping < 5
+    right = Shipper(
+        service, tmp_path, collector, str(logs / "app.log"), SHIPPER_SHARED_KEY="s3cret"
+    ).start()
+    collector.wait_for(1000)
+    assert_exactly_once(collector, 1000)
+    assert right.proc.stop() == 0
