@@ -376,6 +376,26 @@ def test_restart_keeps_stored_records_and_counts(collector: Callable[..., Collec
     )
 
 
+def test_restart_with_many_segments_keeps_counts_and_order(
+    collector: Callable[..., Collector],
+) -> None:
+    first = collector(COLLECTOR_SEGMENT_BYTES="8192", COLLECTOR_RECENT_RECORDS="50")
+    with first.client() as client:
+        for i in range(40):
+            tag = "even" if i % 2 == 0 else "odd"
+            client.send_packed(tag, packed([f"{i}-{j}" for j in range(10)]), 10)
+    assert len(list(first.data_dir.glob("records-*.jsonl"))) > 3  # it did rotate
+    stored = [r["record"]["log"] for r in first.stored()]
+    assert stored == [f"{i}-{j}" for i in range(40) for j in range(10)]
+    newest = first.get("/api/records?limit=50")["records"]
+    assert first.proc.stop() == 0
+
+    second = collector(COLLECTOR_SEGMENT_BYTES="8192", COLLECTOR_RECENT_RECORDS="50")
+    assert second.counts() == {"tags": {"even": 200, "odd": 200}, "total": 400}
+    assert second.get("/api/records?limit=50")["records"] == newest
+    assert [r["record"]["log"] for r in newest[-2:]] == ["39-8", "39-9"]
+
+
 def test_http_page_api_errors_and_graceful_stop(collector: Callable[..., Collector]) -> None:
     c = collector()
     page = requests.get(c.url("/"), timeout=5)

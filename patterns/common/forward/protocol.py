@@ -51,9 +51,9 @@ class ProtocolError(Exception):
 class Limits:
     """Bounds that keep one hostile frame from exhausting memory."""
 
-    max_frame_bytes: int = 32 * 1024 * 1024  # one msgpack request on the wire
-    max_decompressed_bytes: int = 128 * 1024 * 1024  # gzip output of one request
-    max_entries: int = 500_000  # events in one request
+    max_frame_bytes: int = 16 * 1024 * 1024  # one msgpack request on the wire
+    max_decompressed_bytes: int = 64 * 1024 * 1024  # gzip output of one request
+    max_entries: int = 100_000  # events in one request
 
 
 DEFAULT_LIMITS = Limits()

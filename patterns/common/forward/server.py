@@ -87,7 +87,9 @@ class ServerOptions:
     limits: Limits = protocol.DEFAULT_LIMITS
     idle_timeout: float = 600.0  # a connection silent this long is closed
     handshake_timeout: float = 10.0
-    max_connections: int = 1024
+    max_connections: int = 256
+    # Requests decoded and waiting for the handler at once, over all connections.
+    max_inflight_requests: int = 8
 
 
 class ForwardServer:
@@ -109,6 +111,7 @@ class ForwardServer:
         self.metrics = metrics
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
+        self._inflight = asyncio.Semaphore(self.options.max_inflight_requests)
         self._stopping = False
 
     @property
@@ -274,23 +277,27 @@ class ForwardServer:
                     return
                 conn.busy = True
                 continue
-            request = protocol.decode_request(obj, limits)
-            if request is None:
-                continue  # heartbeat
-            try:
-                await self.handler(request.tag, request.events)
-            except Exception:
-                # Not stored, so not acked: closing makes the client send it again.
-                log.exception("storing events failed", extra={"peer": peer, "tag": request.tag})
-                if metrics:
-                    metrics.rejected.labels(reason="store_failed").inc()
-                return
+            # Decoded events are the bulk of a request's memory: only so many at once.
+            async with self._inflight:
+                request = protocol.decode_request(obj, limits)
+                del obj
+                if request is None:
+                    continue  # heartbeat
+                try:
+                    await self.handler(request.tag, request.events)
+                except Exception:
+                    # Not stored, so not acked: closing makes the client send it again.
+                    log.exception("storing events failed", extra={"peer": peer, "tag": request.tag})
+                    if metrics:
+                        metrics.rejected.labels(reason="store_failed").inc()
+                    return
             if metrics:
                 tag = metrics.tag_label(request.tag)
                 metrics.frames.labels(mode=request.mode, tag=tag).inc()
                 metrics.events.labels(mode=request.mode, tag=tag).inc(len(request.events))
             if request.chunk is not None:
                 writer.write(protocol.encode_ack(request.chunk))
-                await writer.drain()
+                # A client that never reads its acks must not hold the connection forever.
+                await asyncio.wait_for(writer.drain(), self.options.idle_timeout)
                 if metrics:
                     metrics.acks.inc()

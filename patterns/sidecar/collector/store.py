@@ -108,7 +108,15 @@ class RecordStore:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         segments = self._segments()
         for number, path in segments:
-            self._load_segment(number, path, active=number == segments[-1][0])
+            self._load_segment(path, active=number == segments[-1][0])
+        # The recent view comes from the newest segments only, however many there are.
+        wanted = self._recent.maxlen or 0
+        tail: list[bytes] = []
+        for _, path in reversed(segments):
+            if len(tail) >= wanted:
+                break
+            tail[:0] = _tail_lines(path, wanted - len(tail))
+        self._recent.extend(tail)
         self._segment = segments[-1][0] if segments else 1
         self._open_segment()
         self._thread.start()
@@ -231,7 +239,8 @@ class RecordStore:
         self._active_counts = Counter()
         self._open_segment()
 
-    def _load_segment(self, number: int, path: Path, *, active: bool) -> None:
+    def _load_segment(self, path: Path, *, active: bool) -> None:
+        """Add a segment's per-tag counts (from its counts file once it is closed)."""
         if active:
             _cut_partial_line(path)
         counts_path = path.with_suffix(_COUNTS_SUFFIX)
@@ -244,8 +253,6 @@ class RecordStore:
         self._counts.update(segment_counts)
         if active:
             self._active_counts = segment_counts
-        for line in _tail_lines(path, self._recent.maxlen or 0):
-            self._recent.append(line)
 
     # --- reading ----------------------------------------------------------------------------
 
