@@ -1,0 +1,154 @@
+"""The ambassador pattern in real containers built from images/: a PostgreSQL pod (the
+"outside world") and a notes-app + db-ambassador pod sharing one network namespace.
+
+What a user relies on: the app's configuration names only localhost, every database
+connection the app's processes hold goes to 127.0.0.1:5432 (the ambassador), and when the
+database goes away the app shows the ambassador's plain error instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from tests.container.conftest import Pod, PodContainer, Pods
+
+PASSWORD = "container-test-password"
+PGDATA_ROOT = "/var/lib/pgdata"
+
+
+@dataclass
+class AmbassadorPods:
+    db_pod: Pod
+    db: PodContainer
+    app: PodContainer
+    ambassador: PodContainer
+    pods: Pods
+
+
+def http_ready(container: PodContainer, port: int) -> bool:
+    return container.running() and container.http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+
+
+@pytest.fixture(scope="module")
+def ambassador_pods(images: dict[str, str], pods: Pods) -> AmbassadorPods:
+    db_pod = pods.new("db")
+    data = db_pod.volume("pgdata", size="256m")
+    db = db_pod.start(
+        "postgres", images["postgres"],
+        env={"POSTGRES_PASSWORD": PASSWORD, "PG_ROLE": "primary", "PG_CLUSTER_NAME": "primary"},
+        mounts={data: PGDATA_ROOT}, mem_limit="512m",
+    )  # fmt: skip
+    app_pod = pods.new("notes")
+    app = app_pod.start(
+        "notes-app", images["notes-app"],
+        env={"NOTES_APP_PORT": "8080", "NOTES_APP_DB_TIMEOUT": "3",
+             "DATABASE_URL": "postgresql://postgres@localhost:5432/postgres",
+             "PGPASSWORD": PASSWORD},
+    )  # fmt: skip
+    ambassador = app_pod.start(
+        "db-ambassador", images["db-ambassador"],
+        env={"AMBASSADOR_LISTEN": "127.0.0.1:5432",
+             "AMBASSADOR_UPSTREAMS": f"{db_pod.address}:5432",
+             "AMBASSADOR_HTTP_PORT": "9104", "AMBASSADOR_HEALTH_INTERVAL": "1",
+             "AMBASSADOR_HEALTH_USER": "postgres", "AMBASSADOR_HEALTH_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    pods.eventually(lambda: http_ready(ambassador, 9104), "the ambassador to be ready", 60)
+    pods.eventually(lambda: http_ready(app, 8080), "the notes app to be ready", 60)
+    return AmbassadorPods(db_pod, db, app, ambassador, pods)
+
+
+def post_note(app: PodContainer, body: str) -> tuple[int, str]:
+    code = (
+        "import json, sys, urllib.request, urllib.error\n"
+        "req = urllib.request.Request('http://127.0.0.1:8080/notes', method='POST',\n"
+        f"    data=json.dumps({{'body': {body!r}}}).encode(),\n"
+        "    headers={'Content-Type': 'application/json'})\n"
+        "try:\n"
+        "    r = urllib.request.urlopen(req, timeout=10); s, b = r.status, r.read()\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    s, b = e.code, e.read()\n"
+        "sys.stdout.write(str(s) + '\\n' + b.decode())\n"
+    )
+    exit_code, output = app.python(code)
+    assert exit_code == 0, output
+    status, _, text = output.partition("\n")
+    return int(status), text
+
+
+# Inside the app container: every TCP socket its processes own, with the remote end.
+# /proc/net/tcp lists the whole (shared) network namespace; the fds under /proc/<pid>
+# tell which sockets belong to the app's own processes.
+APP_SOCKETS = r"""
+import json, os, socket, struct
+inodes = set()
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        for fd in os.listdir(f'/proc/{pid}/fd'):
+            target = os.readlink(f'/proc/{pid}/fd/{fd}')
+            if target.startswith('socket:['):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+def addr(text):
+    host, port = text.split(':')
+    if len(host) == 8:
+        return socket.inet_ntoa(struct.pack('<I', int(host, 16))) + ':' + str(int(port, 16))
+    return 'v6:' + host + ':' + str(int(port, 16))
+found = []
+for table in ('/proc/net/tcp', '/proc/net/tcp6'):
+    for line in open(table).read().splitlines()[1:]:
+        fields = line.split()
+        if fields[9] in inodes and fields[3] == '01':  # ESTABLISHED
+            found.append({'local': addr(fields[1]), 'remote': addr(fields[2])})
+print(json.dumps(found))
+"""
+
+
+def test_the_app_reaches_the_database_only_through_localhost(ambassador_pods):
+    app = ambassador_pods.app
+    status, text = post_note(app, "stored through the ambassador")
+    assert status == 201, text
+    status, body = app.http_get("http://127.0.0.1:8080/db", timeout=10)
+    assert status == 200, body
+    served = json.loads(body)
+    assert served["database_url_host"] == "localhost"
+    assert served["server"] == "primary"
+    exit_code, output = app.python(APP_SOCKETS)
+    assert exit_code == 0, output
+    connections = json.loads(output)
+    outgoing = [c for c in connections if not c["local"].endswith(":8080")]
+    assert outgoing, "the app holds no database connection at all"
+    assert {c["remote"] for c in outgoing} == {"127.0.0.1:5432"}, connections
+    # The app's environment names no other database host.
+    exit_code, env = app.exec("env")
+    assert ambassador_pods.db_pod.address not in env
+
+
+def test_the_ambassador_runs_hardened_and_reports_the_upstream(ambassador_pods):
+    ambassador = ambassador_pods.ambassador
+    config = ambassador.attrs()
+    assert config["Config"]["User"] == "10001:10001"
+    assert config["HostConfig"]["ReadonlyRootfs"] is True
+    status, body = ambassador.http_get("http://127.0.0.1:9104/upstreams")
+    assert status == 200, body
+    view = json.loads(body)
+    assert view["upstreams"][0]["role"] == "primary"
+    assert view["upstreams"][0]["healthy"] is True
+
+
+def test_with_the_database_gone_the_app_shows_the_ambassadors_error(ambassador_pods):
+    ambassador_pods.db.container.stop(timeout=10)
+    app, ambassador = ambassador_pods.app, ambassador_pods.ambassador
+    ambassador_pods.pods.eventually(
+        lambda: ambassador.http_get("http://127.0.0.1:9104/readyz")[0] == 503,
+        "the ambassador to notice", 15,
+    )  # fmt: skip
+    assert ambassador.http_get("http://127.0.0.1:9104/healthz")[0] == 200
+    status, body = app.http_get("http://127.0.0.1:8080/notes", timeout=20)
+    assert status == 503, body
+    detail = json.loads(body)["detail"]
+    assert "db-ambassador: no healthy upstream" in detail
+    assert "SQLSTATE 08006" in detail
