@@ -53,7 +53,7 @@ class Collector:
 
     def stored(self) -> list[dict[str, Any]]:
         """Every record in the data files, in file order."""
-        lines = []
+        lines: list[str] = []
         for path in sorted(self.data_dir.glob("records-*.jsonl")):
             lines.extend(line for line in path.read_text().splitlines() if line)
         return [json.loads(line) for line in lines]

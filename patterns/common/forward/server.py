@@ -78,7 +78,7 @@ class _Connection:
     busy: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerOptions:
     shared_key: str | None = None
     # username -> password; when set, clients must also authenticate (needs shared_key).
@@ -93,19 +93,38 @@ class ServerOptions:
 
 
 class ForwardServer:
+    """`handler(tag, events)` must have stored the events when it returns; only then is
+    the request acked. The keyword arguments are those of ServerOptions."""
+
     def __init__(
         self,
         host: str,
         port: int,
         handler: Handler,
         *,
-        options: ServerOptions | None = None,
+        shared_key: str | None = None,
+        users: dict[str, str] | None = None,
+        server_hostname: str | None = None,
+        limits: Limits = protocol.DEFAULT_LIMITS,
+        idle_timeout: float = 600.0,
+        handshake_timeout: float = 10.0,
+        max_connections: int = 256,
+        max_inflight_requests: int = 8,
         metrics: ForwardMetrics | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
         self.handler = handler
-        self.options = options or ServerOptions()
+        self.options = ServerOptions(
+            shared_key=shared_key,
+            users=users or {},
+            server_hostname=server_hostname or socket.gethostname(),
+            limits=limits,
+            idle_timeout=idle_timeout,
+            handshake_timeout=handshake_timeout,
+            max_connections=max_connections,
+            max_inflight_requests=max_inflight_requests,
+        )
         if self.options.users and not self.options.shared_key:
             raise ValueError("username/password authentication needs a shared key")
         self.metrics = metrics

@@ -14,7 +14,7 @@ from importlib import resources
 from prometheus_client import Counter, Histogram
 
 from patterns.common.admin import json_response
-from patterns.common.forward.server import ForwardMetrics, ForwardServer, ServerOptions
+from patterns.common.forward.server import ForwardMetrics, ForwardServer
 from patterns.common.service import Runtime
 from patterns.sidecar.collector.config import Config
 from patterns.sidecar.collector.store import RecordStore
@@ -104,14 +104,12 @@ def _forward_server(config: Config, runtime: Runtime, store: RecordStore) -> For
         config.forward_host,
         config.forward_port,
         store.append,
-        options=ServerOptions(
-            shared_key=config.shared_key,
-            users=config.users,
-            server_hostname=config.server_hostname,
-            limits=config.limits,
-            idle_timeout=config.idle_timeout,
-            max_connections=config.max_connections,
-        ),
+        shared_key=config.shared_key,
+        users=config.users,
+        server_hostname=config.server_hostname,
+        limits=config.limits,
+        idle_timeout=config.idle_timeout,
+        max_connections=config.max_connections,
         metrics=ForwardMetrics(runtime.registry, prefix="collector"),
     )
     return server
