@@ -396,6 +396,21 @@ def test_restart_with_many_segments_keeps_counts_and_order(
     assert [r["record"]["log"] for r in newest[-2:]] == ["39-8", "39-9"]
 
 
+def test_records_of_a_rare_tag_are_found_behind_busier_ones(
+    collector: Callable[..., Collector],
+) -> None:
+    c = collector(COLLECTOR_RECENT_RECORDS="20", COLLECTOR_SEGMENT_BYTES="8192")
+    with c.client() as client:
+        client.send_packed("rare", packed(["rare 1", "rare 2"]), 2)
+        for i in range(10):
+            client.send_packed("busy", packed([f"busy {i}-{j}" for j in range(30)]), 30)
+    rare = c.get("/api/records?tag=rare&limit=5")["records"]
+    assert [r["record"]["log"] for r in rare] == ["rare 1", "rare 2"]
+    busy = c.get("/api/records?tag=busy&limit=3")["records"]
+    assert [r["record"]["log"] for r in busy] == ["busy 9-27", "busy 9-28", "busy 9-29"]
+    assert c.get("/api/records?tag=none&limit=5")["records"] == []
+
+
 def test_http_page_api_errors_and_graceful_stop(collector: Callable[..., Collector]) -> None:
     c = collector()
     page = requests.get(c.url("/"), timeout=5)

@@ -265,21 +265,25 @@ class RecordStore:
             return sum(self._counts.values())
 
     def recent(self, tag: str | None, limit: int) -> list[dict[str, Any]]:
-        """The newest `limit` records (newest last), optionally of one tag only."""
+        """The newest `limit` records (newest last), optionally of one tag only.
+
+        From memory when it holds enough; a rare tag, drowned in memory by busier ones, is
+        looked up from the end of the files instead (reading at most _SCAN_BUDGET bytes)."""
         with self._lock:
             lines = list(self._recent)
-        picked: list[dict[str, Any]] = []
-        for line in reversed(lines):
+            full = len(lines) == self._recent.maxlen
+        prefix = None if tag is None else b'{"tag":' + encode_json(tag) + b","
+        picked = [line for line in reversed(lines) if prefix is None or line.startswith(prefix)]
+        if prefix is not None and len(picked) < limit and full:
+            picked = _scan_back(self._segments(), prefix, limit)
+        records = []
+        for line in picked[:limit]:
             try:
-                record = orjson.loads(line)
+                records.append(orjson.loads(line))
             except orjson.JSONDecodeError:
                 continue  # a line damaged on disk is not worth failing the view for
-            if tag is None or record.get("tag") == tag:
-                picked.append(record)
-                if len(picked) >= limit:
-                    break
-        picked.reverse()
-        return picked
+        records.reverse()
+        return records
 
     def writable(self) -> tuple[bool, str]:
         if self.last_error:
@@ -316,6 +320,42 @@ def _tail_lines(path: Path, count: int, block: int = 1 << 20) -> list[bytes]:
     if size > 4 * block:
         lines = lines[1:]  # the first is probably a fragment
     return [line for line in lines[-count:] if line.strip()]
+
+
+_SCAN_BUDGET = 64 * 1024 * 1024
+
+
+def _scan_back(
+    segments: list[tuple[int, Path]], prefix: bytes, limit: int, block: int = 1 << 20
+) -> list[bytes]:
+    """Up to `limit` lines starting with `prefix`, newest first, reading the segments
+    backwards from their end and at most _SCAN_BUDGET bytes in all."""
+    found: list[bytes] = []
+    budget = _SCAN_BUDGET
+    for _, path in reversed(segments):
+        with open(path, "rb") as handle:
+            position = handle.seek(0, os.SEEK_END)
+            carry = b""
+            first = True
+            while position > 0 and budget > 0 and len(found) < limit:
+                step = min(block, position, budget)
+                position -= step
+                budget -= step
+                handle.seek(position)
+                data = handle.read(step) + carry
+                pieces = data.split(b"\n")
+                if first:
+                    pieces.pop()  # after the last newline: empty, or a write in progress
+                    first = False
+                carry = pieces.pop(0) if position > 0 else b""
+                for line in reversed(pieces):
+                    if line.startswith(prefix):
+                        found.append(line)
+                        if len(found) >= limit:
+                            return found
+        if budget <= 0:
+            break
+    return found
 
 
 def _cut_partial_line(path: Path) -> None:
