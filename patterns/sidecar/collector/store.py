@@ -13,6 +13,7 @@ At start the store rebuilds the per-tag counts and the recent-records view from 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -94,7 +95,7 @@ class RecordStore:
             queue.SimpleQueue()
         )
         self._thread = threading.Thread(target=self._writer, name="record-writer", daemon=True)
-        self._file: Any = None
+        self._fd: int | None = None  # the segment being appended to
         self._segment = 0
         self._size = 0
         self._active_counts: Counter[str] = Counter()  # loaded from the active segment
@@ -134,9 +135,9 @@ class RecordStore:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -157,7 +158,13 @@ class RecordStore:
                 except queue.Empty:
                     break
             stop = any(entry is None for entry in batch)
-            work = [entry for entry in batch if entry is not None]
+            # A request whose connection was cancelled meanwhile (shutdown) is skipped; the
+            # others can no longer be cancelled, so completing them below cannot fail.
+            work = [
+                entry
+                for entry in batch
+                if entry is not None and entry[2].set_running_or_notify_cancel()
+            ]
             if work:
                 started = time.monotonic()
                 try:
@@ -190,11 +197,21 @@ class RecordStore:
         data = b"".join(chunks)
         if self._size and self._size + len(data) > self.segment_bytes:
             self._rotate()
-        self._file.write(data)
-        self._file.flush()
-        if self.fsync:
-            # fdatasync: the data and the file size, without the timestamps nobody needs.
-            os.fdatasync(self._file.fileno())
+        fd = self._fd
+        assert fd is not None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.fsync:
+                # fdatasync: the data and the file size, without timestamps nobody needs.
+                os.fdatasync(fd)
+        except OSError:
+            # Not acked, so the client sends it again: cut what got written (a partial line
+            # would corrupt the next one), so that the retry does not duplicate it.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._size)
+            raise
         self._size += len(data)
         with self._lock:
             self._counts.update(counts)
@@ -217,8 +234,8 @@ class RecordStore:
 
     def _open_segment(self) -> None:
         path = self._path(self._segment)
-        self._file = open(path, "ab")  # noqa: SIM115 (kept open; closed in close/_rotate)
-        self._size = self._file.tell()
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._size = os.fstat(self._fd).st_size
         if self._size == 0 and self.fsync:
             # A new file's directory entry must be durable too, or the fsynced data in it
             # can vanish with it after a power loss.
@@ -230,7 +247,9 @@ class RecordStore:
         self._segment_counts = Counter(self._active_counts)
 
     def _rotate(self) -> None:
-        self._file.close()
+        assert self._fd is not None
+        os.close(self._fd)
+        self._fd = None
         counts_path = self._path(self._segment).with_suffix(_COUNTS_SUFFIX)
         tmp = counts_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(dict(self._segment_counts)))
@@ -245,8 +264,9 @@ class RecordStore:
             _cut_partial_line(path)
         counts_path = path.with_suffix(_COUNTS_SUFFIX)
         segment_counts: Counter[str] = Counter()
-        if not active and counts_path.exists():
-            segment_counts.update(json.loads(counts_path.read_text()))
+        closed_counts = None if active else _read_counts(counts_path)
+        if closed_counts is not None:
+            segment_counts.update(closed_counts)
         else:
             for line in _lines(path):
                 segment_counts[_tag_of(line)] += 1
@@ -291,6 +311,18 @@ class RecordStore:
         if not os.access(self.data_dir, os.W_OK):
             return False, f"data dir {self.data_dir} is not writable"
         return True, "ok"
+
+
+def _read_counts(path: Path) -> dict[str, int] | None:
+    """A closed segment's counts file, or None when missing or damaged (then the segment
+    is counted line by line)."""
+    try:
+        counts = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(counts, dict) or not all(isinstance(n, int) for n in counts.values()):
+        return None
+    return counts
 
 
 def _tag_of(line: bytes) -> str:
