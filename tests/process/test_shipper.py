@@ -386,3 +386,17 @@ def test_shared_key_handshake_and_a_wrong_key_is_retried_not_dropped(service, tm
     collector.wait_for(1000)
     assert_exactly_once(collector, 1000)
     assert right.proc.stop() == 0
+
+
+def test_a_batch_of_empty_lines_goes_as_several_requests_collectors_accept(service, tmp_path, logs):
+    (logs / "app.log").write_bytes(b"\n" * 200_000)  # 200,000 events in one 256 KiB batch
+    collector = Collector(service, tmp_path).start()
+    shipper = Shipper(
+        service, tmp_path, collector, str(logs / "app.log"), SHIPPER_BATCH_BYTES="262144"
+    ).start()
+    collector.wait_for(200_000)
+    metrics = shipper.metrics()
+    assert metrics["shipper_events_acked_total"] == 200_000
+    assert sum(v for k, v in metrics.items() if k.startswith("shipper_retries_total")) == 0
+    assert shipper.proc.stop() == 0
+    assert collector.count() == 200_000

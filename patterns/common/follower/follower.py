@@ -146,6 +146,7 @@ class Follower:
         self._watches: dict[int, str] = {}
         self._watched_dirs: dict[str, int] = {}
         self._moves: dict[int, str] = {}
+        self._unreadable: set[str] = set()  # logged once, retried at every scan
 
     # --- public API -----------------------------------------------------------------------
 
@@ -469,12 +470,17 @@ class Follower:
         )
 
     def _candidates(self, checkpoint: Checkpoint) -> list[str]:
-        """Where the checkpointed file may be: its last path, then the same inode in its
-        directories, then any file there with its head (a copy)."""
+        """Where the checkpointed file may be: the same inode (under its last path, or
+        renamed in its directories) first, then any file there with its head (a copy; a
+        fingerprint alone is weaker evidence than the inode)."""
         ident = (checkpoint.dev, checkpoint.ino)
-        first = [checkpoint.path]
         same_inode: list[str] = []
         others: list[str] = []
+        try:
+            st = os.stat(checkpoint.path)
+            (same_inode if (st.st_dev, st.st_ino) == ident else others).append(checkpoint.path)
+        except OSError:
+            pass
         for directory in dict.fromkeys(
             [os.path.dirname(checkpoint.path), os.path.dirname(checkpoint.origin)]
         ):
@@ -486,13 +492,12 @@ class Follower:
                 if entry.path == checkpoint.path:
                     continue
                 try:
-                    inode = entry.inode()
                     dev = entry.stat(follow_symlinks=False).st_dev
                 except OSError:
                     continue
-                (same_inode if (dev, inode) == ident else others).append(entry.path)
+                (same_inode if (dev, entry.inode()) == ident else others).append(entry.path)
         # A copy only counts if the fingerprint covers something.
-        return first + same_inode + (others if checkpoint.head_len else [])
+        return same_inode + (others if checkpoint.head_len else [])
 
     @staticmethod
     def _head_matches(path: str, checkpoint: Checkpoint) -> bool:
@@ -513,9 +518,16 @@ class Follower:
 
     def _open_fd(self, path: str) -> tuple[int, os.stat_result] | None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+            # O_NONBLOCK: opening a FIFO that matches a glob must not hang the follower.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None  # renamed or deleted since we saw it: the events or a scan say where
+        except OSError as exc:
+            if path not in self._unreadable:
+                self._unreadable.add(path)
+                log.error("cannot open file", extra={"path": path, "error": str(exc)})
             return None
+        self._unreadable.discard(path)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)

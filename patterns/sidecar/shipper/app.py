@@ -37,13 +37,19 @@ from patterns.sidecar.shipper.encode import EntryEncoder
 log = logging.getLogger(__name__)
 
 _STALL_SECONDS = 60.0  # the reader loop ticks at least every second; this means it hangs
+# A batch of very short lines (512 KiB of empty lines) would exceed what collectors accept
+# in one request (log-collector: 100,000 entries); such a batch goes as several requests.
+MAX_EVENTS_PER_REQUEST = 50_000
 
 
 @dataclass(frozen=True)
 class Batch:
     chunk: Chunk
-    entries: bytes
-    count: int
+    requests: list[tuple[bytes, int]]  # (entries, count): one Forward request each
+
+    @property
+    def count(self) -> int:
+        return sum(count for _, count in self.requests)
 
 
 class FollowerMetrics(Collector):
@@ -172,8 +178,15 @@ class Shipper:
                 if self.shutdown_begun.is_set():
                     return
                 continue
-            entries = self.encoder.encode(chunk.lines, chunk.path, time.time())
-            if not self._enqueue(Batch(chunk, entries, len(chunk.lines))):
+            now = time.time()
+            requests = [
+                (self.encoder.encode(part, chunk.path, now), len(part))
+                for part in (
+                    chunk.lines[i : i + MAX_EVENTS_PER_REQUEST]
+                    for i in range(0, len(chunk.lines), MAX_EVENTS_PER_REQUEST)
+                )
+            ]
+            if not self._enqueue(Batch(chunk, requests)):
                 return
 
     def _enqueue(self, batch: Batch | None) -> bool:
@@ -211,13 +224,14 @@ class Shipper:
                 continue
             if batch is None:
                 return
-            if batch.count and not self._deliver(batch):
-                return  # shutdown deadline: not acked, not committed, read again next time
+            for entries, count in batch.requests:
+                if not self._deliver(entries, count, batch.chunk.path):
+                    return  # shutdown deadline: not committed, read again next time
+                self.acked_events.inc(count)
             self.follower.commit(batch.chunk)
-            self.acked_events.inc(batch.count)
             self.acked_batches.inc()
 
-    def _deliver(self, batch: Batch) -> bool:
+    def _deliver(self, entries: bytes, count: int, path: str) -> bool:
         """Send until acked (True), or until the shutdown deadline (False)."""
         delay = self.config.retry_min
         failures = 0
@@ -231,7 +245,7 @@ class Shipper:
             started = time.monotonic()
             try:
                 self.client.send_packed(
-                    self.config.tag, batch.entries, batch.count, compressed=self.config.compress
+                    self.config.tag, entries, count, compressed=self.config.compress
                 )
             except ForwardError as exc:
                 failures += 1
@@ -244,8 +258,8 @@ class Shipper:
                         "error": str(exc),
                         "failures": failures,
                         "retry_in": round(wait, 3),
-                        "lines": batch.count,
-                        "file": batch.chunk.path,
+                        "lines": count,
+                        "file": path,
                     },
                 )
                 delay = min(delay * 2, self.config.retry_max)
