@@ -423,3 +423,23 @@ def test_http_page_api_errors_and_graceful_stop(collector: Callable[..., Collect
     c.proc.signal(signal.SIGTERM)
     assert c.proc.wait(15) == 0
     assert '"stopped"' in c.proc.output()
+
+
+def test_bad_settings_and_unusable_data_dir_stop_the_collector_with_a_clear_message(
+    service: Callable[..., Any], tmp_path: Path
+) -> None:
+    bad = service(MODULE, {"COLLECTOR_FORWARD_PORT": "0", "COLLECTOR_USERS": "bob"})
+    assert bad.wait(15) == 2
+    assert "COLLECTOR_FORWARD_PORT" in bad.output() and "COLLECTOR_USERS" in bad.output()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    unusable = service(
+        MODULE,
+        {
+            "COLLECTOR_DATA_DIR": str(blocker / "data"),
+            "COLLECTOR_FORWARD_PORT": str(free_port()),
+            "COLLECTOR_HTTP_PORT": str(free_port()),
+        },
+    )
+    assert unusable.wait(15) == 1
+    assert f"cannot use data dir {blocker / 'data'}" in unusable.output()

@@ -106,8 +106,11 @@ class RecordStore:
     # --- start / stop -----------------------------------------------------------------------
 
     def open(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        segments = self._segments()
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            segments = self._segments()
+        except OSError as exc:
+            raise StoreError(f"cannot use data dir {self.data_dir}: {exc}") from None
         for number, path in segments:
             self._load_segment(path, active=number == segments[-1][0])
         # The recent view comes from the newest segments only, however many there are.
