@@ -117,14 +117,22 @@ def test_python_fluent_logger_records_are_stored(collector: Callable[..., Collec
             assert sender.emit("app", {"message": f"hello {i}", "seq": i}), sender.last_error
     finally:
         sender.close()
-    wait_until(lambda: c.counts()["total"] == 20, what="20 events counted")
-    stored = c.stored()
+    # Its default: integer seconds instead of EventTime.
+    seconds = FluentSender("py", host="127.0.0.1", port=c.forward_port)
+    try:
+        assert seconds.emit("seconds", {"message": "whole seconds"}), seconds.last_error
+    finally:
+        seconds.close()
+    wait_until(lambda: c.counts()["total"] == 21, what="21 events counted")
+    [whole] = [r for r in c.stored() if r["tag"] == "py.seconds"]
+    assert whole["time"] == int(whole["time"]) and abs(whole["time"] - time.time()) < 60
+    stored = [r for r in c.stored() if r["tag"] == "py.app"]
     assert [r["record"] for r in stored] == [{"message": f"hello {i}", "seq": i} for i in range(20)]
     assert {r["tag"] for r in stored} == {"py.app"}
     assert all(abs(r["time"] - time.time()) < 60 for r in stored)
     api = c.get("/api/records?tag=py.app&limit=5")["records"]
     assert [r["record"]["seq"] for r in api] == [15, 16, 17, 18, 19]  # newest last
-    assert c.counts() == {"tags": {"py.app": 20}, "total": 20}
+    assert c.counts() == {"tags": {"py.app": 20, "py.seconds": 1}, "total": 21}
 
 
 # --- (b) fluent-logger for Node: every mode, acks, shared key ------------------------------
