@@ -1,0 +1,300 @@
+"""The ambassador demo: notes app -> localhost:5432 -> db-ambassador sidecar -> TLS ->
+PostgreSQL primary (or, after `make ambassador-failover`, the promoted standby).
+
+The demo writes its secrets under .demo/ambassador/ (gitignored, never committed): the
+postgres password and a CA with the servers' certificate. `make ambassador-failover`, run
+in another terminal while the demo runs, stops the primary and promotes the standby.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+from demo import containers
+from demo.local import ROOT, LocalPod, demo_seconds, say
+from tests import pg  # the same PostgreSQL cluster code the tests use
+
+DB_NAMESPACE = "podpatterns-db"
+APP_NAMESPACE = "podpatterns-ambassador"
+# 8084 on the host, as in docker-compose.yml (8080 to 8082 belong to the other demos).
+APP_PORT = 8084
+APP_URL = f"http://127.0.0.1:{APP_PORT}"
+ADMIN_URL = "http://127.0.0.1:9104"
+SECRETS = ROOT / ".demo" / "ambassador"
+STATE = SECRETS / "state.json"
+PGDATA = "/var/lib/pgdata/data"
+# Every name a database server is reached by, in any runtime: the certificate covers all.
+SERVER_NAMES = [
+    "localhost", "127.0.0.1",
+    "ambassador-db-primary", "ambassador-db-standby",
+    f"db-primary.{DB_NAMESPACE}.svc", f"db-standby.{DB_NAMESPACE}.svc",
+    f"db-primary.{DB_NAMESPACE}.svc.cluster.local", f"db-standby.{DB_NAMESPACE}.svc.cluster.local",
+]  # fmt: skip
+
+
+def prepare_secrets() -> tuple[str, pg.Pki]:
+    """The password and the CA/server certificate, made once and kept in .demo/."""
+    SECRETS.mkdir(parents=True, exist_ok=True)
+    SECRETS.chmod(0o700)
+    password_file = SECRETS / "password"
+    if not password_file.exists():
+        password_file.write_text(secrets.token_urlsafe(24))
+        say(f"generated the database password: {password_file}")
+    pki_dir = SECRETS / "pki"
+    if not (pki_dir / "server.crt").exists():
+        pg.make_pki(pki_dir, SERVER_NAMES, ca_name="podpatterns ambassador demo CA")
+        say(f"generated a CA and the servers' certificate: {pki_dir}")
+    # Compose bind-mounts these files into containers running as uid 10001; .demo/ itself
+    # stays private to you (0700).
+    for name in ("password", "pki/ca.crt", "pki/server.crt", "pki/server.key"):
+        (SECRETS / name).chmod(0o644)
+    pki = pg.Pki(pki_dir / "ca.crt", pki_dir / "server.crt", pki_dir / "server.key")
+    return password_file.read_text().strip(), pki
+
+
+def save_state(**state: object) -> None:
+    STATE.write_text(json.dumps(state, indent=2))
+
+
+def load_state() -> dict[str, object]:
+    return json.loads(STATE.read_text()) if STATE.exists() else {}
+
+
+def exercise(seconds: float) -> None:
+    """Write a note every second and show which server stored it (0 seconds: until Ctrl-C)."""
+    say("the app writes a note every second through localhost:5432; in another terminal:")
+    say("    make ambassador-failover      # stop the primary, promote the standby")
+    say(f"open {APP_URL}/ for the notes, {ADMIN_URL}/upstreams for the ambassador's view "
+        + ("(Ctrl-C to stop)" if not seconds else f"(for {seconds:.0f}s)"))
+    started = time.monotonic()
+    count = 0
+    try:
+        while not seconds or time.monotonic() - started < seconds:
+            count += 1
+            say(f"{time.monotonic() - started:5.0f}s  {write_and_tell(count)}")
+            time.sleep(1)
+    except KeyboardInterrupt:
+        say("Ctrl-C: stopping")
+
+
+def write_and_tell(count: int) -> str:
+    try:
+        reply = requests.post(f"{APP_URL}/notes", json={"body": f"note {count}"}, timeout=10)
+        if reply.status_code != 201:
+            detail = reply.json().get("detail", reply.text)
+            return f"note {count}: HTTP {reply.status_code}: {detail}"
+        note = reply.json()
+        server = requests.get(f"{APP_URL}/db", timeout=10).json()
+    except (requests.RequestException, ValueError) as exc:
+        return f"note {count}: the app did not answer: {exc}"
+    role = "standby, read-only" if server["in_recovery"] else "read-write"
+    return (f"note #{note['id']} stored on server {server['server']!r} ({role}); "
+            f"the app connected to {server['database_url_host']}:{server['database_url_port']}")
+
+
+def watch_failover(timeout: float = 60) -> None:
+    """After a failover: poll until the promoted standby stores the notes."""
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        count += 1
+        line = write_and_tell(1000 + count)
+        say(line)
+        if "'standby' (read-write)" in line:
+            say("failover done: the app never changed its configuration")
+            return
+        time.sleep(1)
+    say(f"no write on the promoted standby after {timeout:.0f}s; look at {ADMIN_URL}/upstreams")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _pick_port(preferred: int) -> int:
+    for port in range(preferred, preferred + 100):
+        if _free(port):
+            return port
+    raise SystemExit(f"no free port from {preferred}")
+
+
+# --- local processes ------------------------------------------------------------------------
+
+
+def run_local() -> None:
+    problem = pg.missing_prerequisite()
+    if problem:
+        raise SystemExit(f"the local ambassador demo {problem}")
+    password, pki = prepare_secrets()
+    listen = 5432 if _free(5432) else _pick_port(15432)
+    if listen != 5432:
+        say(f"localhost:5432 is taken on this machine; the ambassador listens on {listen}")
+    workdir = pg.make_workdir("podpatterns-ambassador-")
+    primary = pg.Cluster(workdir, "primary", _pick_port(55432), password)
+    standby = pg.Cluster(workdir, "standby", _pick_port(primary.port + 1), password)
+    pod = LocalPod("ambassador")
+    try:
+        say(f"PostgreSQL primary on 127.0.0.1:{primary.port} (TLS on), data in {primary.data}")
+        primary.init(pki).start()
+        say(f"streaming standby on 127.0.0.1:{standby.port} (pg_basebackup -R)")
+        standby.init_standby_of(primary, pki).start()
+        save_state(runtime="local", workdir=str(workdir), password_file=str(SECRETS / "password"),
+                   primary=primary.port, standby=standby.port)  # fmt: skip
+        # The sidecar starts before the app, as a native sidecar does in Kubernetes.
+        pod.start("db-ambassador", "patterns.ambassador.db_ambassador", {
+            "AMBASSADOR_LISTEN": f"127.0.0.1:{listen}",
+            "AMBASSADOR_UPSTREAMS": f"127.0.0.1:{primary.port},127.0.0.1:{standby.port}",
+            "AMBASSADOR_HTTP_HOST": "127.0.0.1",
+            "AMBASSADOR_TLS_MODE": "verify-full", "AMBASSADOR_TLS_CA_FILE": str(pki.ca_cert),
+            "AMBASSADOR_HEALTH_USER": "postgres",
+            "AMBASSADOR_HEALTH_PASSWORD_FILE": str(SECRETS / "password"),
+        })  # fmt: skip
+        pod.wait_ready("db-ambassador", f"{ADMIN_URL}/readyz")
+        pod.start("notes-app", "patterns.ambassador.notes_app", {
+            "NOTES_APP_HOST": "127.0.0.1", "NOTES_APP_PORT": str(APP_PORT),
+            "DATABASE_URL": f"postgresql://postgres@localhost:{listen}/postgres",
+            "PGPASSWORD": password,
+        })  # fmt: skip
+        pod.wait_ready("notes-app", f"{APP_URL}/readyz")
+        exercise(demo_seconds())
+    finally:
+        pod.stop_all()
+        for cluster in (primary, standby):
+            with contextlib.suppress(Exception):
+                cluster.stop("fast")
+        shutil.rmtree(workdir, ignore_errors=True)
+        STATE.unlink(missing_ok=True)
+        say("stopped both PostgreSQL servers and removed their data")
+
+
+def _failover_local(state: dict[str, object]) -> None:
+    workdir = Path(str(state["workdir"]))
+    password = Path(str(state["password_file"])).read_text().strip()
+    primary = pg.Cluster(workdir, "primary", int(str(state["primary"])), password)
+    standby = pg.Cluster(workdir, "standby", int(str(state["standby"])), password)
+    say(f"$ pg_ctl stop -m immediate -D {primary.data}   # the primary crashes")
+    primary.stop("immediate")
+    say(f"$ pg_ctl promote -D {standby.data}             # the standby takes over")
+    standby.promote()
+
+
+# --- Compose and kind -----------------------------------------------------------------------
+
+
+def explore(runtime: str) -> None:
+    if runtime == "kind":
+        say("explore:\n"
+            f"  kubectl -n {APP_NAMESPACE} exec deploy/notes-app -c main -- python -c "
+            "'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8080/db\").read())'\n"
+            f"  kubectl -n {APP_NAMESPACE} logs deploy/notes-app -c ambassador\n"
+            f"  kubectl -n {DB_NAMESPACE} get pods\n"
+            "  make ambassador-failover ; make demo-clean")  # fmt: skip
+    else:
+        say("explore:\n"
+            "  docker ps --filter name=ambassador\n"
+            f"  curl -s {ADMIN_URL}/upstreams ; curl -s {APP_URL}/db\n"
+            "  make ambassador-failover ; make demo-clean")  # fmt: skip
+
+
+def run_compose() -> None:
+    password, _pki = prepare_secrets()
+    os.environ["AMBASSADOR_DB_PASSWORD"] = password  # docker-compose.yml passes it as PGPASSWORD
+    tag = containers.compose_up("ambassador")
+    save_state(runtime="compose", tag=tag)
+    _wait_http(f"{APP_URL}/readyz")
+    exercise(demo_seconds(60))
+    explore("compose")
+
+
+def _kubectl_apply_stdin(argv: list[str]) -> None:
+    rendered = containers.run(["kubectl", *argv, "--dry-run=client", "-o", "yaml"],
+                              capture_output=True).stdout  # fmt: skip
+    containers.run(["kubectl", "apply", "-f", "-"], input=rendered, capture_output=True)
+
+
+def create_k8s_secrets() -> None:
+    """The Secrets the manifests expect, from .demo/ (kubectl apply: safe to repeat)."""
+    prepare_secrets()
+    for namespace in (DB_NAMESPACE, APP_NAMESPACE):
+        _kubectl_apply_stdin(["create", "namespace", namespace])
+        _kubectl_apply_stdin(["-n", namespace, "create", "secret", "generic", "db-credentials",
+                              f"--from-file=password={SECRETS / 'password'}"])  # fmt: skip
+    _kubectl_apply_stdin(["-n", DB_NAMESPACE, "create", "secret", "generic", "db-tls",
+                          f"--from-file=tls.crt={SECRETS / 'pki/server.crt'}",
+                          f"--from-file=tls.key={SECRETS / 'pki/server.key'}"])  # fmt: skip
+    _kubectl_apply_stdin(["-n", APP_NAMESPACE, "create", "secret", "generic", "db-ca",
+                          f"--from-file=ca.crt={SECRETS / 'pki/ca.crt'}"])  # fmt: skip
+
+
+def run_kind() -> None:
+    if not containers.kind_cluster_exists():
+        containers.run(["make", "--no-print-directory", "kind-up"])
+    create_k8s_secrets()
+    containers.kind_up("ambassador", [DB_NAMESPACE, APP_NAMESPACE])
+    save_state(runtime="kind")
+    with _kind_forward():
+        _wait_http(f"{APP_URL}/readyz")
+        exercise(demo_seconds(60))
+    explore("kind")
+
+
+@contextlib.contextmanager
+def _kind_forward() -> Iterator[None]:
+    with containers.port_forward(APP_NAMESPACE, "svc/notes-app", APP_PORT, 8080), \
+            containers.port_forward(APP_NAMESPACE, "svc/notes-app", 9104, 9104):  # fmt: skip
+        yield
+
+
+def failover(runtime: str) -> None:
+    """`make ambassador-failover`: stop the primary, promote the standby, watch the app."""
+    state = load_state()
+    runtime = str(state.get("runtime", runtime))
+    say(f"failover on the running {runtime} demo")
+    if runtime == "local":
+        if not state:
+            raise SystemExit("no local ambassador demo is running: start `make demo-ambassador`")
+        _failover_local(state)
+        watch_failover()
+    elif runtime == "compose":
+        tag = str(state.get("tag", "none"))
+        containers.compose("ambassador", "stop", "ambassador-db-primary", tag=tag)
+        containers.compose("ambassador", "exec", "-T", "ambassador-db-standby",
+                           "pg_ctl", "promote", "-D", PGDATA, tag=tag)  # fmt: skip
+        watch_failover()
+    else:
+        containers.run(["kubectl", "-n", DB_NAMESPACE, "scale", "deployment/db-primary",
+                        "--replicas=0"])  # fmt: skip
+        containers.run(["kubectl", "-n", DB_NAMESPACE, "wait", "--for=delete", "pod",
+                        "-l", "app.kubernetes.io/name=db-primary", "--timeout=60s"])  # fmt: skip
+        containers.run(["kubectl", "-n", DB_NAMESPACE, "exec", "deploy/db-standby", "--",
+                        "pg_ctl", "promote", "-D", PGDATA])  # fmt: skip
+        with _kind_forward():
+            watch_failover()
+
+
+def _wait_http(url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"not ready after {timeout:.0f}s: {url}")
+
