@@ -7,8 +7,10 @@ from __future__ import annotations
 import calendar
 import json
 import os
+import shutil
 import signal
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -131,12 +133,26 @@ def test_every_line_is_accounted_for_through_garbage_rotation_and_restart(servic
         lambda: adapter.counted(str(access)) == expected_first + 400, timeout=20, what="rotation"
     )
 
-    # Phase 3: graceful restart, with lines written while the adapter is down.
+    # Phase 3: copytruncate rotation, right after lines the adapter may not have read yet:
+    # they are found in the copy.
+    append(access, b"".join(good_line(n) for n in range(1000, 1100)))
+    shutil.copyfile(access, logs / "access.log.2")
+    os.truncate(access, 0)
+    append(access, b"".join(good_line(n) for n in range(1100, 1200)))
+    wait_until(
+        lambda: adapter.counted(str(access)) == expected_first + 600, timeout=20,
+        what="copytruncate",
+    )
+    events = {dict(k[1]).get("event"): v for k, v in adapter.samples().items()
+              if k[0] == "adapter_file_events_total"}
+    assert events["rotations"] == 1 and events["truncations"] == 1
+
+    # Phase 4: graceful restart, with lines written while the adapter is down.
     assert adapter.proc.stop() == 0
-    append(access, b"".join(good_line(n) for n in range(1000, 1300)))
+    append(access, b"".join(good_line(n) for n in range(1200, 1300)))
     adapter.start()
     append(access, b"".join(good_line(n) for n in range(1300, 1500)))
-    wait_until(lambda: adapter.counted(str(access)) == 500, timeout=20, what="after restart")
+    wait_until(lambda: adapter.counted(str(access)) == 300, timeout=20, what="after restart")
     assert adapter.proc.stop() == 0
 
     records = adapter.records()
@@ -207,18 +223,19 @@ def test_legacy_app_files_become_records_and_metrics(service, tmp_path):
         requests.get(base + "/checkout?fail=1", timeout=5)
         requests.get(base + "/orders/4242", timeout=5)
         requests.get(base + "/orders/7", timeout=5)
-    wait_until(
-        lambda: adapter.samples().get(("app_log_records_total", (("severity", "ERROR"),))) == 3,
-        what="three ERROR records",
+    expected = {
+        ("http_requests_total", (("method", "GET"), ("status", "500"))): 3,
+        ("http_requests_total", (("method", "GET"), ("status", "404"))): 3,
+        ("http_requests_by_path_total", (("path", "/checkout"), ("status_class", "5xx"))): 3,
+        ("app_log_records_total", (("severity", "ERROR"),)): 3,
+        ("app_log_records_total", (("severity", "WARN"),)): 3,
+    }
+    # The two files are read independently: wait until both have been read this far.
+    samples = wait_until(
+        lambda: (s := adapter.samples()) and all(s.get(k) == v for k, v in expected.items())
+        and s,
+        what="the requests and app records counted",
     )
-    samples = adapter.samples()
-    assert samples[("http_requests_total", (("method", "GET"), ("status", "500")))] == 3
-    assert samples[("http_requests_total", (("method", "GET"), ("status", "404")))] == 3
-    assert (
-        samples[("http_requests_by_path_total", (("path", "/checkout"), ("status_class", "5xx")))]
-        == 3
-    )
-    assert samples[("app_log_records_total", (("severity", "WARN"),))] == 3
     assert (
         samples[("adapter_lines_total", (("input", f"{logs}/access.log"), ("result", "rejected")))]
         == 0
@@ -377,3 +394,44 @@ def test_forward_output_reaches_the_collector(service, tmp_path):
     # The event time travels as the Forward EventTime: the access log's, not the read time.
     assert stored[0]["time"] == calendar.timegm((2026, 11, 25, 12, 0, 0, 0, 0, 0))
     assert sum(1 for event in stored if event["record"]["attributes"].get("adapter.unparsed")) == 1
+
+
+def test_sigkill_loses_nothing_and_forward_waits_out_a_collector_outage(service, tmp_path):
+    """At-least-once: after SIGKILL, lines handled but not yet committed are sent again;
+    while the collector is down the adapter waits and the lines stay in the file."""
+    forward_port, http_port = free_port(), free_port()
+    logs = tmp_path / "log"
+    logs.mkdir()
+    access = logs / "access.log"
+    append(access, b"".join(good_line(n) for n in range(300)))
+    adapter = Adapter(
+        service, tmp_path, f"combined={access}", ADAPTER_OUTPUT="forward",
+        FLUENT_HOST="127.0.0.1", FLUENT_PORT=str(forward_port),
+    ).start()
+    time.sleep(1.0)  # no collector yet: the adapter retries, the lines stay in the file
+    assert adapter.proc.alive()
+    assert adapter.samples()[("adapter_backlog_bytes", ())] > 0
+
+    service("patterns.sidecar.collector", {
+        "COLLECTOR_FORWARD_HOST": "127.0.0.1", "COLLECTOR_FORWARD_PORT": str(forward_port),
+        "COLLECTOR_HTTP_HOST": "127.0.0.1", "COLLECTOR_HTTP_PORT": str(http_port),
+        "COLLECTOR_DATA_DIR": str(tmp_path / "collector"), "COLLECTOR_FSYNC": "false",
+    }, name="collector")
+
+    def stored() -> Counter:
+        queries: Counter = Counter()
+        for segment in sorted((tmp_path / "collector").glob("records-*.jsonl")):
+            for line in segment.read_text().splitlines():
+                if line.endswith("}"):
+                    record = json.loads(line)["record"]
+                    queries[record["attributes"].get("url.query")] += 1
+        return queries
+
+    wait_until(lambda: len(stored()) == 300, timeout=30, what="backlog delivered")
+    adapter.proc.signal(signal.SIGKILL)
+    adapter.proc.wait()
+    append(access, b"".join(good_line(n) for n in range(300, 600)))
+    adapter.start()
+    wait_until(lambda: len(stored()) == 600, timeout=30, what="lines after SIGKILL")
+    assert set(stored()) == {f"n={n}" for n in range(600)}, "nothing lost"
+    assert adapter.samples()[("adapter_backlog_bytes", ())] == 0
