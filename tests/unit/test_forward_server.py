@@ -4,6 +4,7 @@ handler means no ack, and a graceful stop lets the request being handled finish.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import msgpack
@@ -119,6 +120,24 @@ def test_shared_key_handshake_then_ack() -> None:
         writer.write(protocol.encode_message("t", time.time(), {"a": 1}, chunk="c9"))
         assert await read_response(reader) == {"ack": "c9"}
         writer.close()
+        await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_udp_heartbeat_on_the_same_port_is_answered() -> None:
+    async def scenario() -> None:
+        async def handler(_tag: str, _events: list[Event]) -> None:
+            return None
+
+        server = ForwardServer("127.0.0.1", 0, handler)
+        await server.start()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.setblocking(False)
+            udp.sendto(b"\x00", ("127.0.0.1", server.port))
+            loop = asyncio.get_running_loop()
+            reply = await asyncio.wait_for(loop.sock_recv(udp, 16), 5)
+        assert reply == b"\x00"
         await server.stop()
 
     asyncio.run(scenario())

@@ -17,6 +17,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import msgpack
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -90,6 +91,16 @@ class ServerOptions:
     max_connections: int = 256
     # Requests decoded and waiting for the handler at once, over all connections.
     max_inflight_requests: int = 8
+    udp_heartbeat: bool = True
+
+
+class _HeartbeatProtocol(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if data == b"\x00":
+            self.transport.sendto(b"\x00", addr)
 
 
 class ForwardServer:
@@ -110,6 +121,7 @@ class ForwardServer:
         handshake_timeout: float = 10.0,
         max_connections: int = 256,
         max_inflight_requests: int = 8,
+        udp_heartbeat: bool = True,
         metrics: ForwardMetrics | None = None,
     ) -> None:
         self.host = host
@@ -124,6 +136,7 @@ class ForwardServer:
             handshake_timeout=handshake_timeout,
             max_connections=max_connections,
             max_inflight_requests=max_inflight_requests,
+            udp_heartbeat=udp_heartbeat,
         )
         if self.options.users and not self.options.shared_key:
             raise ValueError("username/password authentication needs a shared key")
@@ -131,6 +144,7 @@ class ForwardServer:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._inflight = asyncio.Semaphore(self.options.max_inflight_requests)
+        self._udp: asyncio.DatagramTransport | None = None
         self._stopping = False
 
     @property
@@ -146,6 +160,12 @@ class ForwardServer:
         self._server = await asyncio.start_server(
             self._serve, self.host, self.requested_port, reuse_address=True
         )
+        if self.options.udp_heartbeat:
+            # The spec's heartbeat: a 0x00 datagram to the same port, answered with 0x00.
+            loop = asyncio.get_running_loop()
+            self._udp, _ = await loop.create_datagram_endpoint(
+                _HeartbeatProtocol, local_addr=(self.host, self.port), reuse_port=False
+            )
         log.info("forward server listening", extra={"host": self.host, "port": self.port})
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -154,6 +174,8 @@ class ForwardServer:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        if self._udp is not None:
+            self._udp.close()
         for conn in list(self._connections.values()):
             if not conn.busy:
                 conn.task.cancel()
