@@ -27,6 +27,12 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/podpatterns-${VERSIO
 
 # --- runtime --------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
+# psql: the lab guide connects to localhost:5432 (the ambassador) from inside the app
+# container, exactly as the app does.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends postgresql-client \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

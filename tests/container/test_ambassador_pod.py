@@ -122,6 +122,14 @@ def test_the_app_reaches_the_database_only_through_localhost(ambassador_pods):
     outgoing = [c for c in connections if not c["local"].endswith(":8080")]
     assert outgoing, "the app holds no database connection at all"
     assert {c["remote"] for c in outgoing} == {"127.0.0.1:5432"}, connections
+    # psql from the app container, to localhost, as the lab guide shows: the ambassador.
+    # (PGPASSWORD is in the container's environment, as the app uses it.)
+    exit_code, output = app.exec(
+        "psql", "postgresql://postgres@localhost:5432/postgres", "-Atc",
+        "SELECT current_setting('cluster_name')",
+    )  # fmt: skip
+    assert exit_code == 0, output
+    assert output.strip() == "primary"
     # The app's environment names no other database host.
     exit_code, env = app.exec("env")
     assert ambassador_pods.db_pod.address not in env
