@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -50,12 +51,31 @@ def _jsonable(value: Any) -> Any:
 _encode_any = json.JSONEncoder(separators=(",", ":"), default=_jsonable).encode
 
 
+def _sanitize(value: Any) -> Any:
+    """What JSON can hold: map keys become strings (msgpack allows bin keys), bytes
+    become text, non-finite floats null."""
+    if isinstance(value, dict):
+        return {
+            (k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)): _sanitize(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_sanitize(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # as orjson writes it: NaN and Infinity are not JSON
+    return _jsonable(value) if isinstance(value, bytes) else value
+
+
+def _encode_slow(value: Any) -> bytes:
+    return _encode_any(_sanitize(value)).encode("ascii")
+
+
 def encode_json(value: Any) -> bytes:
     """Compact JSON; orjson because encoding is most of the collector's per-event cost."""
     try:
         return orjson.dumps(value, default=_jsonable, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:
-        return _encode_any(value).encode("ascii")
+        return _encode_slow(value)
 
 
 def encode_lines(tag: str, events: list[Event]) -> list[bytes]:
@@ -67,7 +87,7 @@ def encode_lines(tag: str, events: list[Event]) -> list[bytes]:
         try:
             body = orjson.dumps(record, default=_jsonable, option=orjson.OPT_NON_STR_KEYS)
         except orjson.JSONEncodeError:
-            body = _encode_any(record).encode("ascii")
+            body = _encode_slow(record)
         append(b'%b%r,"record":%b}\n' % (head, timestamp, body))
     return lines
 
