@@ -289,6 +289,10 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         "too_large",
     ),
     "truncated entries": (msgpack.packb(["t", packed(["a", "b"])[:-4]]), "bad_entry"),
+    "record too deep for JSON": (
+        b"\x94\xa1t\x01" + b"\x81\xa1a" * 1020 + b"\xc0" + msgpack.packb({"chunk": "c"}),
+        "bad_record",
+    ),
 }
 
 

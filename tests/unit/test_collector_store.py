@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from patterns.common.forward.protocol import ProtocolError
 from patterns.sidecar.collector.store import RecordStore, encode_lines
 
 AWKWARD = {
@@ -60,3 +61,27 @@ def test_restart_rebuilds_counts_and_cuts_a_partial_line(tmp_path: Path) -> None
         assert segment.read_bytes().endswith(b"}\n")
     finally:
         reopened.close()
+
+
+def test_a_record_too_deep_for_json_fails_only_its_own_request(tmp_path: Path) -> None:
+    deep: dict = {"end": True}
+    for _ in range(1020):
+        deep = {"a": deep}
+
+    async def write(store: RecordStore) -> list[object]:
+        return await asyncio.gather(
+            store.append("ok", [(1.0, {"i": 1})]),
+            store.append("deep", [(2.0, deep)]),
+            store.append("ok", [(3.0, {"i": 3})]),
+            return_exceptions=True,
+        )
+
+    store = RecordStore(tmp_path)
+    store.open()
+    try:
+        first, failed, last = asyncio.run(write(store))
+        assert first is None and last is None
+        assert isinstance(failed, ProtocolError) and failed.reason == "bad_record"
+        assert store.counts() == {"ok": 2}
+    finally:
+        store.close()

@@ -105,7 +105,10 @@ class _HeartbeatProtocol(asyncio.DatagramProtocol):
 
 class ForwardServer:
     """`handler(tag, events)` must have stored the events when it returns; only then is
-    the request acked. The keyword arguments are those of ServerOptions."""
+    the request acked. A handler that finds the request unacceptable raises ProtocolError
+    (a rejection, counted under its reason); any other exception counts as `store_failed`.
+    Either way the connection is closed without an ack. The keyword arguments are those of
+    ServerOptions."""
 
     def __init__(
         self,
@@ -326,6 +329,8 @@ class ForwardServer:
                     continue  # heartbeat
                 try:
                     await self.handler(request.tag, request.events)
+                except ProtocolError:
+                    raise  # the handler found the request itself unacceptable: a rejection
                 except Exception:
                     # Not stored, so not acked: closing makes the client send it again.
                     log.exception("storing events failed", extra={"peer": peer, "tag": request.tag})

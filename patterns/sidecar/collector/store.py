@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from patterns.common.forward.protocol import Event
+from patterns.common.forward.protocol import Event, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -188,18 +188,19 @@ class RecordStore:
                 for entry in batch
                 if entry is not None and entry[2].set_running_or_notify_cancel()
             ]
-            if work:
+            encoded = self._encode(work)
+            if encoded:
                 started = time.monotonic()
                 try:
-                    written, count = self._write(work)
+                    written, count = self._write(encoded)
                 except Exception as exc:
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.error("writing records failed", extra={"error": self.last_error})
-                    for _, _, future in work:
+                    for _, _, future in encoded:
                         future.set_exception(StoreError(self.last_error))
                 else:
                     self.last_error = ""
-                    for _, _, future in work:
+                    for _, _, future in encoded:
                         future.set_result(None)
                     elapsed = time.monotonic() - started
                     for callback in self.on_written:
@@ -207,15 +208,29 @@ class RecordStore:
             if stop:
                 return
 
-    def _write(self, work: list[tuple[str, list[Event], Future[None]]]) -> tuple[int, int]:
+    @staticmethod
+    def _encode(
+        work: list[tuple[str, list[Event], Future[None]]],
+    ) -> list[tuple[str, list[bytes], Future[None]]]:
+        """Encode each request on its own: one that cannot be stored fails alone."""
+        encoded = []
+        for tag, events, future in work:
+            try:
+                encoded.append((tag, encode_lines(tag, events), future))
+            except RecursionError:
+                future.set_exception(
+                    ProtocolError("bad_record", "a record is nested too deeply to store as JSON")
+                )
+        return encoded
+
+    def _write(self, work: list[tuple[str, list[bytes], Future[None]]]) -> tuple[int, int]:
         chunks: list[bytes] = []
         last_lines: list[bytes] = []
         counts: Counter[str] = Counter()
         keep = self._recent.maxlen or 0
-        for tag, events, _ in work:
-            lines = encode_lines(tag, events)
+        for tag, lines, _ in work:
             chunks.append(b"".join(lines))
-            counts[tag] += len(events)
+            counts[tag] += len(lines)
             last_lines.extend(lines[-keep:])
         data = b"".join(chunks)
         if self._size and self._size + len(data) > self.segment_bytes:
