@@ -149,3 +149,16 @@ def test_every_line_reaches_the_collector_once(
     sidecar.pods.eventually(lambda: collected() >= logged_lines(),
                             f"the collector to receive the {logged_lines()} logged lines")
     assert collected() == logged_lines()
+
+
+def test_each_image_carries_only_its_own_dependencies(sidecar: SidecarPods) -> None:
+    # The shipper and collector are core-only; the web app has the web extra, not db.
+    for container, absent in ((sidecar.shipper, "flask"), (sidecar.collector, "gunicorn"),
+                              (sidecar.app, "psycopg")):
+        exit_code, output = container.python(f"import {absent}")
+        assert exit_code != 0 and "ModuleNotFoundError" in output, (container.name, absent)
+    exit_code, output = sidecar.app.python("import flask, gunicorn")
+    assert exit_code == 0, output
+    # No pip at run time: nothing can be installed into a running container's venv.
+    exit_code, _ = sidecar.shipper.python("import pip")
+    assert exit_code != 0
