@@ -328,6 +328,8 @@ class RecordStore:
         From memory when it holds enough; a rare tag, drowned in memory by busier ones, is
         looked up from the end of the files instead (reading at most _SCAN_BUDGET bytes)."""
         with self._lock:
+            if tag is not None and tag not in self._counts:
+                return []  # never stored: no need to look through the files
             lines = list(self._recent)
             full = len(lines) == self._recent.maxlen
         prefix = None if tag is None else b'{"tag":' + encode_json(tag) + b","
