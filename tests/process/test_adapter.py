@@ -435,3 +435,19 @@ def test_sigkill_loses_nothing_and_forward_waits_out_a_collector_outage(service,
     wait_until(lambda: len(stored()) == 600, timeout=30, what="lines after SIGKILL")
     assert set(stored()) == {f"n={n}" for n in range(600)}, "nothing lost"
     assert adapter.samples()[("adapter_backlog_bytes", ())] == 0
+
+
+def test_bad_settings_stop_the_adapter_at_start_with_their_names(service, tmp_path):
+    bad = service("patterns.adapter.log_adapter", {
+        "ADAPTER_INPUTS": "apache=/var/log/app/access.log", "ADAPTER_HTTP_PORT": str(free_port()),
+    }, name="bad-inputs")
+    assert bad.wait() == 2
+    assert "ADAPTER_INPUTS" in bad.output()
+    (tmp_path / "file").write_text("")
+    unusable = service("patterns.adapter.log_adapter", {
+        "ADAPTER_INPUTS": f"combined={tmp_path}/access.log",
+        "ADAPTER_STATE_DIR": str(tmp_path / "file" / "state"),
+        "ADAPTER_HTTP_HOST": "127.0.0.1", "ADAPTER_HTTP_PORT": str(free_port()),
+    }, name="bad-state")
+    assert unusable.wait() == 2
+    assert "ADAPTER_STATE_DIR" in unusable.output()
