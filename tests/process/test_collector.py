@@ -209,6 +209,8 @@ def test_forward_client_without_shared_key(collector: Callable[..., Collector]) 
         client.send_packed("app.gz", packed(["d", "e"]), 2, compressed=True)
         assert [r["record"]["log"] for r in c.stored()] == ["a", "b", "c", "d", "e"]
     assert c.counts() == {"tags": {"app.gz": 2, "app.plain": 3}, "total": 5}
+    with pytest.raises(HandshakeError, match="did not send HELO"):
+        c.client(shared_key="k", connect_timeout=0.5).send_packed("x", packed(["x"]), 1)
     assert c.stored()[0]["record"] == {"log": "a", "file": "/var/log/app.log"}
 
 

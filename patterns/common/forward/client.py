@@ -167,6 +167,11 @@ class ForwardClient:
         deadline = time.monotonic() + self.connect_timeout
         try:
             helo = protocol.decode_helo(self._read(deadline, "HELO"))
+        except AckTimeout:
+            raise HandshakeError(
+                f"{self._peer()} did not send HELO within {self.connect_timeout}s: "
+                "the server has no shared key configured, or is not a Forward server"
+            ) from None
         except protocol.ProtocolError as exc:
             raise HandshakeError(
                 f"{self._peer()} did not start the shared-key handshake: {exc.detail}"
