@@ -33,8 +33,9 @@ class _LiveCollector(Collector):
         traffic = CounterMetricFamily(
             "ambassador_bytes", "Bytes relayed, by direction.", labels=["direction"]
         )
-        traffic.add_metric(["client_to_upstream"], self.traffic.client_to_upstream)
-        traffic.add_metric(["upstream_to_client"], self.traffic.upstream_to_client)
+        to_upstream, to_client = self.traffic.totals()
+        traffic.add_metric(["client_to_upstream"], to_upstream)
+        traffic.add_metric(["upstream_to_client"], to_client)
         yield traffic
         yield GaugeMetricFamily(
             "ambassador_sessions_open",

@@ -16,11 +16,25 @@ from .upstream import Upstream
 
 
 class Traffic:
-    """Byte totals, plain ints on the hot path; the metrics collector reads them."""
+    """Byte totals: those of closed sessions, plus the live counters of open ones (read
+    at scrape time, so the hot path only adds to an int on its own pipe)."""
 
-    def __init__(self) -> None:
-        self.client_to_upstream = 0
-        self.upstream_to_client = 0
+    def __init__(self, sessions: set[Session]) -> None:
+        self.sessions = sessions
+        self.closed_to_upstream = 0
+        self.closed_to_client = 0
+
+    def add_closed(self, session: Session) -> None:
+        self.closed_to_upstream += session.to_upstream.bytes
+        self.closed_to_client += session.to_client.bytes
+
+    def totals(self) -> tuple[int, int]:
+        """(client to upstream, upstream to client)."""
+        live = list(self.sessions)  # one atomic copy: the loop thread may change the set
+        return (
+            self.closed_to_upstream + sum(s.to_upstream.bytes for s in live),
+            self.closed_to_client + sum(s.to_client.bytes for s in live),
+        )
 
 
 class _Pipe(asyncio.Protocol):
@@ -28,14 +42,13 @@ class _Pipe(asyncio.Protocol):
         self,
         session: Session,
         peer: asyncio.Transport,
-        upstream_bound: bool,
         auth_filter: AuthFilter | None = None,
     ) -> None:
         self.session = session
         self.peer = peer
-        self.upstream_bound = upstream_bound
         self.auth_filter = auth_filter
         self.eof = False
+        self.bytes = 0
 
     def data_received(self, data: bytes) -> None:
         if self.auth_filter is not None:
@@ -46,11 +59,7 @@ class _Pipe(asyncio.Protocol):
                 self.peer.write(out)
         else:
             self.peer.write(data)
-        self.session.active = True
-        if self.upstream_bound:
-            self.session.traffic.client_to_upstream += len(data)
-        else:
-            self.session.traffic.upstream_to_client += len(data)
+        self.bytes += len(data)
 
     def eof_received(self) -> bool:
         # A half-close is passed on; the other direction stays open for the reply.
@@ -91,24 +100,28 @@ class Session:
         self.upstream = upstream
         self.traffic = traffic
         self.on_closed = on_closed
-        self.active = True
+        # For the idle sweeper: bytes seen at its last pass, and since when unchanged.
+        self.seen_bytes = -1
         self.idle_since = 0.0
         self.closed = asyncio.get_running_loop().create_future()
-        self._to_server = _Pipe(self, server, upstream_bound=True)
+        self.to_upstream = _Pipe(self, server)
         # Only a session over TLS can be offered channel binding the client cannot use.
         auth_filter = AuthFilter() if rewrite_auth else None
-        self._to_client = _Pipe(self, client, upstream_bound=False, auth_filter=auth_filter)
+        self.to_client = _Pipe(self, client, auth_filter=auth_filter)
 
     def start(self, first_bytes: bytes) -> None:
         """Take both transports over and send the client's first packet upstream."""
-        self.client.set_protocol(self._to_server)
-        self.server.set_protocol(self._to_client)
+        self.client.set_protocol(self.to_upstream)
+        self.server.set_protocol(self.to_client)
         self.server.write(first_bytes)
         self.client.resume_reading()
         self.server.resume_reading()
 
     def both_eof(self) -> bool:
-        return self._to_server.eof and self._to_client.eof
+        return self.to_upstream.eof and self.to_client.eof
+
+    def bytes_relayed(self) -> int:
+        return self.to_upstream.bytes + self.to_client.bytes
 
     def close(self) -> None:
         """Close both sides, flushing what is already buffered (e.g. a server's last
@@ -118,6 +131,7 @@ class Session:
         self.client.close()
         self.server.close()
         self.closed.set_result(None)
+        self.traffic.add_closed(self)
         self.on_closed(self)
 
     def abort(self) -> None:

@@ -47,9 +47,9 @@ class Ambassador:
         self.upstreams = [Upstream(host, port) for host, port in config.upstreams]
         self.tls = tls_context(config)
         self.sessions: set[Session] = set()
+        self.traffic = Traffic(self.sessions)
         # Slots taken by clients between their startup packet and a relayed session.
         self.connecting = 0
-        self.traffic = Traffic()
         self.metrics = Metrics(
             runtime.registry, self.traffic, self.upstreams, lambda: len(self.sessions)
         )
@@ -164,8 +164,9 @@ class Ambassador:
             await asyncio.sleep(period)
             now = loop.time()
             for session in list(self.sessions):
-                if session.active:
-                    session.active = False
+                relayed = session.bytes_relayed()
+                if relayed != session.seen_bytes:
+                    session.seen_bytes = relayed
                     session.idle_since = now
                 elif now - session.idle_since >= timeout:
                     log.info("idle session closed", extra={"upstream": session.upstream.name})
