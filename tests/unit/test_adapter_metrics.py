@@ -120,3 +120,28 @@ def test_unknown_methods_share_one_label() -> None:
         dict(labels)["method"] for (name, labels) in samples if name == "http_requests_total"
     }
     assert methods == {"_OTHER", "GET"}
+
+
+def test_json_and_regex_records_feed_the_same_metrics() -> None:
+    """A record with semantic-convention HTTP attributes is a request, whatever its format;
+    any other record counts as an application log record."""
+    lines = [
+        '{"http.request.method": "GET", "http.response.status_code": 503, "url.path": "/a/7",'
+        ' "http.response.body.size": 10, "http.server.request.duration": 0.02}',
+        '{"http.request.method": "PURGE", "http.response.status_code": 200}',
+        '{"level": "error", "message": "boom"}',
+        '{"message": "no level"}',
+        "not json",
+    ]
+    samples = scrape(feed("json", lines, emit=False))
+    assert samples[("http_requests_total", (("method", "GET"), ("status", "503")))] == 1
+    assert samples[("http_requests_total", (("method", "_OTHER"), ("status", "200")))] == 1
+    assert samples[("http_response_size_bytes_total", (("method", "GET"), ("status", "503")))] == 10
+    assert (
+        samples[("http_requests_by_path_total", (("path", "/a/:id"), ("status_class", "5xx")))] == 1
+    )
+    assert samples[("http_request_duration_seconds_bucket", (("le", "0.025"),))] == 1
+    assert samples[("http_request_duration_seconds_bucket", (("le", "0.01"),))] == 0
+    assert samples[("app_log_records_total", (("severity", "ERROR"),))] == 1
+    assert samples[("app_log_records_total", (("severity", "UNSPECIFIED"),))] == 1
+    assert samples[("adapter_lines_total", (("input", "in"), ("result", "rejected")))] == 1
