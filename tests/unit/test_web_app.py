@@ -212,6 +212,27 @@ def test_a_full_disk_is_a_507_and_not_ready_never_a_silent_success(tmp_path):
     assert metric(client, "web_app_log_last_sequence") == 0
 
 
+def test_after_a_full_disk_the_next_line_starts_clean_with_the_next_number(tmp_path):
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    access_log = log_dir / "access.log"
+    access_log.symlink_to("/dev/full")
+    client = create_app(make_config(log_dir)).test_client()
+    assert client.get("/traffic?n=3").status_code == 507
+
+    # Space again, and the file ends with a torn line, as a write cut by ENOSPC leaves it.
+    access_log.unlink()
+    access_log.write_text('127.0.0.1 - - [25/Nov/2026:13:00:00 +0000] "GET /x HT')
+    response = client.get("/traffic?n=2")
+
+    assert response.status_code == 200
+    assert (response.get_json()["first_seq"], response.get_json()["last_seq"]) == (1, 2)
+    lines = access_log.read_text().splitlines()
+    assert lines[0].endswith('"GET /x HT')  # the torn line stays alone on its line
+    assert sequences(lines[1:]) == [1, 2, 3]  # 2 synthetic lines, then the request's own
+    assert client.get("/readyz").status_code == 200
+
+
 def test_index_page_says_what_this_is_and_links_the_endpoints(client):
     page = client.get("/").get_data(as_text=True)
 

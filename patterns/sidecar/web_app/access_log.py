@@ -10,6 +10,7 @@ threads), and why only one process may write a given log directory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import re
@@ -166,12 +167,17 @@ class AccessLog:
     def _write_one(self, request: Request) -> None:
         seq = self.sequence + 1
         line = format_line(request, datetime.now(UTC), seq)
+        if not self.healthy and not self._ends_with_newline():
+            # A write that failed half-way (disk full) may have left a torn line: end it,
+            # so the next line is not glued to it and keeps its own sequence number.
+            line = "\n" + line
         self._handler.last_error = None
         self._handler.handle(logging.makeLogRecord({"msg": line, "args": None}))
         error = self._handler.last_error
         if error is not None:
             # The number is not consumed, so a gap in the file always means lost lines
             # downstream, never a failed write here.
+            self._drop_stream()
             self.write_errors.inc()
             self.write_error_count += 1
             if self.healthy:
@@ -187,6 +193,25 @@ class AccessLog:
         self.sequence_gauge.set(seq)
         self.lines.inc()
         self.lines_written += 1
+
+    def _drop_stream(self) -> None:
+        """Close the file right after a failed write, while the disk is still refusing
+        data, so that bytes left in the write buffer are discarded instead of reaching the
+        file later ahead of the retried line (which has the same number)."""
+        stream, self._handler.stream = self._handler.stream, None
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
+
+    def _ends_with_newline(self) -> bool:
+        try:
+            with open(self.path, "rb") as file:
+                if not self.path.is_file() or file.seek(0, 2) == 0:
+                    return True
+                file.seek(-1, 2)
+                return file.read(1) == b"\n"
+        except OSError:
+            return True  # nothing readable to repair; the write itself will report
 
     def close(self) -> None:
         with self._lock:
