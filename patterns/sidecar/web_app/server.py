@@ -31,7 +31,7 @@ class WebAppServer(BaseApplication):
 
     def load_config(self) -> None:
         settings: dict[str, Any] = {
-            "bind": [f"{self.config.host}:{self.config.port}"],
+            "bind": [_bind_address(self.config.host, self.config.port)],
             # ONE worker, several threads: the access log is rotated by Python's
             # RotatingFileHandler, which is thread-safe but not safe across processes (two
             # workers would rotate the same file under each other and lose lines).
@@ -56,6 +56,13 @@ class WebAppServer(BaseApplication):
 
     def load(self) -> Any:
         return create_app(self.config)
+
+
+def _bind_address(host: str, port: int) -> str:
+    # gunicorn wants IPv6 literals in brackets ("[::]:8080").
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
 
 
 def _close_access_log(_server: Any, worker: Any) -> None:
