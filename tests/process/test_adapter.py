@@ -167,23 +167,31 @@ def test_a_traceback_cut_by_a_restart_is_emitted_whole_once(service, tmp_path):
     logs = tmp_path / "log"
     logs.mkdir()
     app_log = logs / "app.log"
+    # Quiet flush well above this test's own pauses: records complete only when the next
+    # header arrives, except the last one.
     adapter = Adapter(
-        service, tmp_path, f"legacy={app_log}", ADAPTER_MULTILINE_FLUSH_SECONDS="0.5"
+        service, tmp_path, f"legacy={app_log}", ADAPTER_MULTILINE_FLUSH_SECONDS="3"
     ).start()
+
+    def held() -> float:
+        return adapter.samples()[("adapter_lines_held", ())]
+
     append(app_log, b"2026-11-25 12:00:00,001 INFO [main] shop - before\n")
-    wait_until(lambda: adapter.counted(str(app_log)) == 1, what="first record (quiet flush)")
-    # Half a traceback, then a restart before the quiet period ends.
+    wait_until(lambda: held() == 1, what="first record held")
+    # Half a traceback, over two reads, then a restart before the quiet period ends.
     append(
         app_log,
         b"2026-11-25 12:00:01,002 ERROR [main] shop - failed\nTraceback (most recent call last):\n",
     )
-    wait_until(lambda: adapter.samples()[("adapter_lines_held", ())] == 2, what="record held")
+    wait_until(lambda: held() == 2, what="traceback held")
+    assert adapter.counted(str(app_log)) == 1, "'before' is complete once 'failed' begins"
+    append(app_log, b'  File "shop.py", line 3, in pay\n')
+    wait_until(lambda: held() == 3, what="traceback held across two chunks")
     adapter.proc.signal(signal.SIGTERM)
     assert adapter.proc.wait() == 0
     append(
         app_log,
-        b'  File "shop.py", line 3, in pay\nValueError: declined\n'
-        b"2026-11-25 12:00:02,003 INFO [main] shop - after\n",
+        b"ValueError: declined\n2026-11-25 12:00:02,003 INFO [main] shop - after\n",
     )
     adapter.start()
     wait_until(lambda: adapter.counted(str(app_log)) == 5, what="whole traceback after restart")
