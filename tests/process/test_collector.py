@@ -89,10 +89,14 @@ def collector(service: Callable[..., Any], tmp_path: Path) -> Iterator[Callable[
         }
         proc = service(MODULE, env)
         found = Collector(proc, forward_port, http_port, tmp_path / "data", env)
+        # Our own process's word first: a port from free_port() can be taken by another
+        # process on this shared machine, whose /readyz would answer for us.
         wait_until(
-            lambda: http_ok(found.url("/readyz")) or not proc.alive(), what="collector ready"
+            lambda: '"collector ready"' in proc.output() or not proc.alive(),
+            what="collector ready",
         )
         assert proc.alive(), proc.output()
+        assert http_ok(found.url("/readyz")), proc.output()
         return found
 
     yield start
