@@ -19,12 +19,21 @@ class ConfigError(Exception):
     """One or more environment variables are missing or malformed."""
 
 
+# Env's getters are named after the types they return; these aliases keep the
+# annotations inside the class from meaning the methods.
+_Str = str
+_Int = int
+_Float = float
+_Bool = bool
+_List = list
+
+
 class Env:
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, environ: Mapping[_Str, _Str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
         self.problems: list[str] = []
 
-    def _raw(self, name: str, required: bool) -> str | None:
+    def _raw(self, name: _Str, required: _Bool) -> _Str | None:
         value = self._environ.get(name)
         if value is None or value.strip() == "":
             if required:
@@ -32,19 +41,19 @@ class Env:
             return None
         return value.strip()
 
-    def _bad(self, name: str, value: str, expected: str) -> None:
+    def _bad(self, name: _Str, value: _Str, expected: _Str) -> None:
         self.problems.append(f"{name}={value!r}: expected {expected}")
 
-    def str(self, name: str, default: str = "", *, required: bool = False) -> str:
+    def str(self, name: _Str, default: _Str = "", *, required: _Bool = False) -> _Str:
         raw = self._raw(name, required)
         return default if raw is None else raw
 
-    def optional_str(self, name: str) -> str | None:
+    def optional_str(self, name: _Str) -> _Str | None:
         return self._raw(name, False)
 
     def int(
-        self, name: str, default: int, *, min: int | None = None, max: int | None = None
-    ) -> int:
+        self, name: _Str, default: _Int, *, min: _Int | None = None, max: _Int | None = None
+    ) -> _Int:
         raw = self._raw(name, False)
         if raw is None:
             return default
@@ -59,8 +68,8 @@ class Env:
         return value
 
     def float(
-        self, name: str, default: float, *, min: float | None = None, max: float | None = None
-    ) -> float:
+        self, name: _Str, default: _Float, *, min: _Float | None = None, max: _Float | None = None
+    ) -> _Float:
         raw = self._raw(name, False)
         if raw is None:
             return default
@@ -76,10 +85,10 @@ class Env:
             return default
         return value
 
-    def port(self, name: str, default: int) -> int:
+    def port(self, name: _Str, default: _Int) -> _Int:
         return self.int(name, default, min=1, max=65535)
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: _Str, default: _Bool) -> _Bool:
         raw = self._raw(name, False)
         if raw is None:
             return default
@@ -91,7 +100,7 @@ class Env:
         self._bad(name, raw, "true or false")
         return default
 
-    def list(self, name: str, default: list[str] | None = None, *, required: bool = False) -> list[str]:
+    def list(self, name: _Str, default: _List[_Str] | None = None, *, required: _Bool = False) -> _List[_Str]:
         raw = self._raw(name, required)
         if raw is None:
             return list(default or [])
@@ -100,7 +109,7 @@ class Env:
             self._bad(name, raw, "a comma-separated list with at least one item")
         return items
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, name: _Str, default: _Str, choices: tuple[_Str, ...]) -> _Str:
         raw = self._raw(name, False)
         if raw is None:
             return default
@@ -109,7 +118,7 @@ class Env:
             return default
         return raw
 
-    def host_port(self, name: str, default: str) -> tuple[str, int]:
+    def host_port(self, name: _Str, default: _Str) -> tuple[_Str, _Int]:
         raw = self._raw(name, False) or default
         parsed = parse_host_port(raw)
         if parsed is None:
