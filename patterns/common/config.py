@@ -78,9 +78,7 @@ class Env:
         except ValueError:
             self._bad(name, raw, "a number")
             return default
-        if value != value or (min is not None and value < min) or (
-            max is not None and value > max
-        ):
+        if value != value or (min is not None and value < min) or (max is not None and value > max):
             self._bad(name, raw, f"a number in [{min}, {max}]")
             return default
         return value
@@ -100,7 +98,9 @@ class Env:
         self._bad(name, raw, "true or false")
         return default
 
-    def list(self, name: _Str, default: _List[_Str] | None = None, *, required: _Bool = False) -> _List[_Str]:
+    def list(
+        self, name: _Str, default: _List[_Str] | None = None, *, required: _Bool = False
+    ) -> _List[_Str]:
         raw = self._raw(name, required)
         if raw is None:
             return list(default or [])

@@ -112,9 +112,9 @@ def run_service(
         )
         return EXIT_CONFIG
     runtime = Runtime(name=name, registry=registry, admin=admin)
-    Gauge("service_info", "Static facts about this service.", ["service"], registry=registry).labels(
-        service=name
-    ).set(1)
+    Gauge(
+        "service_info", "Static facts about this service.", ["service"], registry=registry
+    ).labels(service=name).set(1)
     _install_signal_handlers(runtime)
     admin.start()
     log.info("started", extra={"admin_port": admin.port})
