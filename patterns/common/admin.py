@@ -87,7 +87,7 @@ class AdminServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            def do_GET(self) -> None:
                 try:
                     status, content_type, body = server._dispatch(self.path)
                 except Exception:
