@@ -141,3 +141,25 @@ def test_udp_heartbeat_on_the_same_port_is_answered() -> None:
         await server.stop()
 
     asyncio.run(scenario())
+
+
+def test_requests_without_chunk_are_stored_in_order_before_a_later_ack() -> None:
+    async def scenario() -> None:
+        stored: list[int] = []
+
+        async def handler(_tag: str, events: list[Event]) -> None:
+            await asyncio.sleep(0.001)
+            stored.extend(record["i"] for _, record in events)
+
+        server = ForwardServer("127.0.0.1", 0, handler)
+        await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        for i in range(100):  # fluent-logger's Message mode: no chunk, no ack
+            writer.write(protocol.encode_message("t", time.time(), {"i": i}))
+        writer.write(protocol.encode_message("t", time.time(), {"i": 100}, chunk="last"))
+        assert await read_response(reader) == {"ack": "last"}
+        assert stored == list(range(101))  # the ack covers everything sent before it
+        writer.close()
+        await server.stop()
+
+    asyncio.run(scenario())

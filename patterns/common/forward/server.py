@@ -73,10 +73,16 @@ class ForwardMetrics:
         return "_other"
 
 
+class _StoreFailed(Exception):
+    """The handler failed (already logged and counted): close the connection."""
+
+
 @dataclass
 class _Connection:
     task: asyncio.Task[None]
     busy: bool = False
+    # Set when a request of this connection could not be stored: the connection closes.
+    failure: Exception | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,8 @@ class ForwardServer:
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._inflight = asyncio.Semaphore(self.options.max_inflight_requests)
         self._udp: asyncio.DatagramTransport | None = None
+        # Requests without `chunk` being stored after their connection read on.
+        self._background: set[asyncio.Task[bool]] = set()
         self._stopping = False
 
     @property
@@ -182,7 +190,8 @@ class ForwardServer:
         for conn in list(self._connections.values()):
             if not conn.busy:
                 conn.task.cancel()
-        tasks = [conn.task for conn in self._connections.values()]
+        tasks: list[asyncio.Task[object]] = [conn.task for conn in self._connections.values()]
+        tasks += self._background
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
@@ -223,6 +232,8 @@ class ForwardServer:
             await self._transport(reader, writer, unpacker, conn, peer)
         except ProtocolError as exc:
             self._reject(peer, exc)
+        except _StoreFailed:
+            pass
         except TimeoutError:
             log.info("closing idle connection", extra={"peer": peer})
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -312,8 +323,11 @@ class ForwardServer:
         peer: str,
     ) -> None:
         limits = self.options.limits
-        metrics = self.metrics
+        # This connection's requests without `chunk` that are still being stored.
+        unacked: list[asyncio.Task[bool]] = []
         while not self._stopping:
+            if conn.failure is not None:
+                raise conn.failure
             obj = protocol.next_object(unpacker)
             if obj is protocol.NOTHING_YET:
                 conn.busy = False
@@ -321,29 +335,58 @@ class ForwardServer:
                     return
                 conn.busy = True
                 continue
-            # Decoded events are the bulk of a request's memory: only so many at once.
-            async with self._inflight:
+            # Decoded events are the bulk of a request's memory: only so many at once. The
+            # slot is held until the request is stored.
+            await self._inflight.acquire()
+            try:
                 request = protocol.decode_request(obj, limits)
-                del obj
-                if request is None:
-                    continue  # heartbeat
-                try:
-                    await self.handler(request.tag, request.events)
-                except ProtocolError:
-                    raise  # the handler found the request itself unacceptable: a rejection
-                except Exception:
-                    # Not stored, so not acked: closing makes the client send it again.
-                    log.exception("storing events failed", extra={"peer": peer, "tag": request.tag})
-                    if metrics:
-                        metrics.rejected.labels(reason="store_failed").inc()
-                    return
-            if metrics:
-                tag = metrics.tag_label(request.tag)
-                metrics.frames.labels(mode=request.mode, tag=tag).inc()
-                metrics.events.labels(mode=request.mode, tag=tag).inc(len(request.events))
-            if request.chunk is not None:
-                writer.write(protocol.encode_ack(request.chunk))
-                # A client that never reads its acks must not hold the connection forever.
-                await asyncio.wait_for(writer.drain(), self.options.idle_timeout)
-                if metrics:
-                    metrics.acks.inc()
+            except BaseException:
+                self._inflight.release()
+                raise
+            del obj
+            if request is None:
+                self._inflight.release()
+                continue  # heartbeat
+            if request.chunk is None:
+                # No ack asked (fluent-logger's Message mode): read on while it is stored,
+                # so a stream of small requests shares fsyncs. The store keeps the order.
+                task = asyncio.create_task(self._store(request, conn, peer))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                unacked[:] = [t for t in unacked if not t.done()] + [task]
+                continue
+            # An ack covers everything sent before it on this connection.
+            if unacked:
+                await asyncio.gather(*unacked)
+                unacked.clear()
+            if not await self._store(request, conn, peer):
+                raise conn.failure or ProtocolError("store_failed")
+            writer.write(protocol.encode_ack(request.chunk))
+            # A client that never reads its acks must not hold the connection forever.
+            await asyncio.wait_for(writer.drain(), self.options.idle_timeout)
+            if self.metrics:
+                self.metrics.acks.inc()
+
+    async def _store(self, request: protocol.Request, conn: _Connection, peer: str) -> bool:
+        """Run the handler for a request holding an in-flight slot, then release it.
+        False (and conn.failure set, so the connection closes) if it was not stored."""
+        try:
+            await self.handler(request.tag, request.events)
+        except ProtocolError as exc:
+            # The handler found the request itself unacceptable: a rejection.
+            conn.failure = exc
+            return False
+        except Exception:
+            # Not stored, so not acked: closing makes the client send it again.
+            log.exception("storing events failed", extra={"peer": peer, "tag": request.tag})
+            if self.metrics:
+                self.metrics.rejected.labels(reason="store_failed").inc()
+            conn.failure = _StoreFailed()
+            return False
+        finally:
+            self._inflight.release()
+        if self.metrics:
+            tag = self.metrics.tag_label(request.tag)
+            self.metrics.frames.labels(mode=request.mode, tag=tag).inc()
+            self.metrics.events.labels(mode=request.mode, tag=tag).inc(len(request.events))
+        return True
