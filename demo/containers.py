@@ -50,6 +50,9 @@ def kind_up(pattern: str, namespaces: list[str]) -> str:
     ).stdout
     # The overlay names a placeholder tag; the demo deploys exactly what it just built.
     rendered = IMAGE_RE.sub(rf"\1:{tag}", rendered)
+    # A Job's pod template is immutable: a re-run with new image tags replaces the Job.
+    for namespace in namespaces:
+        run(["kubectl", "-n", namespace, "delete", "job", "--all", "--ignore-not-found"])
     run(["kubectl", "apply", "-f", "-"], input=rendered)
     for namespace in namespaces:
         run(["kubectl", "-n", namespace, "wait", "--for=condition=Available",

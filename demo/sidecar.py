@@ -17,7 +17,8 @@ TAG = "app.access"
 
 
 def lines_written() -> int:
-    return int(requests.get(f"{APP_URL}/api/stats", timeout=5).json()["lines_written"])
+    # The sequence number, not the process's own count: it continues across app restarts.
+    return int(requests.get(f"{APP_URL}/api/stats", timeout=5).json()["last_seq"])
 
 
 def lines_received() -> int:
