@@ -46,6 +46,12 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise SystemExit(f"nothing listening on port {port} after {timeout}s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pgbench(port: int, seconds: int, clients: int, init: bool = False) -> tuple[float, float]:
     env = {**os.environ, "PGPASSWORD": PASSWORD, "PGSSLMODE": "disable"}
     base = [shutil.which("pgbench") or "pgbench", "-h", "127.0.0.1", "-p", str(port), "-U",
@@ -107,12 +113,20 @@ def main() -> None:
         wait_port(haproxy_port)
         wait_port(ambassador_port)
         paths = (("direct", db_port), ("haproxy", haproxy_port), ("ambassador", ambassador_port))
+        proxy_pid = {"haproxy": procs[0].pid, "ambassador": procs[1].pid}
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in paths}
+        cpu: dict[str, list[float]] = {name: [] for name in proxy_pid}
         # Rounds interleave the three paths, so a burst of load from elsewhere on the machine
         # hits them alike; medians are reported.
         for _ in range(args.rounds):
             for name, port in paths:
-                runs[name].append(pgbench(port, args.seconds, args.clients))
+                before = cpu_seconds(proxy_pid[name]) if name in proxy_pid else 0.0
+                tps, latency = pgbench(port, args.seconds, args.clients)
+                runs[name].append((tps, latency))
+                if name in proxy_pid:
+                    # CPU the proxy burnt per transaction: its cost, whatever else runs here.
+                    used = cpu_seconds(proxy_pid[name]) - before
+                    cpu[name].append(used / (tps * args.seconds) * 1e6)
         print(f"pgbench -S -c {args.clients} -j 2 -T {args.seconds}, {args.rounds} interleaved "
               "rounds, one server; medians")
         print(f"{'path':<12}{'TPS':>12}{'avg latency ms':>18}{'TPS per round':>30}")
@@ -127,6 +141,10 @@ def main() -> None:
         print(f"ambassador/haproxy TPS ratio: {medians['ambassador'] / medians['haproxy']:.2f} "
               f"(target >= 0.90; per round: {' '.join(f'{r:.2f}' for r in ratios)})")
         print(f"ambassador/direct TPS ratio:  {medians['ambassador'] / medians['direct']:.2f}")
+        for name, costs in cpu.items():
+            print(f"{name} CPU per transaction: {statistics.median(costs):.1f} us "
+                  f"(per round: {' '.join(f'{c:.1f}' for c in costs)})")
+        print(f"load average after the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)

@@ -127,7 +127,8 @@ def ambassador(service):
             },
         )
         amb = Ambassador(port, f"http://127.0.0.1:{admin_port}", proc)
-        wait_until(lambda: http_ok(amb.admin + "/healthz"), what="ambassador liveness")
+        wait_until(lambda: http_ok(amb.admin + "/healthz") or not proc.alive(),
+                   what="ambassador liveness")  # fmt: skip
         wait_until(lambda: listening(port) or not proc.alive(), what="ambassador listening")
         assert proc.alive(), proc.output()
         return amb

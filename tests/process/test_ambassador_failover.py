@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 
@@ -115,3 +117,25 @@ def test_with_health_credentials_the_promoted_standby_becomes_the_primary(ambass
     assert states[f"127.0.0.1:{standby.port}"]["role"] == "primary"
     assert states[f"127.0.0.1:{primary.port}"]["healthy"] is False
     assert amb.metric("ambassador_failovers_total") >= 1
+
+
+def test_a_stalled_server_is_tolerated_for_a_few_timeouts_then_marked_down(ambassador, pair):  # noqa: F811
+    primary, _standby = pair
+    postmaster = int((primary.data / "postmaster.pid").read_text().split()[0])
+    common = {"AMBASSADOR_HEALTH_INTERVAL": "0.2", "AMBASSADOR_HEALTH_TIMEOUT": "0.2"}
+    patient = ambassador([primary.port], AMBASSADOR_HEALTH_TIMEOUTS="100", **common)
+    strict = ambassador([primary.port], AMBASSADOR_HEALTH_TIMEOUTS="2", **common)
+    for amb in (patient, strict):
+        wait_until(lambda amb=amb: amb.json("/upstreams")["upstreams"][0]["healthy"], what="up")
+    os.kill(postmaster, signal.SIGSTOP)  # accepts connections (kernel backlog), answers none
+    try:
+        wait_until(lambda: not strict.json("/upstreams")["upstreams"][0]["healthy"],
+                   timeout=5, what="strict ambassador marks it down")  # fmt: skip
+        assert strict.json("/upstreams")["upstreams"][0]["last_error"] == "timed out"
+        # The same stall, seen by an ambassador that tolerates timeouts: still healthy.
+        view = patient.json("/upstreams")["upstreams"][0]
+        assert view["healthy"] is True
+        assert view["consecutive_failures"] >= 2
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+    wait_until(lambda: strict.json("/upstreams")["upstreams"][0]["healthy"], what="back up")

@@ -29,6 +29,8 @@ class Config:
     drain_timeout: float
     health_interval: float
     health_timeout: float
+    # Consecutive check timeouts before an upstream counts as down.
+    health_timeouts_allowed: int
     health_user: str | None
     health_password: str | None
     health_database: str
@@ -85,6 +87,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         health_timeout=env.float(
             "AMBASSADOR_HEALTH_TIMEOUT", min(2.0, health_interval), min=0.1, max=300
         ),
+        health_timeouts_allowed=env.int("AMBASSADOR_HEALTH_TIMEOUTS", 3, min=1, max=100),
         health_user=health_user,
         health_password=health_password,
         health_database=env.str("AMBASSADOR_HEALTH_DATABASE", "postgres"),

@@ -196,14 +196,14 @@ async def check(upstream: Upstream, config: Config, tls: ssl.SSLContext | None) 
     """Run one probe and record its outcome on `upstream`."""
     try:
         in_recovery = await asyncio.wait_for(probe(upstream, config, tls), config.health_timeout)
-    except (
-        OSError,
-        EOFError,
-        TimeoutError,
-        UpstreamError,
-        pgwire.ProtocolError,
-        ValueError,
-    ) as exc:
+    except TimeoutError as exc:
+        # A slow answer is not a dead server (a busy host, a checkpoint): only several in a
+        # row make it unhealthy. A refusal, a reset or a wrong answer counts at once.
+        upstream.consecutive_failures += 1
+        upstream.last_error = describe(exc)
+        if upstream.consecutive_failures >= config.health_timeouts_allowed:
+            upstream.healthy = False
+    except (OSError, EOFError, UpstreamError, pgwire.ProtocolError, ValueError) as exc:
         upstream.healthy = False
         upstream.last_error = describe(exc)
         upstream.consecutive_failures += 1
