@@ -104,6 +104,8 @@ def test_config_defaults():
     assert config.max_connections == 100
     assert config.idle_timeout == 0
     assert config.drain_timeout == 30
+    assert config.health_timeouts_allowed == 3
+    assert config.event_loop == "uvloop"
     assert not config.checks_role
 
 
