@@ -322,3 +322,35 @@ def test_poll_holds_files_rotated_while_the_consumer_is_blocked(tmp_path, logs):
     assert lines(drain(follower)) == ["first 1", "second 1"]
     assert follower.stats.rotations == 2
     follower.close()
+
+
+def test_lagging_reader_finds_copy_of_a_file_truncated_then_renamed(tmp_path, logs):
+    app = logs / "app.log"
+    app.write_text("a1\n")
+    follower = make(tmp_path)
+    assert lines(drain(follower)) == ["a1"]
+    # Before the reader looks again: more lines, copytruncate, more lines, rename rotation.
+    append(app, "a2\n")
+    shutil.copyfile(app, logs / "app.log.copy")
+    with open(app, "r+b") as handle:
+        handle.truncate(0)
+    append(app, "b1\n")
+    os.rename(app, logs / "app.log.1")
+    app.write_text("c1\n")
+    assert lines(drain(follower)) == ["a2", "b1", "c1"]
+    assert follower.stats.copies_found == 1
+    follower.close()
+
+
+def test_copy_found_for_a_file_truncated_before_its_first_read(tmp_path, logs):
+    follower = make(tmp_path)
+    assert follower.read(timeout=0.1) is None
+    app = logs / "app.log"
+    app.write_text("never read 1\nnever read 2\n")
+    follower.poll()  # opened (and its head taken), but nothing read yet
+    shutil.copyfile(app, logs / "app.log.copy")
+    with open(app, "r+b") as handle:
+        handle.truncate(0)
+    append(app, "after\n")
+    assert lines(drain(follower)) == ["never read 1", "never read 2", "after"]
+    follower.close()

@@ -290,12 +290,12 @@ class Follower:
             block = _pread(stream.fd, want, stream.read_pos)
             now = time.monotonic()
             if not block:
-                if stream.live:
-                    self._check_truncated(stream)
-                elif now - stream.last_growth >= self.limits.rotate_wait:
+                if self._check_truncated(stream):
+                    return None
+                if not stream.live and now - stream.last_growth >= self.limits.rotate_wait:
                     return self._finish(stream)
                 return None
-            if stream.live and not self._head_intact(stream):
+            if not self._head_intact(stream):
                 # Truncated (and maybe rewritten) before or while we read: `block` may be
                 # new content at an old offset. Drop it; the new content is read from 0.
                 self._on_truncated(stream)
@@ -336,8 +336,9 @@ class Follower:
 
     def _close(self, stream: _Stream, count: bool = True) -> None:
         stream.closed = True
-        with contextlib.suppress(OSError):
-            os.close(stream.fd)
+        if stream.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(stream.fd)
         self._streams.pop(stream.seq, None)
         if self._by_ident.get(stream.ident) is stream:
             del self._by_ident[stream.ident]
@@ -355,22 +356,30 @@ class Follower:
         stream.head = head
         return True
 
-    def _check_truncated(self, stream: _Stream) -> None:
+    def _check_truncated(self, stream: _Stream) -> bool:
         try:
             size = os.fstat(stream.fd).st_size
         except OSError:
-            return
+            return False
         if size < stream.read_pos or not self._head_intact(stream):
             self._on_truncated(stream)
+            return True
+        return False
 
     def _on_truncated(self, stream: _Stream) -> None:
+        """The file was truncated in place (it may also have been renamed since). Its old
+        content goes on from the copy if there is one; the file itself is followed again
+        from 0 as a new stream on the same descriptor."""
         self.stats.truncations += 1
         position = stream.read_pos
-        copy = self._find_copy(stream.path, stream.head, position) if position else None
+        copy = self._find_copy(stream.path, stream.head, position) if stream.head else None
         del self._by_ident[stream.ident]
+        self._seq += 1
+        self._add_stream(
+            stream.fd, stream.ident, stream.path, origin=stream.origin, live=stream.live, offset=0
+        )
         if copy is not None:
             fd, ident, copy_path = copy
-            os.close(stream.fd)
             stream.fd, stream.ident, stream.path = fd, ident, copy_path
             stream.live = False
             stream.last_growth = time.monotonic()
@@ -381,16 +390,16 @@ class Follower:
                 extra={"path": stream.origin, "copy": copy_path, "offset": position},
             )
         else:
+            stream.fd = -1  # the descriptor now belongs to the renewed stream
             stream.detached = True
             stream.live = False
-            if position:
-                self.stats.truncations_without_copy += 1
+            self.stats.truncations_without_copy += 1
             log.warning(
                 "file truncated in place and no copy found: lines written after our position"
                 " and before the truncation are lost",
                 extra={"path": stream.origin, "offset": position},
             )
-        self._open(stream.origin, origin=stream.origin, live=True)
+        # `stream` (old content) keeps its lower seq: it is read before `renewed`.
 
     def _find_copy(self, path: str, head: bytes, position: int) -> tuple[int, Ident, str] | None:
         """A file in `path`'s directory with our head and at least `position` bytes:
@@ -551,6 +560,17 @@ class Follower:
             if len(head) == checkpoint.head_len and head_hash(head) == checkpoint.head_hash:
                 offset = checkpoint.offset
         self._seq += 1
+        stream = self._add_stream(fd, ident, path, origin=origin, live=live, offset=offset)
+        self.stats.files_opened += 1
+        log.info(
+            "following file",
+            extra={"path": path, "origin": origin, "offset": offset, "live": live},
+        )
+        return stream
+
+    def _add_stream(
+        self, fd: int, ident: Ident, path: str, *, origin: str, live: bool, offset: int
+    ) -> _Stream:
         stream = _Stream(
             seq=self._seq,
             fd=fd,
@@ -571,11 +591,6 @@ class Follower:
         )
         self._streams[stream.seq] = stream
         self._by_ident[ident] = stream
-        self.stats.files_opened += 1
-        log.info(
-            "following file",
-            extra={"path": path, "origin": origin, "offset": offset, "live": live},
-        )
         return stream
 
     def _scan(self) -> None:
@@ -607,6 +622,7 @@ class Follower:
         for ident, path in matches.items():
             if ident not in self._by_ident:
                 self._open(path, origin=path, live=True)
+        self._capture_heads()
 
     def _moved_away(self, stream: _Stream, new_path: str | None = None) -> None:
         try:
@@ -657,6 +673,7 @@ class Follower:
         if not events:
             return
         rescan = False
+        modified = False
         for event in events:
             if event.mask & inotify.IN_Q_OVERFLOW:
                 rescan = True
@@ -686,8 +703,22 @@ class Follower:
                     self._open(path, origin=path, live=True)
             elif event.mask & inotify.IN_DELETE:
                 rescan = rescan or self._matches(path)
+            elif event.mask & inotify.IN_MODIFY:
+                modified = True
         if rescan:
             self._scan()
+        elif modified:
+            self._capture_heads()
+
+    def _capture_heads(self) -> None:
+        """Take the head of files that are still shorter than the fingerprint as soon as
+        they grow, not only when they are read: if the reader lags and a file is
+        copytruncated before its first read, the head is what finds the copy."""
+        for stream in list(self._streams.values()):
+            if stream.detached or stream.finished or stream.closed:
+                continue
+            if len(stream.head) < self.limits.fingerprint_bytes and not self._head_intact(stream):
+                self._on_truncated(stream)
 
     def _remember_move(self, cookie: int, path: str) -> None:
         self._moves[cookie] = path
@@ -703,7 +734,9 @@ class Follower:
             return
         stream = self._by_ident.get((st.st_dev, st.st_ino))
         if stream is None:
-            self._open(target, origin=source, live=self._matches(target))
+            live = self._matches(target)
+            if self._open(target, origin=source, live=live) is not None and not live:
+                self.stats.rotations += 1
         elif self._matches(target):
             stream.path = stream.origin = target
         elif stream.live:

@@ -195,7 +195,7 @@ class Shipper:
             if self.stopping.is_set():
                 self.begin_shutdown()
             try:
-                self.queue.put(batch, timeout=0.5)
+                self.queue.put(batch, timeout=0.01)
                 return True
             except queue.Full:
                 if time.monotonic() >= self.deadline:
