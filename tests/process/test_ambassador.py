@@ -10,6 +10,7 @@ import resource
 import signal
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -365,3 +366,20 @@ def test_500_idle_clients_do_not_exhaust_fds_and_are_cleaned_up(ambassador, prim
     raw.close()
     assert received[:1] == b"R"  # the server's authentication request came through
     wait_until(lambda: amb.json("/upstreams")["sessions_open"] == 0, what="half-open session gone")
+
+
+def test_a_cancel_request_reaches_the_server_through_the_ambassador(ambassador, primary, pki):
+    amb = ambassador(
+        [primary.port], AMBASSADOR_TLS_MODE="verify-full", AMBASSADOR_TLS_CA_FILE=str(pki.ca_cert)
+    )
+    wait_until(lambda: http_ok(amb.admin + "/readyz"), what="readiness")
+    with psycopg.connect(amb.dsn()) as conn:
+        timer = threading.Timer(0.5, conn.cancel_safe)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(30)")
+        assert time.monotonic() - started < 10
+        timer.join()
+        conn.rollback()
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the session carries on

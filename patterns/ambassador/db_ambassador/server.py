@@ -273,6 +273,13 @@ class Ambassador:
         session = self._relay(packet, reader, writer, upstream, up_writer)
         if not is_cancel:
             self.metrics.sessions.labels(upstream=upstream.name).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            params = {} if is_cancel else pgwire.startup_params(packet)
+            log.debug(
+                "cancel request relayed" if is_cancel else "session started",
+                extra={"upstream": upstream.name, "user": params.get("user"),
+                       "database": params.get("database")},
+            )  # fmt: skip
         # Waiting here keeps this frame's stream objects alive: a garbage-collected
         # StreamWriter closes its transport.
         await session.closed
