@@ -147,6 +147,9 @@ class Follower:
         self._watched_dirs: dict[str, int] = {}
         self._moves: dict[int, str] = {}
         self._unreadable: set[str] = set()  # logged once, retried at every scan
+        self._watcher: threading.Thread | None = None
+        self._activity = threading.Event()
+        self._closing = threading.Event()
 
     # --- public API -----------------------------------------------------------------------
 
@@ -160,6 +163,11 @@ class Follower:
             if self._started:
                 return
             self._started = True
+            if self._inotify is not None:
+                self._watcher = threading.Thread(
+                    target=self._watch, name="follower-watch", daemon=True
+                )
+                self._watcher.start()
             if self.store is not None:
                 for checkpoint in self.store.load():
                     self._resume(checkpoint)
@@ -173,6 +181,7 @@ class Follower:
             with self._lock:
                 if not self._started:
                     self.start()
+                self._activity.clear()  # set by the watcher after anything it handles
                 self._handle_events()
                 if time.monotonic() >= self._next_scan:
                     self._scan()
@@ -251,6 +260,9 @@ class Follower:
         return len(self._streams)
 
     def close(self) -> None:
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join(2 * self.limits.poll_interval + 1)
         with self._lock:
             for stream in list(self._streams.values()):
                 self._close(stream, count=False)
@@ -666,10 +678,11 @@ class Follower:
             self._watched_dirs[directory] = wd
             self._watches[wd] = directory
 
-    def _handle_events(self) -> None:
-        if self._inotify is None:
-            return
-        events = self._inotify.read_events()
+    def _handle_events(self, events: list[inotify.Event] | None = None) -> None:
+        if events is None:
+            if self._inotify is None or self._watcher is not None:
+                return  # the watcher thread takes the events
+            events = self._inotify.read_events()
         if not events:
             return
         rescan = False
@@ -715,10 +728,13 @@ class Follower:
         they grow, not only when they are read: if the reader lags and a file is
         copytruncated before its first read, the head is what finds the copy."""
         for stream in list(self._streams.values()):
-            if stream.detached or stream.finished or stream.closed:
-                continue
-            if len(stream.head) < self.limits.fingerprint_bytes and not self._head_intact(stream):
+            if self._short_head(stream) and not self._head_intact(stream):
                 self._on_truncated(stream)
+
+    def _short_head(self, stream: _Stream) -> bool:
+        return len(stream.head) < self.limits.fingerprint_bytes and not (
+            stream.detached or stream.finished or stream.closed
+        )
 
     def _remember_move(self, cookie: int, path: str) -> None:
         self._moves[cookie] = path
@@ -744,9 +760,36 @@ class Follower:
         else:
             stream.path = target
 
+    def _watch(self) -> None:
+        """The watcher thread: handle inotify events as they come, whatever the consumer
+        is doing (busy, or blocked because its destination is down). A file that lives
+        for milliseconds is opened and its head taken within the time of one read."""
+        while not self._closing.is_set():
+            inotify_ = self._inotify
+            if inotify_ is None:
+                return
+            try:
+                ready, _, _ = select.select([inotify_.fileno()], [], [], self.limits.poll_interval)
+            except (OSError, ValueError):
+                return
+            if self._closing.is_set():
+                return
+            events = inotify_.read_events() if ready else []
+            if events and all(event.mask == inotify.IN_MODIFY for event in events):
+                # Growth only (the common case at high rates): wake the reader, and take
+                # the lock only if some file's head is still short.
+                with self._lock:
+                    if any(self._short_head(s) for s in self._streams.values()):
+                        self._capture_heads()
+            elif events or time.monotonic() >= self._next_scan:
+                with self._lock:
+                    self._handle_events(events)
+                    if time.monotonic() >= self._next_scan:
+                        self._scan()
+            self._activity.set()
+
     def _wait(self, seconds: float) -> None:
-        if self._inotify is None:
+        if self._watcher is None:
             time.sleep(seconds)
-            return
-        with contextlib.suppress(OSError, ValueError):
-            select.select([self._inotify.fileno()], [], [], seconds)
+        else:
+            self._activity.wait(seconds)
