@@ -383,3 +383,42 @@ def test_a_cancel_request_reaches_the_server_through_the_ambassador(ambassador, 
         timer.join()
         conn.rollback()
         assert conn.execute("SELECT 1").fetchone() == (1,)  # the session carries on
+
+
+def test_garbage_gets_a_protocol_error_and_a_non_postgres_upstream_is_unhealthy(ambassador):
+    # An HTTP server where a database should be: it answers, but not PostgreSQL.
+    with socket.socket() as fake:
+        fake.bind(("127.0.0.1", 0))
+        fake.listen(16)
+        fake.settimeout(0.2)
+        stop = threading.Event()
+
+        def answer_http() -> None:
+            while not stop.is_set():
+                try:
+                    peer, _ = fake.accept()
+                except OSError:
+                    continue
+                with peer:
+                    peer.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        server = threading.Thread(target=answer_http, daemon=True)
+        server.start()
+        try:
+            amb = ambassador([fake.getsockname()[1]])
+            upstream = amb.json("/upstreams")["upstreams"][0]
+            assert upstream["healthy"] is False
+            assert "not PostgreSQL" in upstream["last_error"]
+            # A client speaking HTTP to the ambassador gets a protocol violation, cleanly.
+            with socket.create_connection(("127.0.0.1", amb.port), timeout=5) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(4096):
+                    data += chunk
+            assert data[:1] == b"E"
+            assert parse_error_fields(data[5:])["C"] == "08P01"
+            assert amb.proc.alive()
+            assert amb.metric('ambassador_refusals_total{reason="bad_startup"}') == 1
+        finally:
+            stop.set()
+            server.join(5)
