@@ -35,8 +35,13 @@ Guarantees and rules:
   new content.
 - Memory is bounded: reads are at most `max_bytes`, a held incomplete line at most
   `max_line_bytes`; longer lines are split (or truncated) and counted.
-- While the consumer cannot take chunks (its destination is down), call `poll()` now
-  and then: files created and rotated away meanwhile are then opened and held.
+- With inotify (Linux), a watcher thread opens new and renamed files and takes their
+  heads as the events arrive, whatever the consumer is doing. Without it (polling), call
+  `poll()` now and then while the consumer cannot take chunks (destination down), so
+  files created and rotated away meanwhile are opened and held.
+- Limits: a file created and rotated away (or copytruncated) before the follower saw it
+  (polling: between two polls; inotify: within milliseconds, under heavy CPU load) may be
+  missed or, for copytruncate, lose the lines only its copy holds.
 - Counters for metrics are in `follower.stats` (a `FollowerStats`), plus
   `follower.followed` (open files) and `follower.backlog_bytes()`.
 """

@@ -255,6 +255,13 @@ class Follower:
                 for s in self._streams.values()
             ]
 
+    def healthy(self) -> tuple[bool, str]:
+        """For a readiness check: the watcher thread (if any) is running."""
+        watcher = self._watcher
+        if watcher is not None and not watcher.is_alive() and not self._closing.is_set():
+            return False, "file watcher thread stopped"
+        return True, "ok"
+
     @property
     def followed(self) -> int:
         return len(self._streams)

@@ -159,6 +159,9 @@ class Shipper:
     def ready(self) -> tuple[bool, str]:
         if not self.sender.is_alive() and not self.stopping.is_set():
             return False, "sender thread is not running"
+        ok, detail = self.follower.healthy()
+        if not ok:
+            return ok, detail
         return self.alive()
 
     # --- reader -------------------------------------------------------------------------------
