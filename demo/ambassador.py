@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,8 +280,11 @@ def failover(runtime: str) -> None:
     else:
         containers.run(["kubectl", "-n", DB_NAMESPACE, "scale", "deployment/db-primary",
                         "--replicas=0"])  # fmt: skip
-        containers.run(["kubectl", "-n", DB_NAMESPACE, "wait", "--for=delete", "pod",
-                        "-l", "app.kubernetes.io/name=db-primary", "--timeout=60s"])  # fmt: skip
+        # Not checked: "no matching resources" just means the pod is already gone.
+        wait = ["kubectl", "-n", DB_NAMESPACE, "wait", "--for=delete", "pod",
+                "-l", "app.kubernetes.io/name=db-primary", "--timeout=60s"]  # fmt: skip
+        say("$ " + " ".join(wait))
+        subprocess.run(wait, check=False)
         containers.run(["kubectl", "-n", DB_NAMESPACE, "exec", "deploy/db-standby", "--",
                         "pg_ctl", "promote", "-D", PGDATA])  # fmt: skip
         with _kind_forward():
