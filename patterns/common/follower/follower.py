@@ -194,15 +194,15 @@ class Follower:
             self._wait(min(remaining, self.limits.poll_interval))
 
     def poll(self) -> None:
-        """Keep track of files without reading: open new ones, notice rotations. Call it
-        while the consumer cannot take chunks (its destination is down), so that files
-        created and rotated away meanwhile are held open and not missed."""
+        """Look at the files now without reading them: open new ones, take their heads,
+        notice rotations. Without inotify, call it every `poll_interval` while the consumer
+        cannot take chunks (its destination is down), so that files created and rotated
+        away meanwhile are held open and not missed."""
         with self._lock:
             if not self._started:
                 self.start()
             self._handle_events()
-            if time.monotonic() >= self._next_scan:
-                self._scan()
+            self._scan()
 
     def commit(self, chunk: Chunk) -> None:
         """The consumer has durably handled `chunk` (and every chunk before it from the

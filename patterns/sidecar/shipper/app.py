@@ -198,12 +198,13 @@ class Shipper:
             if self.stopping.is_set():
                 self.begin_shutdown()
             try:
-                self.queue.put(batch, timeout=0.01)
+                self.queue.put(batch, timeout=self.config.limits.poll_interval)
                 return True
             except queue.Full:
                 if time.monotonic() >= self.deadline:
                     return False
-                self.follower.poll()  # hold files rotated meanwhile open: nothing missed
+                if not self.follower.uses_inotify:
+                    self.follower.poll()  # hold files rotated meanwhile open: nothing missed
 
     def _finish(self) -> None:
         self.begin_shutdown()
