@@ -50,7 +50,8 @@ if [[ ! -s "$tarball" ]]; then
     mirror=${DEBIAN_MIRROR:-$(host_mirror)}
     mkdir -p "$cache_dir"
     rootfs=$(mktemp -d "$cache_dir/rootfs.XXXXXX")
-    trap 'rm -rf "$rootfs"' EXIT
+    # --one-file-system: never follow a mount debootstrap may have left inside on failure.
+    trap 'rm -rf --one-file-system "$rootfs"' EXIT
     say "debootstrap $suite ($packages) from $mirror"
     debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" >&2
     # What an image does not need: apt's downloaded lists and packages, docs, man pages.
@@ -62,7 +63,7 @@ if [[ ! -s "$tarball" ]]; then
     : > "$rootfs/etc/machine-id"
     tar --numeric-owner -C "$rootfs" -cf "$tarball.partial" .
     mv "$tarball.partial" "$tarball"
-    rm -rf "$rootfs"
+    rm -rf --one-file-system "$rootfs"
     trap - EXIT
 fi
 
