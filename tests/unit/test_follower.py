@@ -354,3 +354,21 @@ def test_copy_found_for_a_file_truncated_before_its_first_read(tmp_path, logs):
     append(app, "after\n")
     assert lines(drain(follower)) == ["never read 1", "never read 2", "after"]
     follower.close()
+
+
+def test_closed_rotated_file_leaves_the_checkpoints(tmp_path, logs):
+    app = logs / "app.log"
+    app.write_text("1\n")
+    follower = make(tmp_path)
+    assert lines(drain(follower)) == ["1"]
+    os.rename(app, logs / "app.log.1")
+    app.write_text("2\n")
+    assert lines(drain(follower, idle=0.6)) == ["2"]
+    saved = json.loads((tmp_path / "state" / FILE_NAME).read_text())["files"]
+    assert [f["path"] for f in saved] == [str(app)]
+    follower.close()
+    (logs / "app.log.1").unlink()  # rotated away for good: no "lost" warning next time
+    follower = make(tmp_path)
+    assert drain(follower) == []
+    assert follower.stats.checkpoints_lost == 0
+    follower.close()

@@ -150,6 +150,7 @@ class Follower:
         self._watcher: threading.Thread | None = None
         self._activity = threading.Event()
         self._closing = threading.Event()
+        self._save_pending = False
 
     # --- public API -----------------------------------------------------------------------
 
@@ -186,6 +187,10 @@ class Follower:
                 if time.monotonic() >= self._next_scan:
                     self._scan()
                 chunk = self._next_chunk(max(max_bytes, 4096))
+                save = self._save_pending
+                self._save_pending = False
+            if save:
+                self.save()  # a file was closed: drop it from the checkpoints
             if chunk is not None:
                 return chunk
             remaining = deadline - time.monotonic()
@@ -363,6 +368,7 @@ class Follower:
             del self._by_ident[stream.ident]
         if count:
             self.stats.files_closed += 1
+            self._save_pending = True
 
     # --- identity, truncation, copies ---------------------------------------------------------
 
