@@ -787,19 +787,25 @@ class Follower:
                 return
             if self._closing.is_set():
                 return
-            events = inotify_.read_events() if ready else []
-            if events and all(event.mask == inotify.IN_MODIFY for event in events):
-                # Growth only (the common case at high rates): wake the reader, and take
-                # the lock only if some file's head is still short.
-                with self._lock:
-                    if any(self._short_head(s) for s in self._streams.values()):
-                        self._capture_heads()
-            elif events or time.monotonic() >= self._next_scan:
-                with self._lock:
-                    self._handle_events(events)
-                    if time.monotonic() >= self._next_scan:
-                        self._scan()
+            try:
+                self._handle_watched(inotify_.read_events() if ready else [])
+            except Exception:  # keep watching: the periodic scan repairs what was missed
+                log.exception("handling file events failed")
+                time.sleep(self.limits.poll_interval)
             self._activity.set()
+
+    def _handle_watched(self, events: list[inotify.Event]) -> None:
+        if events and all(event.mask == inotify.IN_MODIFY for event in events):
+            # Growth only (the common case at high rates): the reader is woken; take the
+            # heads of files still shorter than the fingerprint.
+            with self._lock:
+                if any(self._short_head(s) for s in self._streams.values()):
+                    self._capture_heads()
+        elif events or time.monotonic() >= self._next_scan:
+            with self._lock:
+                self._handle_events(events)
+                if time.monotonic() >= self._next_scan:
+                    self._scan()
 
     def _wait(self, seconds: float) -> None:
         if self._watcher is None:
