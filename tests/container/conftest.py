@@ -21,10 +21,12 @@ import contextlib
 import json
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +35,6 @@ from tests.conftest import ROOT
 
 RUN_AS = "10001:10001"
 BUILD_LOG = ROOT / "build" / "container-images.log"
-IMAGES_JSON = ROOT / "build" / "container-images.json"
 
 
 @pytest.fixture(scope="session")
@@ -56,16 +57,19 @@ def build_suite_images() -> dict[str, str]:
     image reference. A failed build fails the calling test: it is a defect, not a
     missing prerequisite."""
     BUILD_LOG.parent.mkdir(parents=True, exist_ok=True)
-    with open(BUILD_LOG, "w") as log:
+    # The list of built images is this session's own: another session may build at once.
+    with open(BUILD_LOG, "w") as log, tempfile.TemporaryDirectory() as scratch:
+        images_json = Path(scratch) / "images.json"
         result = subprocess.run(
-            [sys.executable, str(ROOT / "images" / "build.py"), "--json", str(IMAGES_JSON)],
+            [sys.executable, str(ROOT / "images" / "build.py"), "--json", str(images_json)],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, check=False,
         )
+        built = json.loads(images_json.read_text())["images"] if result.returncode == 0 else {}
     if result.returncode != 0:
         tail = "\n".join(BUILD_LOG.read_text(errors="replace").splitlines()[-40:])
         pytest.fail(f"images/build.py failed (exit {result.returncode}); full log in "
                     f"{BUILD_LOG}:\n{tail}", pytrace=False)
-    return dict(json.loads(IMAGES_JSON.read_text())["images"])
+    return dict(built)
 
 
 @pytest.fixture(scope="session")
