@@ -1,5 +1,6 @@
-"""Every workload in k8s/ meets the Pod Security "restricted" profile and the suite's own
-rules: numeric non-root user, read-only root filesystem, all capabilities dropped, no
+"""Every object in k8s/ validates strictly against the schema of the pinned Kubernetes
+version (as `make validate` checks), and every workload meets the Pod Security "restricted"
+profile and the suite's own rules: numeric non-root user, read-only root filesystem, all capabilities dropped, no
 privilege escalation, RuntimeDefault seccomp, requests and limits, liveness and readiness
 probes on every long-running container (native sidecars included), and pinned images.
 
@@ -10,6 +11,7 @@ parsed directly (overlays need kustomize, so they are only checked with it).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -185,6 +187,34 @@ def violations(workload: Workload) -> list[str]:
 
 
 WORKLOADS = workloads()
+
+
+def pinned_kubernetes_version() -> str:
+    """K8S_VERSION from the Makefile: the version kind runs, which `make validate` uses."""
+    match = re.search(r"^K8S_VERSION\s*\?=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M)
+    assert match, "no K8S_VERSION in the Makefile"
+    return match.group(1)
+
+
+def all_rendered() -> list[Any]:
+    return [pytest.param(source, doc, id=f"{source}:{doc.get('kind')}/"
+                         f"{(doc.get('metadata') or {}).get('name')}")
+            for source, doc in rendered_documents()]
+
+
+@pytest.mark.parametrize(("source", "doc"), all_rendered())
+def test_object_validates_strictly_against_the_pinned_kubernetes_schema(
+    source: str, doc: dict[str, Any]
+) -> None:
+    # What `make validate` checks, in the test run too (unknown fields are errors).
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="needs kubernetes-validate: pip install -e '.[lint]'")
+    assert doc.get("kind") != "KustomizeError", f"kubectl kustomize failed:\n{doc.get('error')}"
+    try:
+        kubernetes_validate.validate(doc, pinned_kubernetes_version(), strict=True)
+    except kubernetes_validate.ValidationError as error:
+        pytest.fail(f"{source}: {doc['kind']}/{doc['metadata']['name']}: "
+                    f"{error.message} at {'.'.join(str(p) for p in error.path)}", pytrace=False)
 
 
 def test_manifests_exist_for_the_patterns() -> None:
