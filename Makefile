@@ -22,7 +22,7 @@ PYTEST_ARGS  ?=
 # after the system's: an installed kubectl, matching the cluster, wins.
 export PATH := $(PATH):$(abspath $(VENV))/bin
 
-.PHONY: help venv images print-image-tag kind-up kind-down kind-load \
+.PHONY: help venv images print-image-tag prune-images kind-up kind-down kind-load \
         demo-sidecar demo-adapter demo-ambassador ambassador-failover demo-clean \
         test lint validate benchmarks clean
 
@@ -51,6 +51,14 @@ images: venv ## build every service image (python:3.12-slim, else a Debian-packa
 
 print-image-tag: ## print the tag `make images` gives the images
 	@echo $(IMAGE_TAG)
+
+prune-images: ## remove podpatterns images of other commits (keeps IMAGE_TAG and the base)
+	@old=$$(docker images --format '{{.Repository}}:{{.Tag}}' \
+	        | grep -E '^$(IMAGE_PREFIX)/' | grep -v '^$(IMAGE_PREFIX)/debian-python:' \
+	        | grep -v ':$(IMAGE_TAG)$$' || true); \
+	if [ -n "$$old" ]; then docker rmi $$old >/dev/null 2>&1 || echo "(images a container still uses were kept)"; \
+	    echo "pruned $$(echo $$old | wc -w) image tags of other commits"; \
+	else echo "nothing to remove"; fi
 
 kind-up: ## create the kind cluster (node image pinned by digest in k8s/kind-cluster.yaml)
 	@if kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then \
