@@ -8,11 +8,15 @@ database goes away the app shows the ambassador's plain error instead of hanging
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
+import tarfile
 from dataclasses import dataclass
 
 import pytest
 
+from tests import pg
 from tests.container.conftest import Pod, PodContainer, Pods
 
 PASSWORD = "container-test-password"
@@ -32,8 +36,23 @@ def http_ready(container: PodContainer, port: int) -> bool:
     return container.running() and container.http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
 
 
+def tar_of(files: dict[str, bytes], mode: int = 0o600) -> bytes:
+    """A tar archive for put_archive, its files owned by the pods' uid 10001."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid = len(content), mode, 10001, 10001
+            archive.addfile(info, io.BytesIO(content))
+    return out.getvalue()
+
+
 @pytest.fixture(scope="module")
-def ambassador_pods(images: dict[str, str], pods: Pods) -> AmbassadorPods:
+def ambassador_pods(
+    images: dict[str, str], pods: Pods, tmp_path_factory: pytest.TempPathFactory
+) -> AmbassadorPods:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make the test CA: apt-get install openssl")
     db_pod = pods.new("db")
     data = db_pod.volume("pgdata", size="256m")
     db = db_pod.start(
@@ -41,19 +60,41 @@ def ambassador_pods(images: dict[str, str], pods: Pods) -> AmbassadorPods:
         env={"POSTGRES_PASSWORD": PASSWORD, "PG_ROLE": "primary", "PG_CLUSTER_NAME": "primary"},
         mounts={data: PGDATA_ROOT}, mem_limit="512m",
     )  # fmt: skip
+    pods.eventually(lambda: db.exec("pg_isready", "-h", "/tmp")[0] == 0, "PostgreSQL up", 60)
+    # The server's certificate names the database pod as the app pod reaches it.
+    pki = pg.make_pki(tmp_path_factory.mktemp("pki"), [db_pod.address])
+    # TLS on, live: the key and certificate into PGDATA, then ssl = on and a reload.
+    db.container.put_archive(f"{PGDATA_ROOT}/data", tar_of(
+        {"server.crt": pki.server_cert.read_bytes(), "server.key": pki.server_key.read_bytes()}
+    ))  # fmt: skip
+    for sql in ("ALTER SYSTEM SET ssl = on", "SELECT pg_reload_conf()"):
+        result = db.container.exec_run(
+            ["psql", "-h", "/tmp", "-U", "postgres", "-c", sql],
+            user="10001:10001", environment={"PGPASSWORD": PASSWORD},
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+
     app_pod = pods.new("notes")
+    ca = app_pod.volume("db-ca", size="1m")
     app = app_pod.start(
         "notes-app", images["notes-app"],
         env={"NOTES_APP_PORT": "8080", "NOTES_APP_DB_TIMEOUT": "3",
              "DATABASE_URL": "postgresql://postgres@localhost:5432/postgres",
              "PGPASSWORD": PASSWORD},
+        # Mounted here only so the CA can be put in before the ambassador starts.
+        mounts={ca: "/etc/podpatterns/db-ca"},
     )  # fmt: skip
+    app.container.put_archive("/etc/podpatterns/db-ca",
+                              tar_of({"ca.crt": pki.ca_cert.read_bytes()}, mode=0o644))  # fmt: skip
     ambassador = app_pod.start(
         "db-ambassador", images["db-ambassador"],
         env={"AMBASSADOR_LISTEN": "127.0.0.1:5432",
              "AMBASSADOR_UPSTREAMS": f"{db_pod.address}:5432",
+             "AMBASSADOR_TLS_MODE": "verify-full",
+             "AMBASSADOR_TLS_CA_FILE": "/etc/podpatterns/db-ca/ca.crt",
              "AMBASSADOR_HTTP_PORT": "9104", "AMBASSADOR_HEALTH_INTERVAL": "1",
              "AMBASSADOR_HEALTH_USER": "postgres", "AMBASSADOR_HEALTH_PASSWORD": PASSWORD},
+        mounts={ca: "/etc/podpatterns/db-ca:ro"},
     )  # fmt: skip
     pods.eventually(lambda: http_ready(ambassador, 9104), "the ambassador to be ready", 60)
     pods.eventually(lambda: http_ready(app, 8080), "the notes app to be ready", 60)
@@ -126,10 +167,12 @@ def test_the_app_reaches_the_database_only_through_localhost(ambassador_pods):
     # (PGPASSWORD is in the container's environment, as the app uses it.)
     exit_code, output = app.exec(
         "psql", "postgresql://postgres@localhost:5432/postgres", "-Atc",
-        "SELECT current_setting('cluster_name')",
+        "SELECT current_setting('cluster_name'), ssl FROM pg_stat_ssl"
+        " WHERE pid = pg_backend_pid()",
     )  # fmt: skip
     assert exit_code == 0, output
-    assert output.strip() == "primary"
+    # The primary, over TLS that the ambassador verified (verify-full, the pod's DNS name).
+    assert output.strip() == "primary|t"
     # The app's environment names no other database host.
     exit_code, env = app.exec("env")
     assert ambassador_pods.db_pod.address not in env
