@@ -44,8 +44,7 @@ def test_a_second_run_reuses_the_image(base_image: str) -> None:
 def test_image_runs_python_and_makes_venvs(docker_client: Any, base_image: str) -> None:
     output = docker_client.containers.run(
         base_image, ["sh", "-c", "python3 -m venv /tmp/v && /tmp/v/bin/python -c "
-                     "'import ssl, sys; print(sys.version_info[:2] >= (3, 11), "
-                     "ssl.get_default_verify_paths().cafile or \"-\")'"],
+                     "'import sys; print(sys.version_info[:2] >= (3, 11))'"],
         remove=True, network_disabled=True,
     ).decode()
     assert output.split()[0] == "True", output
