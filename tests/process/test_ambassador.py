@@ -203,13 +203,19 @@ def test_health_credentials_find_the_primary_with_each_password_method(ambassado
     assert amb.metric(f'ambassador_upstream_primary{{upstream="127.0.0.1:{primary.port}"}}') == 1
 
 
-def test_wrong_health_password_marks_the_upstream_unhealthy_with_the_reason(ambassador, primary):
+def test_a_rejected_health_login_keeps_routing_and_says_why(ambassador, primary):
+    # The server answered, in PostgreSQL: it is up. Failing it would cut every session
+    # over a health-credentials mistake or a password rotation.
     amb = ambassador(
         [primary.port], AMBASSADOR_HEALTH_USER="postgres", AMBASSADOR_HEALTH_PASSWORD="wrong"
     )
     upstream = amb.json("/upstreams")["upstreams"][0]
-    assert upstream["healthy"] is False
+    assert upstream["healthy"] is True
+    assert upstream["role"] == "unknown"
     assert "28P01" in upstream["last_error"]  # invalid_password, from the server itself
+    with psycopg.connect(amb.dsn()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert "health login rejected" in amb.proc.output()
 
 
 def test_over_the_limit_the_client_sees_sqlstate_53300(ambassador, primary):

@@ -139,5 +139,8 @@ def test_health_password_from_a_file(tmp_path):
             "AMBASSADOR_HEALTH_PASSWORD_FILE": str(secret),
         }
     )
-    assert config.health_password == "from-a-secret"
+    assert config.health_password() == "from-a-secret"
     assert config.checks_role
+    # A rotated Secret is read at the next check, without a restart.
+    secret.write_text("rotated\n")
+    assert config.health_password() == "rotated"

@@ -32,9 +32,21 @@ class Config:
     # Consecutive check timeouts before an upstream counts as down.
     health_timeouts_allowed: int
     health_user: str | None
-    health_password: str | None
+    health_password_value: str | None
+    # Read at every check, so a rotated Secret is picked up without a restart.
+    health_password_file: str | None
     health_database: str
     event_loop: str
+
+    def health_password(self) -> str:
+        """The file wins over the variable; an unreadable file reads as no password (the
+        check then fails with the server's own authentication error)."""
+        if self.health_password_file is not None:
+            try:
+                return Path(self.health_password_file).read_text().rstrip("\r\n")
+            except OSError:
+                return ""
+        return self.health_password_value or ""
 
     @property
     def checks_role(self) -> bool:
@@ -65,7 +77,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
     password_file = env.optional_str("AMBASSADOR_HEALTH_PASSWORD_FILE")
     if password_file is not None:
         try:
-            health_password = Path(password_file).read_text().rstrip("\r\n")
+            Path(password_file).read_text()
         except OSError as exc:
             env.problems.append(
                 f"AMBASSADOR_HEALTH_PASSWORD_FILE={password_file!r}: {exc.strerror}"
@@ -89,7 +101,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
         ),
         health_timeouts_allowed=env.int("AMBASSADOR_HEALTH_TIMEOUTS", 3, min=1, max=100),
         health_user=health_user,
-        health_password=health_password,
+        health_password_value=health_password,
+        health_password_file=password_file,
         health_database=env.str("AMBASSADOR_HEALTH_DATABASE", "postgres"),
         event_loop=env.choice("AMBASSADOR_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
     )

@@ -105,6 +105,7 @@ class Ambassador:
 
     async def check_all(self) -> None:
         was_healthy = {u.name: u.healthy for u in self.upstreams}
+        had_error = {u.name: u.last_error for u in self.upstreams}
         await asyncio.gather(*(check(u, self.config, self.tls) for u in self.upstreams))
         for upstream in self.upstreams:
             result = "ok" if upstream.healthy else "failed"
@@ -119,6 +120,12 @@ class Ambassador:
                         "upstream unhealthy",
                         extra={"upstream": upstream.name, "error": upstream.last_error},
                     )
+            changed = upstream.last_error != had_error[upstream.name]
+            if upstream.healthy and upstream.last_error and changed:
+                log.warning(
+                    "health login rejected: upstream is up, its role unknown",
+                    extra={"upstream": upstream.name, "error": upstream.last_error},
+                )
             if not upstream.healthy and upstream.sessions:
                 self._kill_sessions(upstream)
         candidates = self.candidates()

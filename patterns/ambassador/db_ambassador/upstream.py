@@ -19,6 +19,14 @@ _MAX_MESSAGE = 1 << 20
 class UpstreamError(Exception):
     """An upstream could not be reached or refused us; the text says why, for the client."""
 
+    def __init__(self, text: str, sqlstate: str | None = None) -> None:
+        super().__init__(text)
+        self.sqlstate = sqlstate
+
+
+def server_error(body: bytes) -> UpstreamError:
+    return UpstreamError(pgwire.describe_error(body), pgwire.parse_error_fields(body).get("C"))
+
 
 @dataclass
 class Upstream:
@@ -48,7 +56,7 @@ class Upstream:
             "healthy": self.healthy,
             "role": self.role,
             "sessions": self.sessions,
-            "last_error": None if self.healthy else self.last_error,
+            "last_error": self.last_error or None,
             "last_check": self.last_check,
             "consecutive_failures": self.consecutive_failures,
         }
@@ -113,7 +121,7 @@ async def _authenticate(
     while True:
         kind, body = await read_message(reader)
         if kind == b"E":
-            raise UpstreamError(pgwire.describe_error(body))
+            raise server_error(body)
         if kind != b"R":
             raise pgwire.ProtocolError(f"unexpected message {kind!r} during authentication")
         (code,) = struct.unpack_from("!I", body)
@@ -144,7 +152,7 @@ async def _query_in_recovery(reader: asyncio.StreamReader, writer: asyncio.Strea
     while True:
         kind, body = await read_message(reader)
         if kind == b"E":
-            raise UpstreamError(pgwire.describe_error(body))
+            raise server_error(body)
         if kind == b"Z":
             break
     writer.write(pgwire.query_message("SELECT pg_is_in_recovery()"))
@@ -154,7 +162,7 @@ async def _query_in_recovery(reader: asyncio.StreamReader, writer: asyncio.Strea
         if kind == b"D":
             value = pgwire.first_column(body)
         elif kind == b"E":
-            raise UpstreamError(pgwire.describe_error(body))
+            raise server_error(body)
         elif kind == b"Z":
             break
     writer.write(pgwire.terminate_message())
@@ -186,7 +194,7 @@ async def probe(upstream: Upstream, config: Config, tls: ssl.SSLContext | None) 
             )
         )
         await writer.drain()
-        await _authenticate(reader, writer, config.health_user, config.health_password or "")
+        await _authenticate(reader, writer, config.health_user, config.health_password())
         return await _query_in_recovery(reader, writer)
     finally:
         writer.transport.abort()
@@ -203,7 +211,17 @@ async def check(upstream: Upstream, config: Config, tls: ssl.SSLContext | None) 
         upstream.last_error = describe(exc)
         if upstream.consecutive_failures >= config.health_timeouts_allowed:
             upstream.healthy = False
-    except (OSError, EOFError, UpstreamError, pgwire.ProtocolError, ValueError) as exc:
+    except UpstreamError as exc:
+        upstream.last_error = describe(exc)
+        upstream.consecutive_failures += 1
+        # The server answered in PostgreSQL and rejected the health login (class 28:
+        # wrong password, role or pg_hba rule): it is up, only its role is unknown. Failing
+        # it would cut every session over a credentials mistake or a password rotation.
+        auth_rejected = (exc.sqlstate or "").startswith("28")
+        upstream.healthy = auth_rejected
+        if auth_rejected:
+            upstream.in_recovery = None
+    except (OSError, EOFError, pgwire.ProtocolError, ValueError) as exc:
         upstream.healthy = False
         upstream.last_error = describe(exc)
         upstream.consecutive_failures += 1
