@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from . import pgwire
 from .config import Config
 
+# Errors on the health login that prove the server is up: invalid authorization (28),
+# invalid catalog name (3D), insufficient resources (53, e.g. too many connections).
+_SERVER_UP_SQLSTATE_CLASSES = ("28", "3D", "53")
 # Bigger than any health-check reply; a larger length means we are not talking to PostgreSQL.
 _MAX_MESSAGE = 1 << 20
 
@@ -214,10 +217,11 @@ async def check(upstream: Upstream, config: Config, tls: ssl.SSLContext | None) 
     except UpstreamError as exc:
         upstream.last_error = describe(exc)
         upstream.consecutive_failures += 1
-        # The server answered in PostgreSQL and rejected the health login (class 28:
-        # wrong password, role or pg_hba rule): it is up, only its role is unknown. Failing
-        # it would cut every session over a credentials mistake or a password rotation.
-        auth_rejected = (exc.sqlstate or "").startswith("28")
+        # The server answered in PostgreSQL and refused the health login for a reason that
+        # says nothing about its own health (wrong password, role or pg_hba rule; no such
+        # database; all connection slots taken): it is up, only its role is unknown.
+        # Failing it would cut every session over a credentials mistake or a busy server.
+        auth_rejected = (exc.sqlstate or "").startswith(_SERVER_UP_SQLSTATE_CLASSES)
         upstream.healthy = auth_rejected
         if auth_rejected:
             upstream.in_recovery = None
