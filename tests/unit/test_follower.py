@@ -372,3 +372,27 @@ def test_closed_rotated_file_leaves_the_checkpoints(tmp_path, logs):
     assert drain(follower) == []
     assert follower.stats.checkpoints_lost == 0
     follower.close()
+
+
+def test_generations_rotated_away_while_down_are_read_oldest_first(tmp_path, logs):
+    app = logs / "app.log"
+    (logs / "app.log.3").write_text("older generation, shipped long ago\n")
+    (logs / "app.log.4.gz").write_bytes(b"\x1f\x8b compressed archive")
+    time.sleep(0.05)  # modification times must tell the generations apart
+    app.write_text("1\n")
+    follower = make(tmp_path, pattern="app.log")
+    assert lines(drain(follower)) == ["1"]
+    follower.close()
+    # Down while the app rotates twice, RotatingFileHandler style (.1 -> .2, log -> .1).
+    append(app, "2\n")
+    os.rename(app, logs / "app.log.1")
+    time.sleep(0.05)
+    app.write_text("3\n")
+    os.rename(logs / "app.log.1", logs / "app.log.2")
+    os.rename(app, logs / "app.log.1")
+    time.sleep(0.05)
+    app.write_text("4\n")
+    follower = make(tmp_path, pattern="app.log")
+    assert lines(drain(follower, idle=0.6)) == ["2", "3", "4"]
+    assert follower.stats.rotated_while_down == 1
+    follower.close()

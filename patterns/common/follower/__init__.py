@@ -20,8 +20,9 @@ Guarantees and rules:
 
 - A file without a checkpoint is read from its beginning; a checkpointed file from its
   committed offset (found again by inode, or by head fingerprint if it was renamed or
-  copied while the process was down). A restart re-reads what was read but not committed:
-  at-least-once.
+  copied while the process was down); files rotated away after it while the process was
+  down (same name prefix, not compressed, newer) are read from 0, oldest first. A restart
+  re-reads what was read but not committed: at-least-once.
 - Commit chunks of one file in the order read() returned them (one consumer thread, or
   a queue in order). `commit` may be called from another thread than `read`.
 - Rename rotation: the old file stays open and is read to its end before the new one;

@@ -39,6 +39,8 @@ class Checkpoint:
     path: str  # where the file was last seen (rotated files keep being searched here)
     origin: str  # the followed (glob-matched) name its lines were written under
     live: bool  # still under its followed name (False: rotated, copied or deleted)
+    # Last modification seen: files rotated away after it (while we were down) are newer.
+    mtime_ns: int = 0
 
 
 class CheckpointStore:

@@ -34,6 +34,8 @@ from patterns.common.follower.lines import LineBuffer, LineStats
 log = logging.getLogger(__name__)
 
 Ident = tuple[int, int]  # (st_dev, st_ino)
+# Rotated files with these endings are compressed archives, never read as logs.
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".Z")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class FollowerStats(LineStats):
     files_opened: int = 0
     files_closed: int = 0
     checkpoints_lost: int = 0  # checkpointed files found nowhere at start
+    rotated_while_down: int = 0  # newer rotated files found at start and read from 0
 
 
 @dataclass
@@ -94,7 +97,14 @@ class _Stream:
             path=self.path,
             origin=self.origin,
             live=self.live,
+            mtime_ns=self._mtime_ns(),
         )
+
+    def _mtime_ns(self) -> int:
+        try:
+            return os.fstat(self.fd).st_mtime_ns
+        except OSError:
+            return 0
 
 
 @dataclass(frozen=True)
@@ -170,8 +180,9 @@ class Follower:
                 )
                 self._watcher.start()
             if self.store is not None:
-                for checkpoint in self.store.load():
-                    self._resume(checkpoint)
+                checkpoints = self.store.load()
+                resumed = [self._resume(checkpoint) for checkpoint in checkpoints]
+                self._recover_generations(checkpoints, resumed)
             self._scan()
 
     def read(self, max_bytes: int = 1024 * 1024, timeout: float = 1.0) -> Chunk | None:
@@ -469,7 +480,7 @@ class Follower:
 
     # --- checkpoints at start -------------------------------------------------------------------
 
-    def _resume(self, checkpoint: Checkpoint) -> None:
+    def _resume(self, checkpoint: Checkpoint) -> _Stream | None:
         """Reopen a checkpointed file where it is now: under its name, renamed (same
         inode, same head) or copied (a copytruncate while we were down: same head)."""
         ident = (checkpoint.dev, checkpoint.ino)
@@ -489,19 +500,65 @@ class Follower:
                     "checkpointed file found elsewhere (renamed or copied while we were down)",
                     extra={"path": checkpoint.path, "now_at": path},
                 )
-            self._open(
+            return self._open(
                 path,
                 origin=checkpoint.origin,
                 live=self._matches(path),
                 checkpoint=checkpoint,
             )
-            return
         self.stats.checkpoints_lost += 1
         log.warning(
             "checkpointed file not found (deleted, or rewritten in place); its unshipped"
             " lines are lost",
             extra={"path": checkpoint.path, "offset": checkpoint.offset},
         )
+        return None
+
+    def _recover_generations(
+        self, checkpoints: list[Checkpoint], resumed: list[_Stream | None]
+    ) -> None:
+        """Files rotated away while we were down after the checkpointed one (an app that
+        rotated several times): named like the followed file (`app.log.1`, `app.log-2026…`,
+        not compressed), newer than the checkpointed file, not followed. Read from 0,
+        oldest first, before the live file."""
+        newest: dict[str, int] = {}
+        live_found: set[str] = set()
+        for checkpoint, stream in zip(checkpoints, resumed, strict=True):
+            if stream is not None and stream.live and stream.path == checkpoint.origin:
+                live_found.add(checkpoint.origin)
+            mtime = stream._mtime_ns() if stream is not None else checkpoint.mtime_ns
+            newest[checkpoint.origin] = max(newest.get(checkpoint.origin, 0), mtime)
+        for origin, reference in newest.items():
+            if origin in live_found or not reference:
+                continue
+            directory, base = os.path.split(origin)
+            found: list[tuple[int, str]] = []
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                name = entry.name
+                if name == base or not name.startswith(base) or name.endswith(_COMPRESSED):
+                    continue
+                try:
+                    st = entry.stat()
+                except OSError:
+                    continue
+                if (
+                    stat.S_ISREG(st.st_mode)
+                    and st.st_mtime_ns > reference
+                    and (st.st_dev, st.st_ino) not in self._by_ident
+                    and not self._matches(entry.path)
+                ):
+                    found.append((st.st_mtime_ns, entry.path))
+            for _, path in sorted(found):
+                if self._open(path, origin=origin, live=False) is not None:
+                    self.stats.rotated_while_down += 1
+                    log.info(
+                        "file rotated away while we were down: reading it from the start",
+                        extra={"path": path, "origin": origin},
+                    )
 
     def _candidates(self, checkpoint: Checkpoint) -> list[str]:
         """Where the checkpointed file may be: the same inode (under its last path, or

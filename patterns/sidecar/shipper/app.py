@@ -70,6 +70,8 @@ class FollowerMetrics(Collector):
         "files_opened": "Files opened for following.",
         "files_closed": "Rotated or deleted files closed after they were fully shipped.",
         "checkpoints_lost": "Checkpointed files found nowhere at start.",
+        "rotated_while_down": "Files rotated away while the shipper was down, found at"
+        " start (newer than the checkpointed file) and shipped from their beginning.",
     }
 
     def __init__(self, follower: Follower) -> None:
