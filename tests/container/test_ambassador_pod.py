@@ -1,5 +1,6 @@
-"""The ambassador pattern in real containers built from images/: a PostgreSQL pod (the
-"outside world") and a notes-app + db-ambassador pod sharing one network namespace.
+"""The ambassador pattern in real containers built from images/: PostgreSQL primary and
+streaming-standby pods (the "outside world", TLS on) and a notes-app + db-ambassador pod
+sharing one network namespace.
 
 What a user relies on: the app's configuration names only localhost, every database
 connection the app's processes hold goes to 127.0.0.1:5432 (the ambassador), and when the
@@ -27,6 +28,8 @@ PGDATA_ROOT = "/var/lib/pgdata"
 class AmbassadorPods:
     db_pod: Pod
     db: PodContainer
+    standby_pod: Pod
+    standby: PodContainer
     app: PodContainer
     ambassador: PodContainer
     pods: Pods
@@ -61,8 +64,10 @@ def ambassador_pods(
         mounts={data: PGDATA_ROOT}, mem_limit="512m",
     )  # fmt: skip
     pods.eventually(lambda: db.exec("pg_isready", "-h", "/tmp")[0] == 0, "PostgreSQL up", 60)
-    # The server's certificate names the database pod as the app pod reaches it.
-    pki = pg.make_pki(tmp_path_factory.mktemp("pki"), [db_pod.address])
+    standby_pod = pods.new("standby")
+    standby_address = f"{standby_pod.name}-postgres"  # the name Pod.start will give it
+    # The servers' certificate names both database pods as the app pod reaches them.
+    pki = pg.make_pki(tmp_path_factory.mktemp("pki"), [db_pod.address, standby_address])
     # TLS on, live: the key and certificate into PGDATA, then ssl = on and a reload.
     db.container.put_archive(f"{PGDATA_ROOT}/data", tar_of(
         {"server.crt": pki.server_cert.read_bytes(), "server.key": pki.server_key.read_bytes()}
@@ -73,6 +78,16 @@ def ambassador_pods(
             user="10001:10001", environment={"PGPASSWORD": PASSWORD},
         )  # fmt: skip
         assert result.exit_code == 0, result.output
+    # The standby's base backup copies the certificate and ssl = on along with the data.
+    standby_data = standby_pod.volume("pgdata", size="256m")
+    standby = standby_pod.start(
+        "postgres", images["postgres"],
+        env={"POSTGRES_PASSWORD": PASSWORD, "PG_ROLE": "standby", "PG_CLUSTER_NAME": "standby",
+             "PG_PRIMARY_HOST": db_pod.address},
+        mounts={standby_data: PGDATA_ROOT}, mem_limit="512m",
+    )  # fmt: skip
+    assert standby_pod.address == standby_address
+    pods.eventually(lambda: standby.exec("pg_isready", "-h", "/tmp")[0] == 0, "standby up", 90)
 
     app_pod = pods.new("notes")
     ca = app_pod.volume("db-ca", size="1m")
@@ -89,7 +104,7 @@ def ambassador_pods(
     ambassador = app_pod.start(
         "db-ambassador", images["db-ambassador"],
         env={"AMBASSADOR_LISTEN": "127.0.0.1:5432",
-             "AMBASSADOR_UPSTREAMS": f"{db_pod.address}:5432",
+             "AMBASSADOR_UPSTREAMS": f"{db_pod.address}:5432,{standby_address}:5432",
              "AMBASSADOR_TLS_MODE": "verify-full",
              "AMBASSADOR_TLS_CA_FILE": "/etc/podpatterns/db-ca/ca.crt",
              "AMBASSADOR_HTTP_PORT": "9104", "AMBASSADOR_HEALTH_INTERVAL": "1",
@@ -98,7 +113,7 @@ def ambassador_pods(
     )  # fmt: skip
     pods.eventually(lambda: http_ready(ambassador, 9104), "the ambassador to be ready", 60)
     pods.eventually(lambda: http_ready(app, 8080), "the notes app to be ready", 60)
-    return AmbassadorPods(db_pod, db, app, ambassador, pods)
+    return AmbassadorPods(db_pod, db, standby_pod, standby, app, ambassador, pods)
 
 
 def post_note(app: PodContainer, body: str) -> tuple[int, str]:
@@ -186,12 +201,39 @@ def test_the_ambassador_runs_hardened_and_reports_the_upstream(ambassador_pods):
     status, body = ambassador.http_get("http://127.0.0.1:9104/upstreams")
     assert status == 200, body
     view = json.loads(body)
-    assert view["upstreams"][0]["role"] == "primary"
-    assert view["upstreams"][0]["healthy"] is True
+    assert [(u["role"], u["healthy"]) for u in view["upstreams"]] == [
+        ("primary", True), ("standby", True)
+    ]
+    assert view["active_upstream"] == f"{ambassador_pods.db_pod.address}:5432"
+
+
+def test_failover_between_database_pods(ambassador_pods):
+    """The primary's container stops; the standby is promoted; the app, unchanged, writes
+    to it through the same localhost:5432."""
+    app, pods = ambassador_pods.app, ambassador_pods.pods
+    ambassador_pods.db.container.stop(timeout=10)
+    code, output = ambassador_pods.standby.exec(
+        "pg_ctl", "promote", "-w", "-D", f"{PGDATA_ROOT}/data"
+    )
+    assert code == 0, output
+
+    def written_on_standby() -> bool:
+        status, _ = post_note(app, "after the failover")
+        if status != 201:
+            return False
+        served = json.loads(app.http_get("http://127.0.0.1:8080/db", timeout=10)[1])
+        return served["server"] == "standby" and served["in_recovery"] is False
+
+    pods.eventually(written_on_standby, "a note written on the promoted standby", 30)
+    status, body = app.http_get("http://127.0.0.1:8080/notes", timeout=10)
+    assert status == 200, body
+    bodies = [note["body"] for note in json.loads(body)["notes"]]
+    assert "stored through the ambassador" in bodies  # replicated before the failover
 
 
 def test_with_the_database_gone_the_app_shows_the_ambassadors_error(ambassador_pods):
     ambassador_pods.db.container.stop(timeout=10)
+    ambassador_pods.standby.container.stop(timeout=10)
     app, ambassador = ambassador_pods.app, ambassador_pods.ambassador
     ambassador_pods.pods.eventually(
         lambda: ambassador.http_get("http://127.0.0.1:9104/readyz")[0] == 503,
