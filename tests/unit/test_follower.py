@@ -396,3 +396,15 @@ def test_generations_rotated_away_while_down_are_read_oldest_first(tmp_path, log
     assert lines(drain(follower, idle=0.6)) == ["2", "3", "4"]
     assert follower.stats.rotated_while_down == 1
     follower.close()
+
+
+def test_unreadable_checkpoint_file_is_set_aside_and_files_read_from_start(tmp_path, logs):
+    (logs / "app.log").write_text("1\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / FILE_NAME).write_text('{"version": 1, "files": [{"dev": ')  # torn by hand
+    follower = make(tmp_path)
+    assert lines(drain(follower)) == ["1"]
+    assert (state / (FILE_NAME + ".corrupt")).exists()
+    assert json.loads((state / FILE_NAME).read_text())["files"][0]["offset"] == 2
+    follower.close()
