@@ -178,13 +178,6 @@ def test_a_restarted_shipper_resumes_without_loss_or_duplicates(pod, web_app):
     assert shipped[-1] >= last
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known shipper limitation, reported: on restart it resumes its checkpointed file and the "
-        "live one, but skips the generations created and rotated away while it was down"
-    ),
-)
 def test_a_shipper_down_across_several_rotations_ships_the_files_in_between(pod, web_app):
     shipper = pod.start_shipper()
     app_env = {
