@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
+from tests.in_pod import http_get_script, parse_http_response
 
 RUN_AS = "10001:10001"
 BUILD_LOG = ROOT / "build" / "container-images.log"
@@ -87,29 +88,6 @@ def pod_network(docker_client: Any) -> Iterator[str]:
     network.remove()
 
 
-def http_get_script(url: str, timeout: float) -> str:
-    """Python source that GETs `url` and prints the status, a newline and the body: run
-    inside a container (the images have no curl) to reach its pod's localhost."""
-    return (
-        "import sys, urllib.request, urllib.error\n"
-        "try:\n"
-        f"    r = urllib.request.urlopen({url!r}, timeout={timeout})\n"
-        "    status, body = r.status, r.read()\n"
-        "except urllib.error.HTTPError as e:\n"
-        "    status, body = e.code, e.read()\n"
-        "except OSError as e:\n"
-        "    status, body = 0, str(e).encode()\n"
-        "sys.stdout.write(str(status) + '\\n' + body.decode(errors='replace'))\n"
-    )
-
-
-def parse_http_get(exit_code: int, output: str) -> tuple[int, str]:
-    if exit_code != 0:
-        return 0, output
-    status, _, body = output.partition("\n")
-    return int(status), body
-
-
 @dataclass
 class PodContainer:
     name: str
@@ -126,7 +104,7 @@ class PodContainer:
     def http_get(self, url: str, timeout: float = 3.0) -> tuple[int, str]:
         """(HTTP status, body) of a GET made from inside the container; status 0 when the
         connection itself failed."""
-        return parse_http_get(*self.python(http_get_script(url, timeout)))
+        return parse_http_response(*self.python(http_get_script(url, timeout)))
 
     def running(self) -> bool:
         self.container.reload()

@@ -19,6 +19,7 @@ import pytest
 
 from tests import pg
 from tests.container.conftest import Pod, PodContainer, Pods
+from tests.in_pod import ESTABLISHED_TCP_SCRIPT, http_post_json_script, parse_http_response
 
 PASSWORD = "container-test-password"
 PGDATA_ROOT = "/var/lib/pgdata"
@@ -117,50 +118,8 @@ def ambassador_pods(
 
 
 def post_note(app: PodContainer, body: str) -> tuple[int, str]:
-    code = (
-        "import json, sys, urllib.request, urllib.error\n"
-        "req = urllib.request.Request('http://127.0.0.1:8080/notes', method='POST',\n"
-        f"    data=json.dumps({{'body': {body!r}}}).encode(),\n"
-        "    headers={'Content-Type': 'application/json'})\n"
-        "try:\n"
-        "    r = urllib.request.urlopen(req, timeout=10); s, b = r.status, r.read()\n"
-        "except urllib.error.HTTPError as e:\n"
-        "    s, b = e.code, e.read()\n"
-        "sys.stdout.write(str(s) + '\\n' + b.decode())\n"
-    )
-    exit_code, output = app.python(code)
-    assert exit_code == 0, output
-    status, _, text = output.partition("\n")
-    return int(status), text
-
-
-# Inside the app container: every TCP socket its processes own, with the remote end.
-# /proc/net/tcp lists the whole (shared) network namespace; the fds under /proc/<pid>
-# tell which sockets belong to the app's own processes.
-APP_SOCKETS = r"""
-import json, os, socket, struct
-inodes = set()
-for pid in filter(str.isdigit, os.listdir('/proc')):
-    try:
-        for fd in os.listdir(f'/proc/{pid}/fd'):
-            target = os.readlink(f'/proc/{pid}/fd/{fd}')
-            if target.startswith('socket:['):
-                inodes.add(target[8:-1])
-    except OSError:
-        pass
-def addr(text):
-    host, port = text.split(':')
-    if len(host) == 8:
-        return socket.inet_ntoa(struct.pack('<I', int(host, 16))) + ':' + str(int(port, 16))
-    return 'v6:' + host + ':' + str(int(port, 16))
-found = []
-for table in ('/proc/net/tcp', '/proc/net/tcp6'):
-    for line in open(table).read().splitlines()[1:]:
-        fields = line.split()
-        if fields[9] in inodes and fields[3] == '01':  # ESTABLISHED
-            found.append({'local': addr(fields[1]), 'remote': addr(fields[2])})
-print(json.dumps(found))
-"""
+    return parse_http_response(*app.python(
+        http_post_json_script("http://127.0.0.1:8080/notes", {"body": body}, timeout=10)))
 
 
 def test_the_app_reaches_the_database_only_through_localhost(ambassador_pods):
@@ -172,7 +131,7 @@ def test_the_app_reaches_the_database_only_through_localhost(ambassador_pods):
     served = json.loads(body)
     assert served["database_url_host"] == "localhost"
     assert served["server"] == "primary"
-    exit_code, output = app.python(APP_SOCKETS)
+    exit_code, output = app.python(ESTABLISHED_TCP_SCRIPT)
     assert exit_code == 0, output
     connections = json.loads(output)
     outgoing = [c for c in connections if not c["local"].endswith(":8080")]

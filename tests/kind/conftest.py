@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,8 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, require_tool
-from tests.container.conftest import build_suite_images, http_get_script, parse_http_get
+from tests.container.conftest import build_suite_images
+from tests.in_pod import http_get_script, parse_http_response
 
 KIND_CLUSTER = os.environ.get("KIND_CLUSTER", "podpatterns")
 IMAGE_REF = re.compile(r"(image:\s*['\"]?)(podpatterns/([a-z0-9-]+)):[A-Za-z0-9_.-]+")
@@ -71,7 +73,7 @@ class Cluster:
 
     def http_get(self, namespace: str, pod: str, container: str, url: str,
                  timeout: float = 5.0) -> tuple[int, str]:
-        return parse_http_get(*self.python(namespace, pod, container,
+        return parse_http_response(*self.python(namespace, pod, container,
                                            http_get_script(url, timeout)))
 
 
@@ -158,3 +160,103 @@ def deploy(kind_cluster: Cluster, kind_images: dict[str, str]) -> Iterator:
     for manifests in reversed(applied):
         kind_cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-",
                              input=manifests, check=False)
+
+
+@dataclass
+class RunningContainer:
+    namespace: str
+    pod: str
+    name: str
+    spec: dict[str, Any]
+
+    def env(self, name: str, default: str) -> str:
+        for item in self.spec.get("env", []):
+            if item["name"] == name and "value" in item:
+                return str(item["value"])
+        return default
+
+    def mount_of(self, volume: str) -> str | None:
+        for mount in self.spec.get("volumeMounts", []):
+            if mount["name"] == volume:
+                return str(mount["mountPath"])
+        return None
+
+
+def all_containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
+    # Native sidecars are init containers with restartPolicy: Always.
+    return list(pod_spec.get("initContainers", [])) + list(pod_spec["containers"])
+
+
+def running_pod(cluster: Cluster, deployment: dict[str, Any]) -> tuple[str, str]:
+    namespace = deployment["metadata"].get("namespace", "default")
+    selector = ",".join(f"{key}={value}" for key, value in
+                        deployment["spec"]["selector"]["matchLabels"].items())
+    pods = cluster.json("-n", namespace, "get", "pods", "-l", selector)["items"]
+    running = [pod for pod in pods if pod["status"].get("phase") == "Running"
+               and not pod["metadata"].get("deletionTimestamp")]
+    assert running, f"no running pod for deployment {deployment['metadata']['name']}"
+    return namespace, running[0]["metadata"]["name"]
+
+
+def find(cluster: Cluster, deployed: Deployed, *services: str) -> list[RunningContainer]:
+    """The containers running podpatterns/<service>, for each service, all in one pod: of
+    the Deployments that run them all, the one with the most native sidecars (the overlay
+    may also carry a classic variant with the sidecar as a regular container)."""
+    candidates = []
+    for doc in deployed.documents:
+        if doc.get("kind") != "Deployment":
+            continue
+        template = doc["spec"]["template"]["spec"]
+        by_service = {}
+        for container in all_containers(template):
+            for service in services:
+                if f"podpatterns/{service}:" in container["image"]:
+                    by_service[service] = container
+        if len(by_service) == len(services):
+            native = sum(1 for c in template.get("initContainers", [])
+                         if c.get("restartPolicy") == "Always")
+            candidates.append((native, doc, by_service))
+    assert candidates, f"no Deployment runs all of {services} in one pod"
+    _, doc, by_service = max(candidates, key=lambda candidate: candidate[0])
+    namespace, pod = running_pod(cluster, doc)
+    return [RunningContainer(namespace, pod, by_service[service]["name"], by_service[service])
+            for service in services]
+
+
+def eventually(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}", pytrace=False)
+        time.sleep(1.0)
+
+
+def assert_hardened(cluster: Cluster, where: RunningContainer) -> None:
+    """What the restricted profile and the manifests promise, seen from inside the running
+    container: uid 10001 for every id, no effective capability, no_new_privs, and a root
+    filesystem mounted read-only."""
+    exit_code, status = cluster.exec(where.namespace, where.pod, where.name,
+                                     "cat", "/proc/1/status")
+    assert exit_code == 0, status
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert fields["Uid"].split() == ["10001"] * 4, (where.name, fields["Uid"])
+    assert int(fields["CapEff"].strip(), 16) == 0, (where.name, fields["CapEff"])
+    assert fields["NoNewPrivs"].strip() == "1", where.name
+    exit_code, mounts = cluster.exec(where.namespace, where.pod, where.name,
+                                     "cat", "/proc/1/mounts")
+    assert exit_code == 0, mounts
+    root = [line.split() for line in mounts.splitlines() if line.split()[1:2] == ["/"]]
+    assert root and root[-1][3].split(",")[0] == "ro", (where.name, root)
+
+
+def container_of(cluster: Cluster, deployed: Deployed, deployment: str) -> RunningContainer:
+    """The first container of a running pod of the named Deployment."""
+    for doc in deployed.documents:
+        if doc.get("kind") == "Deployment" and doc["metadata"]["name"] == deployment:
+            namespace, pod = running_pod(cluster, doc)
+            spec = all_containers(doc["spec"]["template"]["spec"])[0]
+            return RunningContainer(namespace, pod, spec["name"], spec)
+    raise AssertionError(f"no Deployment {deployment} in the rendered manifests")

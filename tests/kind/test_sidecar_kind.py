@@ -9,88 +9,22 @@ and the collector the pod running podpatterns/log-collector.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.kind.conftest import Cluster, Deployed
+from tests.kind.conftest import (
+    Cluster,
+    Deployed,
+    RunningContainer,
+    assert_hardened,
+    eventually,
+    find,
+)
 
 TRAFFIC_LINES = 200
-
-
-@dataclass
-class RunningContainer:
-    namespace: str
-    pod: str
-    name: str
-    spec: dict[str, Any]
-
-    def env(self, name: str, default: str) -> str:
-        for item in self.spec.get("env", []):
-            if item["name"] == name and "value" in item:
-                return str(item["value"])
-        return default
-
-    def mount_of(self, volume: str) -> str | None:
-        for mount in self.spec.get("volumeMounts", []):
-            if mount["name"] == volume:
-                return str(mount["mountPath"])
-        return None
-
-
-def all_containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
-    # Native sidecars are init containers with restartPolicy: Always.
-    return list(pod_spec.get("initContainers", [])) + list(pod_spec["containers"])
-
-
-def running_pod(cluster: Cluster, deployment: dict[str, Any]) -> tuple[str, str]:
-    namespace = deployment["metadata"].get("namespace", "default")
-    selector = ",".join(f"{key}={value}" for key, value in
-                        deployment["spec"]["selector"]["matchLabels"].items())
-    pods = cluster.json("-n", namespace, "get", "pods", "-l", selector)["items"]
-    running = [pod for pod in pods if pod["status"].get("phase") == "Running"
-               and not pod["metadata"].get("deletionTimestamp")]
-    assert running, f"no running pod for deployment {deployment['metadata']['name']}"
-    return namespace, running[0]["metadata"]["name"]
-
-
-def find(cluster: Cluster, deployed: Deployed, *services: str) -> list[RunningContainer]:
-    """The containers running podpatterns/<service>, for each service, all in one pod: of
-    the Deployments that run them all, the one with the most native sidecars (the overlay
-    may also carry a classic variant with the sidecar as a regular container)."""
-    candidates = []
-    for doc in deployed.documents:
-        if doc.get("kind") != "Deployment":
-            continue
-        template = doc["spec"]["template"]["spec"]
-        by_service = {}
-        for container in all_containers(template):
-            for service in services:
-                if f"podpatterns/{service}:" in container["image"]:
-                    by_service[service] = container
-        if len(by_service) == len(services):
-            native = sum(1 for c in template.get("initContainers", [])
-                         if c.get("restartPolicy") == "Always")
-            candidates.append((native, doc, by_service))
-    assert candidates, f"no Deployment runs all of {services} in one pod"
-    _, doc, by_service = max(candidates, key=lambda candidate: candidate[0])
-    namespace, pod = running_pod(cluster, doc)
-    return [RunningContainer(namespace, pod, by_service[service]["name"], by_service[service])
-            for service in services]
-
-
-def eventually(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}", pytrace=False)
-        time.sleep(1.0)
 
 
 @dataclass
@@ -161,13 +95,7 @@ def test_app_reaches_the_shipper_admin_port_on_localhost(sidecar: SidecarOnKind)
 
 def test_every_container_runs_as_uid_10001_on_a_read_only_root(sidecar: SidecarOnKind) -> None:
     for where in (sidecar.app, sidecar.shipper, sidecar.collector):
-        exit_code, status = sidecar.cluster.exec(where.namespace, where.pod, where.name,
-                                                 "cat", "/proc/1/status")
-        assert exit_code == 0, status
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        assert fields["Uid"].split() == ["10001"] * 4, (where.name, fields["Uid"])
-        assert int(fields["CapEff"].strip(), 16) == 0, (where.name, fields["CapEff"])
-        assert fields["NoNewPrivs"].strip() == "1", where.name
+        assert_hardened(sidecar.cluster, where)
         exit_code, output = sidecar.cluster.python(where.namespace, where.pod, where.name,
                                                    "open('/opt/venv/probe', 'w')")
         assert exit_code != 0 and "Read-only file system" in output, (where.name, output)
