@@ -459,3 +459,46 @@ def test_bad_settings_stop_the_adapter_at_start_with_their_names(service, tmp_pa
     }, name="bad-state")
     assert unusable.wait() == 2
     assert "ADAPTER_STATE_DIR" in unusable.output()
+
+
+def test_without_inotify_files_rotated_during_a_collector_outage_are_not_lost(service, tmp_path):
+    """Polling mode (ADAPTER_INOTIFY=false, as on machines without inotify): while the
+    adapter waits for the collector it keeps polling, so every generation the app rotated
+    away meanwhile was opened and held, and is delivered once the collector is back."""
+    forward_port, http_port = free_port(), free_port()
+    logs = tmp_path / "log"
+    logs.mkdir()
+    access = logs / "access.log"
+    append(access, b"".join(good_line(n) for n in range(100)))
+    adapter = Adapter(
+        service, tmp_path, f"combined={access}", ADAPTER_OUTPUT="forward",
+        FLUENT_HOST="127.0.0.1", FLUENT_PORT=str(forward_port), ADAPTER_INOTIFY="false",
+    ).start()
+    generations = 6
+    for generation in range(1, generations):
+        # Longer than the adapter's wake interval while blocked, far shorter than the
+        # retry backoff it reaches: only the polling while blocked can see each file.
+        time.sleep(0.6)
+        access.rename(logs / f"access.log.{generation}")
+        append(access, b"".join(good_line(n) for n in range(generation * 100,
+                                                              (generation + 1) * 100)))
+    time.sleep(0.6)
+    assert adapter.proc.alive()
+    service("patterns.sidecar.collector", {
+        "COLLECTOR_FORWARD_HOST": "127.0.0.1", "COLLECTOR_FORWARD_PORT": str(forward_port),
+        "COLLECTOR_HTTP_HOST": "127.0.0.1", "COLLECTOR_HTTP_PORT": str(http_port),
+        "COLLECTOR_DATA_DIR": str(tmp_path / "collector"), "COLLECTOR_FSYNC": "false",
+    }, name="collector")
+
+    def stored() -> Counter:
+        queries: Counter = Counter()
+        for segment in sorted((tmp_path / "collector").glob("records-*.jsonl")):
+            for line in segment.read_text().splitlines():
+                if line.endswith("}"):
+                    queries[json.loads(line)["record"]["attributes"].get("url.query")] += 1
+        return queries
+
+    expected = {f"n={n}" for n in range(generations * 100)}
+    wait_until(lambda: set(stored()) == expected, timeout=30,
+               what=f"all {generations} generations delivered")
+    assert max(stored().values()) == 1, "nothing duplicated"

@@ -21,7 +21,7 @@ log = logging.getLogger("patterns.adapter.log_adapter")
 STALL_SECONDS = 60.0
 
 
-def make_output(config: Config, runtime: Runtime, heartbeat: object) -> Output:
+def make_output(config: Config, runtime: Runtime, while_waiting: object) -> Output:
     if config.output == "stdout":
         return StdoutOutput()
     if config.output == "forward":
@@ -30,7 +30,7 @@ def make_output(config: Config, runtime: Runtime, heartbeat: object) -> Output:
             config.fluent_port,
             shared_key=os.environ.get("FLUENT_SHARED_KEY") or None,
         )
-        return ForwardOutput(client, config.fluent_tag, runtime.stopping, heartbeat)
+        return ForwardOutput(client, config.fluent_tag, runtime.stopping, while_waiting)
     return NullOutput()
 
 
@@ -57,11 +57,16 @@ def run(config: Config, runtime: Runtime) -> None:
     runtime.registry.register(metrics)
     adapter: Adapter | None = None
 
-    def beat() -> None:
+    def while_waiting() -> None:
+        # The loop is blocked on the collector: it is alive, and without inotify's watcher
+        # thread files created and rotated away meanwhile must still be opened and held.
         if adapter is not None:
             adapter.heartbeat = time.monotonic()
+            if not adapter.follower.uses_inotify:
+                adapter.follower.poll()
 
-    adapter = Adapter(config, metrics, make_output(config, runtime, beat), runtime.stopping)
+    adapter = Adapter(config, metrics, make_output(config, runtime, while_waiting),
+                      runtime.stopping)
     runtime.registry.register(FollowerCollector(adapter))
     runtime.admin.readiness.append(
         lambda: (

@@ -75,7 +75,8 @@ class Adapter:
         self.follower = Follower(
             [spec.glob for spec in config.inputs],
             self.store,
-            Limits(max_line_bytes=config.max_line_bytes, poll_interval=config.poll_seconds),
+            Limits(max_line_bytes=config.max_line_bytes, poll_interval=config.poll_seconds,
+                   use_inotify=config.use_inotify),
         )
         self.contexts = {
             spec.glob: Context(spec.name, metrics, self.emit, self.resource)

@@ -43,6 +43,7 @@ class Config:
     max_paths: int
     read_bytes: int
     poll_seconds: float
+    use_inotify: bool
 
 
 def parse_inputs(env: Env, name: str) -> tuple[InputSpec, ...]:
@@ -96,6 +97,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         max_paths=env.int("ADAPTER_MAX_PATHS", 100, min=1),
         read_bytes=env.int("ADAPTER_READ_BYTES", 1 << 20, min=4096),
         poll_seconds=env.float("ADAPTER_POLL_SECONDS", 0.25, min=0.01, max=60),
+        use_inotify=env.bool("ADAPTER_INOTIFY", True),
     )
     env.check()
     return config

@@ -95,23 +95,28 @@ def encode_entry(record: Record) -> bytes:
         return protocol.encode_entry(epoch, _sanitize(record))
 
 
+# How often a blocked ForwardOutput hands control back (heartbeat, polling the files).
+WAKE_SECONDS = 0.25
+
+
 class ForwardOutput:
     """PackedForward requests to the collector, each acknowledged. While the collector is
-    unreachable the adapter waits here (retrying with backoff), so lines stay in the file
-    and nothing is lost; `stopping` ends the wait without committing."""
+    unreachable the adapter waits here (retrying with backoff, calling `while_waiting`
+    between tries), so lines stay in the file and nothing is lost; `stopping` ends the wait
+    without committing."""
 
     def __init__(
         self,
         client: ForwardClient,
         tag: str,
         stopping: threading.Event,
-        heartbeat: Any = None,
+        while_waiting: Any = None,
         max_backoff: float = 5.0,
     ) -> None:
         self.client = client
         self.tag = tag
         self.stopping = stopping
-        self.heartbeat = heartbeat
+        self.while_waiting = while_waiting
         self.max_backoff = max_backoff
         self.failures = 0
 
@@ -130,12 +135,21 @@ class ForwardOutput:
                     "forward failed, retrying",
                     extra={"error": str(exc), "retry_in": backoff, "records": len(records)},
                 )
-            if self.heartbeat is not None:
-                self.heartbeat()
-            if self.stopping.wait(backoff):
-                raise Stopped()
+            self._wait(backoff)
             backoff = min(backoff * 2, self.max_backoff)
-            time.sleep(0)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep until the next try, calling `while_waiting` at least every WAKE_SECONDS
+        (a long backoff must not leave rotations unwatched); Stopped ends it early."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.while_waiting is not None:
+                self.while_waiting()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self.stopping.wait(min(left, WAKE_SECONDS)):
+                raise Stopped()
 
     def close(self) -> None:
         self.client.close()
