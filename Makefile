@@ -13,6 +13,8 @@ IMAGE_TAG    ?= $(shell $(PYTHON) images/build.py --print-tag)
 IMAGE_PREFIX ?= podpatterns
 SERVICES     := $(basename $(notdir $(wildcard images/*/*.Dockerfile)))
 KIND_CLUSTER ?= podpatterns
+# The demos create, load into and talk to this cluster too.
+export KIND_CLUSTER
 KIND_CONFIG  ?= k8s/kind-cluster.yaml
 # Manifests are validated against the schema of the Kubernetes version kind runs.
 K8S_VERSION  ?= 1.33.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shutil
 
 from demo import containers
 from demo.local import say
@@ -31,10 +32,14 @@ def main() -> None:
     if args.failover:
         if not hasattr(module, "failover"):
             parser.error(f"--failover is for the ambassador demo, not {args.pattern}")
+        if shutil.which("kind"):
+            containers.use_kind_cluster(create=False)
         module.failover(choose(args.runtime).runtime)
         return
     choice = choose(args.runtime)
     say(f"runtime: {choice.runtime} ({choice.reason}); set DEMO_RUNTIME to choose another")
+    if choice.runtime == "kind":
+        containers.use_kind_cluster()
     getattr(module, f"run_{choice.runtime}")()
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from demo.local import ROOT, say
 from demo.runtimes import compose_command
 
-KIND_CLUSTER = "podpatterns"
+# The cluster `make kind-up` creates; the Makefile exports KIND_CLUSTER to the demo.
+KIND_CLUSTER = os.environ.get("KIND_CLUSTER", "podpatterns")
 IMAGE_RE = re.compile(r"(image:\s*podpatterns/[a-z0-9-]+):[A-Za-z0-9_.-]+")
 
 
@@ -38,13 +39,40 @@ def kind_cluster_exists() -> bool:
     return KIND_CLUSTER in clusters.stdout.split()
 
 
-def kind_up(pattern: str, namespaces: list[str]) -> str:
+def use_kind_cluster(create: bool = True) -> bool:
+    """Create the kind cluster if missing (with `create`), and point every kubectl this
+    demo runs, its children's included, at it: whatever context the user's kubeconfig has
+    selected, a demo never applies to or deletes from another cluster. False when there is
+    no cluster to use. Once it has answered True, it does nothing more."""
+    if os.environ.get("KUBECONFIG") == str(_kubeconfig()):
+        return True
     if kind_cluster_exists():
         say(f"kind cluster {KIND_CLUSTER!r} exists, reusing it")
+    elif create:
+        run(["make", "--no-print-directory", "kind-up", f"KIND_CLUSTER={KIND_CLUSTER}"])
     else:
-        run(["make", "--no-print-directory", "kind-up"])
+        return False
+    kubeconfig = _kubeconfig()
+    kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+    config = subprocess.run(["kind", "get", "kubeconfig", "--name", KIND_CLUSTER],
+                            check=True, text=True, capture_output=True).stdout
+    kubeconfig.touch(mode=0o600)
+    kubeconfig.write_text(config)
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    say(f"kubectl talks to kind-{KIND_CLUSTER} (KUBECONFIG={kubeconfig.relative_to(ROOT)}); "
+        f"in your shell: kubectl config use-context kind-{KIND_CLUSTER}")
+    return True
+
+
+def _kubeconfig() -> Path:
+    return ROOT / "build" / f"kind-{KIND_CLUSTER}.kubeconfig"
+
+
+def kind_up(pattern: str, namespaces: list[str]) -> str:
+    use_kind_cluster()
     tag = build_images()
-    run(["make", "--no-print-directory", "kind-load", f"IMAGE_TAG={tag}"])
+    run(["make", "--no-print-directory", "kind-load", f"IMAGE_TAG={tag}",
+         f"KIND_CLUSTER={KIND_CLUSTER}"])
     rendered = run(
         ["kubectl", "kustomize", str(Path("k8s") / pattern / "kind")], capture_output=True
     ).stdout
@@ -65,7 +93,10 @@ def port_forward(namespace: str, target: str, local: int, remote: int) -> Iterat
     """`kubectl port-forward` for as long as the block runs."""
     argv = ["kubectl", "-n", namespace, "port-forward", target, f"{local}:{remote}"]
     say("$ " + " ".join(argv) + " &")
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its own session: Ctrl-C in the terminal stops the demo, which then ends the
+    # forward itself, instead of killing the forward while the demo still uses it.
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
     try:
         time.sleep(2)
         if proc.poll() is not None:
@@ -93,13 +124,15 @@ def compose_up(profile: str) -> str:
 
 def clean(patterns: list[str]) -> None:
     """Remove what any demo left: Compose projects, kind namespaces (the cluster stays:
-    `make kind-down` deletes it)."""
+    `make kind-down` deletes it), and the demos' saved state (which runtime is up)."""
     command = compose_command()
     if command is not None:
         for pattern in patterns:
             subprocess.run([*command, "--profile", pattern, "down", "-v", "--remove-orphans"],
                            cwd=ROOT, env={**os.environ, "IMAGE_TAG": "none"})
-    if shutil.which("kind") and kind_cluster_exists():
+    if shutil.which("kind") and use_kind_cluster(create=False):
         for pattern in patterns:
             subprocess.run(["kubectl", "delete", "-k", str(Path("k8s") / pattern / "kind"),
                             "--ignore-not-found"], cwd=ROOT)
+    for state in (ROOT / ".demo").glob("*/state.json"):
+        state.unlink()
