@@ -4,6 +4,11 @@ Every service reads its settings through one `Env`; each getter names the variab
 type and its default, so the code is the single place a setting is defined. Bad values are
 collected and reported together: the service stops at start with one message that names
 every variable and what it expects, instead of failing later in the middle of work.
+
+`LOG_LEVEL` is checked by every `Env`: each service logs at that level from its first
+line (`setup_logging` runs before the configuration is loaded, so it cannot stop the
+service), and checking it here makes a bad value a configuration error of every service,
+whether it starts through `run_service` or has its own entry point.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import TypeVar
+
+from patterns.common.jsonlog import LEVEL_NAMES, parse_level
 
 T = TypeVar("T")
 
@@ -32,6 +39,9 @@ class Env:
     def __init__(self, environ: Mapping[_Str, _Str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
         self.problems: list[str] = []
+        level = self._raw("LOG_LEVEL", False)
+        if level is not None and parse_level(level) is None:
+            self._bad("LOG_LEVEL", level, LEVEL_NAMES)
 
     def _raw(self, name: _Str, required: _Bool) -> _Str | None:
         value = self._environ.get(name)

@@ -41,9 +41,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def setup_logging(service: str, level: str = "info") -> None:
+# What LOG_LEVEL expects, for error messages. Any name Python's logging knows is accepted,
+# in any case (also "warn", "fatal", "notset"), as it always was.
+LEVEL_NAMES = "debug, info, warning, error or critical"
+
+
+def parse_level(text: str | None) -> int | None:
+    """A LOG_LEVEL value -> a logging level; unset or blank is info, unknown is None."""
+    if text is None or not text.strip():
+        return logging.INFO
+    return logging.getLevelNamesMapping().get(text.strip().upper())
+
+
+def setup_logging(service: str, level: str | None = "info") -> None:
+    """Log JSON to stdout at `level` (LOG_LEVEL's value). An unknown level logs at info
+    instead of raising: logging starts before the configuration is loaded, and the
+    configuration (`Env`) reports a bad LOG_LEVEL like any other bad variable (exit 2)."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    parsed = parse_level(level)
+    root.setLevel(logging.INFO if parsed is None else parsed)

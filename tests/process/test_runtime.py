@@ -23,6 +23,28 @@ def test_bad_configuration_stops_at_start_naming_the_variable():
     assert "SAMPLE_READY='maybe': expected true or false" in result.stderr
 
 
+def test_a_bad_log_level_is_a_configuration_error_not_a_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", MODULE],
+        env={"LOG_LEVEL": "bogus", "SAMPLE_READY": "maybe", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, cwd=ROOT, timeout=30,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    assert (
+        "LOG_LEVEL='bogus': expected debug, info, warning, error or critical" in result.stderr
+    )
+    assert "SAMPLE_READY='maybe'" in result.stderr  # reported together with the others
+
+
+def test_log_level_sets_what_is_logged(service):
+    port = free_port()
+    proc = service(MODULE, {"SAMPLE_HTTP_PORT": str(port), "LOG_LEVEL": "WARNING"})
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), what="liveness")
+    assert proc.stop() == 0
+    assert '"started"' not in proc.output()  # info lines are below the level
+
+
 def test_probes_metrics_and_json_logs(service):
     port = free_port()
     proc = service(MODULE, {"SAMPLE_HTTP_PORT": str(port), "SAMPLE_READY": "false"})

@@ -46,6 +46,20 @@ def test_every_problem_is_reported_at_once_by_variable_name():
         assert expected in message
 
 
+@pytest.mark.parametrize("level", ["debug", "INFO", " Warning ", "warn", "error", "critical", ""])
+def test_known_log_levels_are_accepted_in_any_case(level):
+    Env({"LOG_LEVEL": level}).check()
+
+
+def test_an_unknown_log_level_is_reported_by_every_env():
+    env = Env({"LOG_LEVEL": "bogus", "PORT": "x"})
+    env.port("PORT", 80)
+    with pytest.raises(ConfigError) as error:
+        env.check()
+    assert "LOG_LEVEL='bogus': expected debug, info, warning, error or critical" in str(error.value)
+    assert "PORT='x'" in str(error.value)
+
+
 @pytest.mark.parametrize("text", ["", "host", "host:", ":80", "host:0", "host:70000", "host:8o"])
 def test_malformed_host_port_is_rejected(text):
     assert parse_host_port(text) is None
