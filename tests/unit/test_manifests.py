@@ -284,3 +284,58 @@ def test_a_one_shot_job_needs_no_probes() -> None:
                             "spec": {"template": {"spec": {"containers": [container],
                                                            "restartPolicy": "Never"}}}})
     assert violations(job) == []
+
+
+def services_and_templates() -> list[Any]:
+    """Each Service with the pod templates it selects, per rendered source."""
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for source, doc in rendered_documents():
+        by_source.setdefault(source, []).append(doc)
+    found = []
+    for source, docs in by_source.items():
+        templates = [Workload(source, doc) for doc in docs if doc.get("kind") in WORKLOAD_KINDS]
+        for service in (doc for doc in docs if doc.get("kind") == "Service"):
+            namespace = service["metadata"].get("namespace")
+            selector = service["spec"].get("selector") or {}
+            selected = [
+                w.pod_spec() for w in templates
+                if w.doc["metadata"].get("namespace") == namespace and selector
+                and selector.items() <= template_labels(w).items()
+            ]
+            found.append(pytest.param(service, selected,
+                                      id=f"{source}:Service/{service['metadata']['name']}"))
+    return found
+
+
+def template_labels(workload: Workload) -> dict[str, str]:
+    if workload.kind == "Pod":
+        return dict(workload.doc["metadata"].get("labels") or {})
+    if workload.kind == "CronJob":
+        template = workload.doc["spec"]["jobTemplate"]["spec"]["template"]
+    else:
+        template = workload.doc["spec"]["template"]
+    return dict(template["metadata"].get("labels") or {})
+
+
+@pytest.mark.parametrize(("service", "pod_specs"), services_and_templates())
+def test_service_ports_reach_a_container_port_on_every_supported_kubernetes(
+    service: dict[str, Any], pod_specs: list[dict[str, Any]]
+) -> None:
+    """A named targetPort must name a port of a regular container: Kubernetes before 1.32
+    does not resolve the named ports of native sidecars (init containers) for Services, so
+    their Services would get no endpoints. Those use the number."""
+    assert pod_specs, f"Service {service['metadata']['name']} selects no pod template"
+    for port in service["spec"]["ports"]:
+        target = port.get("targetPort", port["port"])
+        for spec in pod_specs:
+            regular = {p.get("name"): p["containerPort"]
+                       for c in spec.get("containers", []) for p in c.get("ports", [])}
+            native = {p["containerPort"] for c in spec.get("initContainers", [])
+                      if c.get("restartPolicy") == "Always" for p in c.get("ports", [])}
+            if isinstance(target, str):
+                assert target in regular, (
+                    f"port {port.get('name')}: targetPort {target!r} names no port of a regular"
+                    " container (a native sidecar's port must be given as a number)")
+            else:
+                assert target in set(regular.values()) | native, (
+                    f"port {port.get('name')}: no container declares port {target}")

@@ -91,7 +91,10 @@ def test_job_main_writes_and_exits_while_its_native_sidecar_ships(docs):
 
     assert spec["restartPolicy"] == "Never"
     assert container(spec, "sidecar", init=True)["restartPolicy"] == "Always"
-    assert container(spec, "main", init=False)["args"][0] == "batch"
+    main = container(spec, "main", init=False)
+    assert main["args"][0] == "batch"
+    # A stalled writer is killed; the check is about the file the batch writes.
+    assert "access.log" in " ".join(main["livenessProbe"]["exec"]["command"])
     drain = shipper_config(env_of(container(spec, "sidecar", init=True))).shutdown_timeout
     assert drain < spec["terminationGracePeriodSeconds"]
 
