@@ -133,12 +133,18 @@ def render(pattern: str, images: dict[str, str]) -> str:
 
 @pytest.fixture(scope="module")
 def deploy(kind_cluster: Cluster, kind_images: dict[str, str]) -> Iterator:
-    """Factory: `deploy("sidecar")` applies k8s/sidecar/kind, waits until every Deployment
-    is Available, and deletes it all after the module."""
+    """Factory: `deploy("sidecar")` deletes what an earlier run or a demo left of
+    k8s/sidecar/kind (the tests count records from a fresh start), calls `prepare()` if
+    given (e.g. to create Secrets the pods mount), applies the overlay, waits until every
+    Deployment is Available, and deletes it all after the module."""
     applied: list[str] = []
 
-    def apply(pattern: str) -> Deployed:
+    def apply(pattern: str, prepare: Callable[[], None] | None = None) -> Deployed:
         manifests = render(pattern, kind_images)
+        kind_cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=300s",
+                             "-f", "-", input=manifests, timeout=360)
+        if prepare is not None:
+            prepare()
         kind_cluster.kubectl("apply", "-f", "-", input=manifests)
         applied.append(manifests)
         documents = [doc for doc in yaml.safe_load_all(manifests) if doc]

@@ -71,9 +71,6 @@ def create_secrets(cluster: Cluster, directory: Path) -> None:
     password.write_text(secrets.token_urlsafe(24))
     pki = pg.make_pki(directory / "pki", SERVER_NAMES, ca_name="podpatterns kind test CA")
     for namespace in (DB_NAMESPACE, APP_NAMESPACE):
-        # A namespace still being deleted (an earlier run) refuses new objects.
-        cluster.kubectl("wait", "--for=delete", f"namespace/{namespace}", "--timeout=180s",
-                        check=False)
         apply_generated(cluster, "namespace", namespace)
         apply_generated(cluster, "secret", "generic", "db-credentials", "-n", namespace,
                         f"--from-file=password={password}")
@@ -88,8 +85,9 @@ def create_secrets(cluster: Cluster, directory: Path) -> None:
 def ambassador_pod(kind_cluster: Cluster, deploy,
                    tmp_path_factory: pytest.TempPathFactory) -> AmbassadorOnKind:
     require_tool("openssl", "apt-get install openssl")
-    create_secrets(kind_cluster, tmp_path_factory.mktemp("kind-db-secrets"))
-    deployed: Deployed = deploy("ambassador")
+    secrets_dir = tmp_path_factory.mktemp("kind-db-secrets")
+    deployed: Deployed = deploy("ambassador",
+                                prepare=lambda: create_secrets(kind_cluster, secrets_dir))
     app, ambassador = find(kind_cluster, deployed, "notes-app", "db-ambassador")
     pod = AmbassadorOnKind(kind_cluster, deployed, app, ambassador)
     eventually(lambda: pod.app_get("/readyz")[0] == 200, "the notes app to be ready", 120)

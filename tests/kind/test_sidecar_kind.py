@@ -74,6 +74,16 @@ def file_identity(sidecar: SidecarOnKind, where: RunningContainer, path: str) ->
     return dict(json.loads(output))
 
 
+def collector_counts(sidecar: SidecarOnKind) -> dict[str, Any]:
+    """The collector's /api/counts: {"tags": {tag: records}, "total": records}."""
+    port = sidecar.collector.env("COLLECTOR_HTTP_PORT", "8081")
+    status, body = sidecar.cluster.http_get(
+        sidecar.collector.namespace, sidecar.collector.pod, sidecar.collector.name,
+        f"http://127.0.0.1:{port}/api/counts")
+    assert status == 200, body
+    return dict(json.loads(body))
+
+
 def test_app_and_shipper_see_the_same_file_on_the_shared_volume(
     sidecar: SidecarOnKind, traffic: dict[str, Any]
 ) -> None:
@@ -108,14 +118,31 @@ def test_lines_reach_the_collector(sidecar: SidecarOnKind, traffic: dict[str, An
         f"for p in glob.glob({sidecar.app_log_dir + '/access.log'!r} + '*')))")
     assert exit_code == 0, output
     logged = int(output)
-    port = sidecar.collector.env("COLLECTOR_HTTP_PORT", "8081")
-
-    def collected() -> int:
-        status, body = sidecar.cluster.http_get(
-            sidecar.collector.namespace, sidecar.collector.pod, sidecar.collector.name,
-            f"http://127.0.0.1:{port}/api/counts")
-        return int(json.loads(body)["total"]) if status == 200 else -1
 
     # Probes keep adding lines, so every line logged up to now must be there, at least.
-    eventually(lambda: collected() >= logged,
+    eventually(lambda: collector_counts(sidecar)["total"] >= logged,
                f"the collector to hold the {logged} lines the app had logged")
+
+
+def test_the_job_completes_and_its_native_sidecar_shipped_every_line(
+    sidecar: SidecarOnKind,
+) -> None:
+    """Kubernetes stops a Job's native sidecar once `main` exits; the shipper drains first,
+    so the collector holds exactly the lines the batch wrote, and the Job completes."""
+    jobs = [doc for doc in sidecar.deployed.documents if doc.get("kind") == "Job"]
+    assert jobs, "the sidecar overlay has no Job"
+    for job in jobs:
+        namespace, name = job["metadata"].get("namespace", "default"), job["metadata"]["name"]
+        spec = job["spec"]["template"]["spec"]
+        main = next(c for c in spec["containers"] if "podpatterns/web-app:" in c["image"])
+        lines = int(main["args"][main["args"].index("--lines") + 1])
+        shipper = next(c for c in spec.get("initContainers", [])
+                       if "podpatterns/log-shipper:" in c["image"])
+        assert shipper.get("restartPolicy") == "Always", "the Job's shipper is not native"
+        tag = RunningContainer(namespace, "", shipper["name"], shipper).env("SHIPPER_TAG", "")
+        sidecar.cluster.kubectl("-n", namespace, "wait", "--for=condition=complete",
+                                f"job/{name}", "--timeout=300s")
+        # Complete means the sidecar has exited too, so the count is final: exactly the
+        # lines written, none lost, none twice.
+        stored = collector_counts(sidecar)["tags"].get(tag, 0)
+        assert stored == lines, f"job {name}: {stored} records of tag {tag} for {lines} lines"
