@@ -75,8 +75,18 @@ def test_combined_metrics_equal_the_counts_of_the_input(emit: bool) -> None:
         expected.duration_sum_us / 1e6
     )
 
-    by_path = sum(v for (name, _), v in samples.items() if name == "http_requests_by_path_total")
-    assert by_path == expected.parsed
+    by_path = {
+        (dict(labels)["path"], dict(labels)["status_class"]): value
+        for (name, labels), value in samples.items()
+        if name == "http_requests_by_path_total"
+    }
+    assert by_path == dict(expected.by_path)
+    assert sum(by_path.values()) == expected.parsed
+    # The generator's variety reaches every label rule: folded ids, a path that never
+    # fails, requests without a request line, methods outside the known set.
+    assert {"/orders/:id", "/healthz", "_other"} <= {path for path, _ in by_path}
+    assert ("/healthz", "5xx") not in by_path
+    assert ("_OTHER", "408") in requests
 
 
 def test_app_log_records_by_severity_equal_the_input() -> None:
