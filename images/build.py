@@ -22,6 +22,7 @@ The last line of stdout is the image tag; --json writes {"base", "tag", "images"
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -40,6 +41,8 @@ IMAGES = ROOT / "images"
 CONTEXT_PARENT = ROOT / "build" / "contexts"
 PUBLIC_BASE = "python:3.12-slim"
 PULL_TIMEOUT_S = 120
+# What goes into an image: a change here, committed or not, changes the tag.
+IMAGE_INPUTS = ("patterns", "images", "pyproject.toml")
 REQUIREMENTS_REF = re.compile(r"build/docker/requirements/([a-z0-9-]+)\.txt")
 
 
@@ -80,8 +83,35 @@ def git_short_sha() -> str:
     return result.stdout.strip() if result.returncode == 0 else "nogit"
 
 
+def uncommitted_digest() -> str | None:
+    """8 hex digits naming the uncommitted changes to what goes into an image (tracked
+    changes and untracked files), None when there are none. Without git, every such file
+    counts."""
+    digest = hashlib.sha256()
+    diff = run(["git", "-C", str(ROOT), "diff", "HEAD", "--binary", "--", *IMAGE_INPUTS],
+               capture_output=True)
+    if diff.returncode == 0:
+        listed = run(["git", "-C", str(ROOT), "ls-files", "--others", "--exclude-standard",
+                      "-z", "--", *IMAGE_INPUTS], capture_output=True).stdout
+        untracked = sorted(name for name in listed.split("\0") if name)
+        if not diff.stdout and not untracked:
+            return None
+        digest.update(diff.stdout.encode())
+    else:
+        untracked = sorted(str(path.relative_to(ROOT)) for name in IMAGE_INPUTS
+                           for path in [ROOT / name, *(ROOT / name).rglob("*")]
+                           if path.is_file() and "__pycache__" not in path.parts)
+    for name in untracked:
+        digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def image_tag() -> str:
-    return f"{project_metadata()['version']}-{git_short_sha()}"
+    """<version>-<git short sha>, plus -dirty-<digest> for uncommitted changes: a tag names
+    one content, so an image built from edited code never passes for the commit's."""
+    digest = uncommitted_digest()
+    suffix = f"-dirty-{digest}" if digest else ""
+    return f"{project_metadata()['version']}-{git_short_sha()}{suffix}"
 
 
 def image_exists(ref: str) -> bool:
@@ -188,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("services", nargs="*", help="only these services (default: all)")
     parser.add_argument("--json", type=Path, help="write the built references here")
     parser.add_argument("--print-tag", action="store_true",
-                        help="print the tag the images get (<version>-<git short sha>) and exit")
+                        help="print the tag the images get and exit: <version>-<git short sha>,"
+                             " plus -dirty-<digest> for uncommitted changes")
     args = parser.parse_args(argv)
     if args.print_tag:
         print(image_tag())

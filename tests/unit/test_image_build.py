@@ -4,6 +4,7 @@ own extras, the CA bundle for pip is opt-in, and $BASE_IMAGE is taken as is."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -89,6 +90,35 @@ def test_base_image_from_the_environment_is_used_as_is(
 
 
 def test_tag_is_version_and_git_sha() -> None:
-    version, _, sha = build.image_tag().partition("-")
+    version, _, rest = build.image_tag().partition("-")
+    sha, _, dirty = rest.partition("-dirty-")
     assert version == PROJECT["version"]
     assert sha == build.git_short_sha() and sha != "latest"
+    assert dirty == (build.uncommitted_digest() or "")
+
+
+def test_uncommitted_changes_to_what_goes_into_an_image_change_the_tag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tag names one content: an image built from edited code never passes for the
+    commit's (nor for another edit's)."""
+    repo = tmp_path / "repo"
+    (repo / "patterns").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text('[project]\nversion = "1.2.3"\n')
+    (repo / "patterns" / "service.py").write_text("A = 1\n")
+    (repo / "README.md").write_text("docs\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    for argv in (["init", "-q"], ["add", "."], ["commit", "-qm", "c"]):
+        subprocess.run([*git, *argv], check=True)
+    monkeypatch.setattr(build, "ROOT", repo)
+    clean = build.image_tag()
+    assert clean == f"1.2.3-{build.git_short_sha()}"
+    (repo / "README.md").write_text("docs, edited\n")  # not in an image: same tag
+    assert build.image_tag() == clean
+    (repo / "patterns" / "service.py").write_text("A = 2\n")
+    edited = build.image_tag()
+    assert edited.startswith(clean + "-dirty-")
+    (repo / "patterns" / "new.py").write_text("B = 1\n")  # untracked files count too
+    assert build.image_tag() not in (clean, edited)
+    (repo / "patterns" / "new.py").unlink()
+    assert build.image_tag() == edited  # the same content, the same tag
