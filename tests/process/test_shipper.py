@@ -401,3 +401,38 @@ def test_a_batch_of_empty_lines_goes_as_several_requests_collectors_accept(servi
     assert sum(v for k, v in metrics.items() if k.startswith("shipper_retries_total")) == 0
     assert shipper.proc.stop() == 0
     assert collector.count() == 200_000
+
+
+def test_sigterm_delivers_the_unterminated_last_line_once_and_a_later_rest_once(
+    service, tmp_path, logs
+):
+    """A Job's app may exit without a final newline: at SIGTERM the shipper delivers the
+    incomplete last line (the file is quiet) and checkpoints past it. If the app later
+    completes that line and writes more, the rest of the line arrives as a record of its
+    own after the restart: nothing is delivered twice, nothing is lost."""
+    app = logs / "app.log"
+    app.write_bytes(b"".join(seq_line(s) for s in range(1000)) + b"000001000 begin")
+    collector = Collector(service, tmp_path).start()
+    shipper = Shipper(service, tmp_path, collector, str(app)).start()
+    collector.wait_for(1000)
+    stopping = time.monotonic()
+    shipper.proc.signal(signal.SIGTERM)
+    assert shipper.proc.wait(30) == 0
+    assert time.monotonic() - stopping < 10  # SHIPPER_ROTATE_WAIT (1 s) of quiet, then out
+    logged = [r["log"] for r in collector.records()]
+    assert logged == [seq_line(s).decode()[:-1] for s in range(1000)] + ["000001000 begin"]
+    saved = json.loads((tmp_path / "shipper-state" / "checkpoints.json").read_text())["files"]
+    assert [f["offset"] for f in saved] == [app.stat().st_size]
+
+    with open(app, "ab") as handle:  # the app completes the line, then goes on
+        handle.write(b" end\n" + b"".join(seq_line(s) for s in range(1001, 2000)))
+    shipper = Shipper(service, tmp_path, collector, str(app)).start()
+    collector.wait_for(2000)
+    time.sleep(0.5)  # a duplicate would arrive now
+    logged = [r["log"] for r in collector.records()]
+    assert logged == (
+        [seq_line(s).decode()[:-1] for s in range(1000)]
+        + ["000001000 begin", " end"]
+        + [seq_line(s).decode()[:-1] for s in range(1001, 2000)]
+    )
+    assert shipper.proc.stop() == 0

@@ -62,6 +62,31 @@ def test_reads_existing_file_from_start_and_holds_partial_line(tmp_path, logs):
     follower.close()
 
 
+def test_at_final_shutdown_a_quiet_unterminated_line_is_delivered_once(tmp_path, logs):
+    app = logs / "app.log"
+    app.write_text("one\npar")
+    follower = make(tmp_path)
+    assert lines(drain(follower)) == ["one"]
+    assert follower.holds_incomplete()
+    follower.flush_incomplete(quiet=0.5)
+    append(app, "tial")  # still growing: not a line yet
+    started = time.monotonic()
+    chunk = follower.read(timeout=0.2)
+    assert chunk is None and follower.holds_incomplete()
+    chunk = follower.read(timeout=2)
+    assert chunk is not None and chunk.lines == ["partial"]
+    assert time.monotonic() - started >= 0.4, "delivered only once the file was quiet"
+    follower.commit(chunk)
+    assert not follower.holds_incomplete()
+    assert follower.read(timeout=0.7) is None, "delivered once"
+    follower.save(final=True)
+    follower.close()
+    append(app, " rest\ntwo\n")  # the app completes the line after all
+    follower = make(tmp_path)
+    assert lines(drain(follower)) == [" rest", "two"]
+    follower.close()
+
+
 def test_rename_rotation_reads_old_file_to_end_then_new_and_flushes_last_line(tmp_path, logs):
     app = logs / "app.log"
     app.write_text("a1\n")

@@ -13,6 +13,17 @@ Use::
             continue
         deliver(chunk.path, chunk.lines)   # lines: list[str], newline removed
         follower.commit(chunk)             # only once `deliver` is durable
+    # Final shutdown: deliver the rest, including unterminated last lines (the app may be
+    # gone for good, as in a Job), until caught up or a deadline.
+    follower.flush_incomplete(quiet=5.0)
+    while time.monotonic() < deadline:
+        chunk = follower.read(timeout=0.3)
+        if chunk is None:
+            if not follower.holds_incomplete():
+                break                          # caught up
+            continue                           # a last line is not quiet yet
+        deliver(chunk.path, chunk.lines)
+        follower.commit(chunk)
     follower.save(final=True)
     follower.close()
 
@@ -28,6 +39,11 @@ Guarantees and rules:
 - Rename rotation: the old file stays open and is read to its end before the new one;
   it is closed `rotate_wait` seconds after it last grew, and never before everything
   read from it is committed. Its incomplete last line is then delivered as a line.
+- A live file's incomplete last line is held (it may still be completed) until its
+  newline arrives, or, after `flush_incomplete(quiet)` (final shutdown), until the file
+  has not grown for `quiet` seconds: then it is delivered as a line and the checkpoint
+  lies after it, so if the app completes the line later, the rest arrives as a line of
+  its own (nothing twice, nothing lost).
 - copytruncate: a truncation (file shorter than our position, or its head changed) makes
   the follower look in the same directory for the copy (same head, at least as long as
   our position) and read it from our position first, then the truncated file from 0.

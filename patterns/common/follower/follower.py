@@ -161,6 +161,7 @@ class Follower:
         self._activity = threading.Event()
         self._closing = threading.Event()
         self._save_pending = False
+        self._flush_quiet: float | None = None  # set by flush_incomplete (final shutdown)
 
     # --- public API -----------------------------------------------------------------------
 
@@ -242,6 +243,21 @@ class Follower:
                 self.store.save(snapshot, sync_directory=final)
             except OSError as exc:
                 log.error("cannot save checkpoints", extra={"error": str(exc)})
+
+    def flush_incomplete(self, quiet: float) -> None:
+        """For a final shutdown (the app may be gone for good, as in a Job): from now on
+        read() also delivers a file's incomplete last line as a line once the file has
+        not grown for `quiet` seconds (the live file too; a rotated one even before
+        rotate_wait). Committing that chunk puts the checkpoint after
+        the delivered bytes, inside the line: if the app completes the line later, the
+        rest is read as a line of its own; nothing is delivered twice or lost."""
+        with self._lock:
+            self._flush_quiet = quiet
+
+    def holds_incomplete(self) -> bool:
+        """True while some file's incomplete last line has been read but not delivered."""
+        with self._lock:
+            return any(s.buffer.pending for s in self._streams.values() if not s.closed)
 
     def backlog_bytes(self) -> int:
         """Bytes in followed files not yet committed (what a restart would read again)."""
@@ -327,8 +343,13 @@ class Follower:
             if not block:
                 if self._check_truncated(stream):
                     return None
-                if not stream.live and now - stream.last_growth >= self.limits.rotate_wait:
+                quiet = now - stream.last_growth
+                if not stream.live and quiet >= self.limits.rotate_wait:
                     return self._finish(stream)
+                if self._flush_quiet is not None and quiet >= self._flush_quiet:
+                    held = stream.buffer.flush()
+                    if held:
+                        return self._hand_out(stream, held, stream.read_pos)
                 return None
             if not self._head_intact(stream):
                 # Truncated (and maybe rewritten) before or while we read: `block` may be

@@ -169,18 +169,29 @@ class Shipper:
     # --- reader -------------------------------------------------------------------------------
 
     def _read_loop(self) -> None:
+        flushing = False
         while True:
             self.heartbeat = time.monotonic()
             if self.stopping.is_set():
                 self.begin_shutdown()
-            if self.shutdown_begun.is_set() and time.monotonic() >= self.deadline:
-                return
+            if self.shutdown_begun.is_set():
+                if time.monotonic() >= self.deadline:
+                    return
+                if not flushing:
+                    # The app may be gone for good (a Job's pod dies after us): deliver
+                    # an unterminated last line once its file is quiet instead of holding
+                    # it. Quiet means SHIPPER_ROTATE_WAIT, but at most half the shutdown
+                    # time, so the line is still sent before the deadline.
+                    quiet = min(self.config.limits.rotate_wait, self.config.shutdown_timeout / 2)
+                    self.follower.flush_incomplete(quiet)
+                    flushing = True
             # After SIGTERM: keep going while there is something to read; a quiet
-            # follower means everything written so far has been handed to the sender.
+            # follower holding no incomplete line means everything written so far has
+            # been handed to the sender.
             timeout = 0.3 if self.shutdown_begun.is_set() else 1.0
             chunk = self.follower.read(self.config.batch_bytes, timeout=timeout)
             if chunk is None:
-                if self.shutdown_begun.is_set():
+                if self.shutdown_begun.is_set() and not self.follower.holds_incomplete():
                     return
                 continue
             now = time.time()
@@ -214,6 +225,11 @@ class Shipper:
         self.sender.join(max(0.0, self.deadline - time.monotonic()) + 1.0)
         if self.sender.is_alive():
             log.warning("shutdown timeout: unacknowledged lines are shipped after the restart")
+        if self.follower.holds_incomplete():
+            log.warning(
+                "shutdown timeout: a last line without newline was still growing; it is"
+                " shipped after the restart"
+            )
         self.follower.save(final=True)
         backlog = self.follower.backlog_bytes()
         self.follower.close()
