@@ -3,11 +3,13 @@ exactly once, through rotations, a collector outage, SIGKILL, SIGTERM and garbag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from patterns.common.forward import protocol
 from tests.conftest import free_port, http_ok, wait_until
 
 LINE_BYTES = 120
@@ -436,3 +439,82 @@ def test_sigterm_delivers_the_unterminated_last_line_once_and_a_later_rest_once(
         + [seq_line(s).decode()[:-1] for s in range(1001, 2000)]
     )
     assert shipper.proc.stop() == 0
+
+
+class ForwardStub(threading.Thread):
+    """A minimal Forward server that records every request it reads and answers (or
+    not) as `policy(n)` says for the n-th request (0-based): "ack", "withhold" (never
+    answer), "late" (answer after `late_delay`, when the client has given up) or "slow"
+    (answer after `slow_delay`, in time)."""
+
+    def __init__(self, policy, late_delay: float = 0.0, slow_delay: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.policy, self.late_delay, self.slow_delay = policy, late_delay, slow_delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.forward_port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.requests: list[tuple[str, list[str]]] = []  # (answer, lines) in arrival order
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        unpacker = protocol.new_unpacker(16 * 1024 * 1024)
+        with conn:
+            while data := conn.recv(65536):
+                unpacker.feed(data)
+                for obj in unpacker:
+                    request = protocol.decode_request(obj)
+                    assert request is not None and request.chunk is not None
+                    with self.lock:
+                        answer = self.policy(len(self.requests))
+                        self.requests.append((answer, [r["log"] for _, r in request.events]))
+                    if answer == "withhold":
+                        continue
+                    time.sleep({"late": self.late_delay, "slow": self.slow_delay}.get(answer, 0))
+                    with contextlib.suppress(OSError):  # "late": the client has left
+                        conn.sendall(protocol.encode_ack(request.chunk))
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_unacknowledged_batches_are_sent_again_until_acked(service, tmp_path, logs):
+    total = 5000
+    (logs / "app.log").write_bytes(b"".join(seq_line(s) for s in range(total)))
+    answers = ["withhold", "withhold", "late", "slow"]
+    stub = ForwardStub(
+        lambda n: answers[n] if n < len(answers) else "ack", late_delay=1.5, slow_delay=0.5
+    )
+    stub.start()
+    shipper = Shipper(
+        service, tmp_path, stub, str(logs / "app.log"),
+        SHIPPER_ACK_TIMEOUT="1", SHIPPER_BATCH_BYTES="65536", SHIPPER_RETRY_MIN="0.1",
+    ).start()
+    wait_until(
+        lambda: shipper.metrics().get("shipper_events_acked_total", 0) == total,
+        timeout=30, what="every line acked",
+    )
+    metrics = shipper.metrics()
+    retries = {k: v for k, v in metrics.items() if k.startswith("shipper_retries_total")}
+    # Withheld twice, acked too late once: three ack timeouts; the slow ack was in time.
+    assert retries == {'shipper_retries_total{reason="AckTimeout"}': 3.0}
+    assert metrics["shipper_collector_up"] == 1
+    assert shipper.proc.stop() == 0
+    stub.close()
+    with stub.lock:
+        received = list(stub.requests)
+    acked = [lines for answer, lines in received if answer in ("ack", "slow")]
+    # Every line acknowledged exactly once, in order...
+    assert [line for lines in acked for line in lines] == [
+        seq_line(s).decode()[:-1] for s in range(total)
+    ]
+    # ...and the only repeats are the unacknowledged sends of the first batch.
+    assert [answer for answer, _ in received[:4]] == answers
+    assert all(lines == received[0][1] for _, lines in received[:4])
+    assert sum(len(lines) for _, lines in received) == total + 3 * len(received[0][1])
