@@ -18,7 +18,9 @@ TAG = "app.access"
 
 def lines_written() -> int:
     # The sequence number, not the process's own count: it continues across app restarts.
-    return int(requests.get(f"{APP_URL}/api/stats", timeout=5).json()["last_seq"])
+    # /api/stats answers with the last seq before its own request's line, which the app
+    # writes right after: that line counts too.
+    return int(requests.get(f"{APP_URL}/api/stats", timeout=5).json()["last_seq"]) + 1
 
 
 def lines_received() -> int:
