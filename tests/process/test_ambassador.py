@@ -4,7 +4,6 @@ transaction, and many idle clients. Failover is in test_ambassador_failover.py."
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import signal
@@ -21,12 +20,14 @@ import psycopg
 import pytest
 import requests
 
+from patterns.ambassador.db_ambassador import pgwire
 from patterns.ambassador.db_ambassador.pgwire import parse_error_fields
 from tests import pg
 from tests.conftest import free_port, http_ok, wait_until
 
 MODULE = "patterns.ambassador.db_ambassador"
 PASSWORD = "s3cret-test"
+TRUSTED = "trusted"  # pg_hba.conf: trust, so a hand-made client needs no SCRAM
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +50,20 @@ def pki(workdir: Path) -> pg.Pki:
 @pytest.fixture(scope="module")
 def primary(workdir: Path, pki: pg.Pki) -> Iterator[pg.Cluster]:
     cluster = pg.Cluster(workdir, "primary", free_port(), PASSWORD).init(pki)
-    # Health-check roles for the two older password methods (SCRAM is the default).
+    # Health-check roles for the two older password methods (SCRAM is the default), and
+    # a role that needs no authentication, for clients that speak the protocol by hand.
     pg.prepend_hba(
         cluster,
-        ["host all health_md5 127.0.0.1/32 md5", "host all health_plain 127.0.0.1/32 password"],
-    )
+        ["host all health_md5 127.0.0.1/32 md5", "host all health_plain 127.0.0.1/32 password",
+         f"host all {TRUSTED} 127.0.0.1/32 trust"],
+    )  # fmt: skip
     cluster.start()
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         conn.execute("SET password_encryption = 'md5'")
         conn.execute(f"CREATE ROLE health_md5 LOGIN PASSWORD '{PASSWORD}'")
         conn.execute("SET password_encryption = 'scram-sha-256'")
         conn.execute(f"CREATE ROLE health_plain LOGIN PASSWORD '{PASSWORD}'")
+        conn.execute(f"CREATE ROLE {TRUSTED} LOGIN")
     yield cluster
     cluster.stop()
 
@@ -359,19 +363,76 @@ def test_500_idle_clients_do_not_exhaust_fds_and_are_cleaned_up(ambassador, prim
         conn.execute("SELECT 1")
     conn.close()
 
-    # A half-open peer: it sends its startup packet and half-closes. The EOF is passed on,
-    # the server ends the session, and the client sees the close (no socket left behind).
-    raw = socket.create_connection(("127.0.0.1", amb.port), timeout=5)
-    params = b"user\0postgres\0database\0postgres\0\0"
-    raw.sendall(struct.pack("!II", 8 + len(params), 196608) + params)
-    raw.shutdown(socket.SHUT_WR)
+
+def read_to_eof(sock: socket.socket, within: float) -> bytes:
+    """Everything the peer sends until it closes; fails if it has not closed by then."""
+    sock.settimeout(within)
     received = b""
-    with contextlib.suppress(TimeoutError):
-        while chunk := raw.recv(4096):
+    try:
+        while chunk := sock.recv(65536):
             received += chunk
-    raw.close()
-    assert received[:1] == b"R"  # the server's authentication request came through
-    wait_until(lambda: amb.json("/upstreams")["sessions_open"] == 0, what="half-open session gone")
+    except TimeoutError:
+        pytest.fail(f"the connection was still open after {within}s ({len(received)} bytes)")
+    return received
+
+
+def messages(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Split a server's byte stream into (type, body) messages."""
+    out = []
+    while data:
+        (length,) = struct.unpack_from("!I", data, 1)
+        out.append((data[:1], data[5 : 1 + length]))
+        data = data[1 + length :]
+    return out
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_query_then_a_half_close_gets_the_whole_reply_and_ends_the_session(
+    ambassador, primary, loop
+):
+    # The idle timeout is off (the default): only the FIN passed on can end this session.
+    amb = ambassador([primary.port], AMBASSADOR_EVENT_LOOP=loop)
+    with socket.create_connection(("127.0.0.1", amb.port), timeout=5) as raw:
+        # All at once, so the query and the FIN arrive while the ambassador is still
+        # connecting to the server.
+        startup = pgwire.startup_message({"user": TRUSTED, "database": "postgres",
+                                          "application_name": "half-closer"})  # fmt: skip
+        raw.sendall(startup + pgwire.query_message("SELECT repeat('x', 200000)"))
+        raw.shutdown(socket.SHUT_WR)
+        reply = messages(read_to_eof(raw, within=3))
+    kinds = [kind for kind, _ in reply]
+    assert kinds[0] == b"R" and kinds[-1] == b"Z", kinds
+    rows = [pgwire.first_column(body) for kind, body in reply if kind == b"D"]
+    assert rows == ["x" * 200000]  # the whole reply came back after the half-close
+    assert (b"C", b"SELECT 1\0") in reply
+    wait_until(lambda: amb.json("/upstreams")["sessions_open"] == 0, timeout=2,
+               what="the session closed")  # fmt: skip
+    with psycopg.connect(primary.dsn(), autocommit=True) as direct:
+        left = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'half-closer'"
+        wait_until(lambda: direct.execute(left).fetchone() == (0,), timeout=2, what="backend gone")
+
+
+@pytest.mark.parametrize(
+    ("loop", "tls_mode"),
+    [(loop, mode) for mode in ("disable", "verify-full") for loop in ("uvloop", "asyncio")],
+)
+def test_a_half_close_right_after_the_startup_packet_ends_the_session(
+    ambassador, primary, pki, loop, tls_mode
+):
+    # A half-open peer: it sends its startup packet and half-closes at once. In plaintext
+    # the EOF reaches the server, which ends the session; over TLS, which cannot carry a
+    # half-close, the ambassador ends it. Either way no session is left behind, with the
+    # idle timeout off.
+    amb = ambassador([primary.port], AMBASSADOR_EVENT_LOOP=loop, AMBASSADOR_TLS_MODE=tls_mode,
+                     AMBASSADOR_TLS_CA_FILE=str(pki.ca_cert))  # fmt: skip
+    with socket.create_connection(("127.0.0.1", amb.port), timeout=5) as raw:
+        raw.sendall(pgwire.startup_message({"user": "postgres", "database": "postgres"}))
+        raw.shutdown(socket.SHUT_WR)
+        received = read_to_eof(raw, within=3)
+    if tls_mode == "disable":
+        assert received[:1] == b"R"  # the server's authentication request came through
+    wait_until(lambda: amb.json("/upstreams")["sessions_open"] == 0, timeout=2,
+               what="half-open session gone")  # fmt: skip
 
 
 def test_a_cancel_request_reaches_the_server_through_the_ambassador(ambassador, primary, pki):

@@ -62,6 +62,8 @@ class _Pipe(asyncio.Protocol):
         self.bytes += len(data)
 
     def eof_received(self) -> bool:
+        if self.eof:  # already passed on (uvloop reports it again after resume_reading)
+            return True
         # A half-close is passed on; the other direction stays open for the reply.
         self.eof = True
         if self.peer.can_write_eof() and not self.peer.is_closing():
@@ -109,11 +111,17 @@ class Session:
         auth_filter = AuthFilter() if rewrite_auth else None
         self.to_client = _Pipe(self, client, auth_filter=auth_filter)
 
-    def start(self, first_bytes: bytes) -> None:
-        """Take both transports over and send the client's first packet upstream."""
+    def start(self, first_bytes: bytes, client_eof: bool) -> None:
+        """Take both transports over and send the client's first bytes upstream;
+        `client_eof`: the client half-closed before the session started."""
         self.client.set_protocol(self.to_upstream)
         self.server.set_protocol(self.to_client)
         self.server.write(first_bytes)
+        if client_eof:
+            # The stream reader took that EOF and the transport reports it only once.
+            self.to_upstream.eof_received()
+            if self.closed.done():
+                return
         self.client.resume_reading()
         self.server.resume_reading()
 

@@ -308,12 +308,13 @@ class Ambassador:
         self.sessions.add(session)
         upstream.sessions += 1
         # Bytes the client sent after its startup packet (it should wait for the reply,
-        # but nothing it sends may be lost) go right after the packet.
+        # but nothing it sends may be lost) go right after the packet, and so does its
+        # half-close if one came while we were connecting.
         # StreamReader has no public way to take its buffer back.
         buffered: bytearray = reader._buffer  # type: ignore[attr-defined]
         leftover = bytes(buffered)
         buffered.clear()
-        session.start(packet + leftover)
+        session.start(packet + leftover, client_eof=reader.at_eof())
         return session
 
     def _closed(self, session: Session) -> None:
