@@ -12,13 +12,16 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from itertools import accumulate
 from pathlib import Path
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from patterns.adapter import loggen
-from tests.conftest import free_port, http_ok, require_tool, wait_until
+from patterns.adapter.log_adapter.metrics import DURATION_BUCKETS
+from tests.conftest import ROOT, free_port, http_ok, require_tool, wait_until
 
 GOOD = (
     '10.0.0.{c} - - [25/Nov/2026:12:00:{s:02d} +0000] "GET /items?n={n} HTTP/1.1" {status} 42'
@@ -286,21 +289,37 @@ def test_exposition_passes_promtool(service, tmp_path):
     assert result.stdout.strip() == "" and result.stderr.strip() == "", "no lint findings"
 
 
-def test_a_real_prometheus_scrapes_the_expected_series(service, tmp_path):
+def guide_query() -> str:
+    """The lab guide's "error rate per path" PromQL, exactly as the reader copies it."""
+    guide = (ROOT / "patterns" / "adapter" / "README.md").read_text()
+    return guide.split("```promql\n", 1)[1].split("```", 1)[0]
+
+
+def test_a_real_prometheus_answers_the_lab_guide_with_the_inputs_counts(service, tmp_path):
+    """Both inputs scraped by a real Prometheus: every series the issue asked for equals
+    the count computed from the input, and the lab guide's rate() queries give the ratios
+    computed from it, 0 included for a path that never fails."""
     prometheus = require_tool("prometheus", "apt-get install prometheus")
     logs = tmp_path / "log"
     logs.mkdir()
-    lines, expected = loggen.combined_lines(1000, seed=9, malformed_every=100)
-    (logs / "access.log").write_text("\n".join(lines) + "\n")
+    access_lines, access = loggen.combined_lines(1000, seed=9, malformed_every=100)
+    app_lines, app = loggen.legacy_lines(200, seed=9)
+    access_text = "\n".join(access_lines) + "\n"
+    app_text = "\n".join(app_lines) + "\n"
+    (logs / "access.log").write_text(access_text)
+    (logs / "app.log").write_text(app_text)
+    access_input, app_input = f"{logs}/access.log", f"{logs}/app.log"
     adapter = Adapter(
-        service, tmp_path, f"combined={logs}/access.log", ADAPTER_OUTPUT="none"
+        service, tmp_path, f"combined={access_input},legacy={app_input}",
+        ADAPTER_OUTPUT="none", ADAPTER_MULTILINE_FLUSH_SECONDS="0.2",
     ).start()
-    wait_until(lambda: adapter.counted(f"{logs}/access.log") == 1000, what="access log read")
+    wait_until(lambda: adapter.counted(access_input) == len(access_lines), what="access log")
+    wait_until(lambda: adapter.counted(app_input) == len(app_lines), what="app log")
 
     prom_port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "global: {scrape_interval: 500ms, scrape_timeout: 500ms, evaluation_interval: 1s}\n"
         "scrape_configs:\n"
         "  - job_name: legacy-app\n"
         f"    static_configs: [{{targets: ['127.0.0.1:{adapter.port}']}}]\n"
@@ -325,25 +344,71 @@ def test_a_real_prometheus_scrapes_the_expected_series(service, tmp_path):
             return []
         return body.get("data", {}).get("result", []) if body.get("status") == "success" else []
 
+    def series(name: str) -> dict[tuple, float]:
+        """name's latest samples, keyed by their labels without job and instance."""
+        return {
+            tuple(sorted((k, v) for k, v in r["metric"].items()
+                         if k not in ("__name__", "job", "instance"))): float(r["value"][1])
+            for r in query(name)
+        }
+
+    def by(labels: tuple[str, ...], counts, times: int) -> dict[tuple, float]:
+        return {
+            tuple(sorted(zip(labels, key if isinstance(key, tuple) else (key,), strict=True))):
+            float(times * n)
+            for key, n in counts.items()
+        }
+
+    def lines(times: int) -> dict[tuple, float]:
+        return by(("input", "result"), {
+            (access_input, "parsed"): access.parsed, (access_input, "rejected"): access.rejected,
+            (app_input, "parsed"): app.parsed, (app_input, "rejected"): app.rejected,
+        }, times)
+
     try:
         wait_until(lambda: query('up{job="legacy-app"} == 1'), timeout=30, what="target up")
-        requests_total = wait_until(
-            lambda: query("http_requests_total"), timeout=30, what="http_requests_total scraped"
+        wait_until(lambda: series("adapter_lines_total") == lines(1), timeout=30,
+                   what="the whole input scraped")
+        # The same input once more: rate() needs an increase between two scrapes, and
+        # with every series growing by the same share at the same scrapes, Prometheus'
+        # extrapolation scales them all alike, so its ratios are the input's exactly.
+        append(logs / "access.log", access_text.encode())
+        append(logs / "app.log", app_text.encode())
+        wait_until(lambda: series("adapter_lines_total") == lines(2), timeout=30,
+                   what="the input's second copy scraped")
+
+        assert series("http_requests_total") == by(("method", "status"), access.requests, 2)
+        assert series("http_response_size_bytes_total") == by(
+            ("method", "status"), access.response_bytes, 2
         )
-        got = {
-            (r["metric"]["method"], r["metric"]["status"]): float(r["value"][1])
-            for r in requests_total
+        cumulative = accumulate(access.duration_buckets)
+        assert series("http_request_duration_seconds_bucket") == {
+            (("le", "+Inf" if bound == float("inf") else repr(bound)),): 2.0 * count
+            for bound, count in zip((*DURATION_BUCKETS, float("inf")), cumulative, strict=True)
         }
-        assert got == {k: float(v) for k, v in expected.requests.items()}
-        rejected = query('adapter_lines_total{result="rejected"}')
-        assert float(rejected[0]["value"][1]) == expected.rejected
-        count = query("http_request_duration_seconds_count")
-        assert float(count[0]["value"][1]) == expected.parsed
-        # The lab guide's question, answered from the scraped series.
-        assert query(
-            'sum by (path) (http_requests_by_path_total{status_class="5xx"})'
-            " / sum by (path) (http_requests_by_path_total)"
+        assert series("http_request_duration_seconds_count") == {(): 2.0 * access.parsed}
+        assert series("http_request_duration_seconds_sum")[()] == pytest.approx(
+            2 * access.duration_sum_us / 1e6
         )
+        assert series("app_log_records_total") == by(("severity",), app.app_records, 2)
+        assert series("http_requests_by_path_total") == by(
+            ("path", "status_class"), access.by_path, 2
+        )
+
+        paths = {path for path, _ in access.by_path}
+        expected_rates = {
+            path: access.by_path[(path, "5xx")]
+            / sum(n for (p, _), n in access.by_path.items() if p == path)
+            for path in paths
+        }
+        assert expected_rates["/healthz"] == 0 and expected_rates["/checkout"] > 0
+        got = {r["metric"]["path"]: float(r["value"][1]) for r in query(guide_query())}
+        assert got == pytest.approx(expected_rates, rel=1e-9)
+        requests_5xx = sum(n for (_, status), n in access.requests.items() if status[0] == "5")
+        whole = query(
+            'sum(rate(http_requests_total{status=~"5.."}[5m])) / sum(rate(http_requests_total[5m]))'
+        )
+        assert float(whole[0]["value"][1]) == pytest.approx(requests_5xx / access.parsed, rel=1e-9)
     finally:
         proc.terminate()
         try:
