@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -38,6 +41,39 @@ def pair() -> Iterator[tuple[pg.Cluster, pg.Cluster]]:
         primary.stop("immediate")
         standby.stop("immediate")
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            # Field 4 of /proc/<pid>/stat is the parent's pid (after the "(comm)" field).
+            if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@contextlib.contextmanager
+def frozen(cluster: pg.Cluster, backends: bool) -> Iterator[None]:
+    """SIGSTOP the server's postmaster (and with `backends`, every process it forked): the
+    kernel still completes TCP handshakes on its listening socket, nothing answers, like a
+    hung host or a network black hole. SIGCONT on the way out, whatever happened."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    stopped = [postmaster]
+    try:
+        os.kill(postmaster, signal.SIGSTOP)
+        if backends:  # listed after the postmaster stopped: it forks no new ones
+            for pid in _children(postmaster):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+        yield
+    finally:
+        for pid in reversed(stopped):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def served_by(dsn: str) -> tuple[int, bool]:
@@ -121,14 +157,12 @@ def test_with_health_credentials_the_promoted_standby_becomes_the_primary(ambass
 
 def test_a_stalled_server_is_tolerated_for_a_few_timeouts_then_marked_down(ambassador, pair):  # noqa: F811
     primary, _standby = pair
-    postmaster = int((primary.data / "postmaster.pid").read_text().split()[0])
     common = {"AMBASSADOR_HEALTH_INTERVAL": "0.2", "AMBASSADOR_HEALTH_TIMEOUT": "0.2"}
     patient = ambassador([primary.port], AMBASSADOR_HEALTH_TIMEOUTS="100", **common)
     strict = ambassador([primary.port], AMBASSADOR_HEALTH_TIMEOUTS="2", **common)
     for amb in (patient, strict):
         wait_until(lambda amb=amb: amb.json("/upstreams")["upstreams"][0]["healthy"], what="up")
-    os.kill(postmaster, signal.SIGSTOP)  # accepts connections (kernel backlog), answers none
-    try:
+    with frozen(primary, backends=False):  # accepts connections (kernel backlog), answers none
         wait_until(lambda: not strict.json("/upstreams")["upstreams"][0]["healthy"],
                    timeout=5, what="strict ambassador marks it down")  # fmt: skip
         assert strict.json("/upstreams")["upstreams"][0]["last_error"] == "timed out"
@@ -136,6 +170,28 @@ def test_a_stalled_server_is_tolerated_for_a_few_timeouts_then_marked_down(ambas
         view = patient.json("/upstreams")["upstreams"][0]
         assert view["healthy"] is True
         assert view["consecutive_failures"] >= 2
-    finally:
-        os.kill(postmaster, signal.SIGCONT)
     wait_until(lambda: strict.json("/upstreams")["upstreams"][0]["healthy"], what="back up")
+
+
+def test_the_open_sessions_of_a_hung_server_are_closed_not_left_hanging(ambassador, pair):  # noqa: F811
+    # A server that hangs sends no FIN and no RST: without the ambassador, a client would
+    # wait on its socket until TCP gives up (minutes). The health checks find the hang
+    # (2 timeouts of 0.2 s here) and the ambassador closes the sessions of that upstream.
+    primary, _standby = pair
+    amb = ambassador([primary.port], AMBASSADOR_HEALTH_INTERVAL="0.2",
+                     AMBASSADOR_HEALTH_TIMEOUT="0.2", AMBASSADOR_HEALTH_TIMEOUTS="2")  # fmt: skip
+    conn = psycopg.connect(amb.dsn())
+    conn.execute("SELECT 1")
+    conn.commit()
+    killed = f'ambassador_sessions_killed_total{{upstream="127.0.0.1:{primary.port}"}}'
+    assert amb.metric(killed) == 0
+    # The executor outlives the freeze: if the query hangs, SIGCONT comes first and frees it.
+    with ThreadPoolExecutor(1) as pool, frozen(primary, backends=True):
+        started = time.monotonic()
+        query = pool.submit(conn.execute, "SELECT 1")
+        with pytest.raises(psycopg.OperationalError):
+            query.result(timeout=5)
+        assert time.monotonic() - started < 2.5  # a few health rounds, not a TCP timeout
+        assert amb.metric(killed) == 1
+        assert not amb.json("/upstreams")["upstreams"][0]["healthy"]
+    conn.close()
