@@ -4,6 +4,7 @@ forward ports, tear down. Pattern modules only say what to show once it runs."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -26,12 +27,11 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
 
 
 def build_images() -> str:
-    """`make images` (it picks the base image and says which); returns the tag it used."""
+    """`make images` (it picks the base image and says which); returns the tag it gave the
+    images, as it wrote it in build/images.json (asking for the tag again could give
+    another one: uncommitted edits made meanwhile change it)."""
     run(["make", "--no-print-directory", "images"])
-    return subprocess.run(
-        ["make", "-s", "--no-print-directory", "print-image-tag"],
-        check=True, text=True, capture_output=True, cwd=ROOT,
-    ).stdout.strip()
+    return str(json.loads((ROOT / "build" / "images.json").read_text())["tag"])
 
 
 def kind_cluster_exists() -> bool:
