@@ -118,13 +118,16 @@ def raw_refusal(port: int) -> dict[str, str]:
 
 @pytest.fixture
 def ambassador(service):
-    def start(upstreams: list[int], **env: str) -> Ambassador:
+    def start(upstreams: list[int | str], wait: bool = True, **env: str) -> Ambassador:
+        """Upstreams: ports on 127.0.0.1, or "host:port"; `wait`: until it listens."""
         port, admin_port = free_port(), free_port()
         proc = service(
             MODULE,
             {
                 "AMBASSADOR_LISTEN": f"127.0.0.1:{port}",
-                "AMBASSADOR_UPSTREAMS": ",".join(f"127.0.0.1:{p}" for p in upstreams),
+                "AMBASSADOR_UPSTREAMS": ",".join(
+                    u if isinstance(u, str) else f"127.0.0.1:{u}" for u in upstreams
+                ),
                 "AMBASSADOR_HTTP_HOST": "127.0.0.1",
                 "AMBASSADOR_HTTP_PORT": str(admin_port),
                 "AMBASSADOR_HEALTH_INTERVAL": "0.3",
@@ -132,6 +135,8 @@ def ambassador(service):
             },
         )
         amb = Ambassador(port, f"http://127.0.0.1:{admin_port}", proc)
+        if not wait:
+            return amb
         wait_until(lambda: http_ok(amb.admin + "/healthz") or not proc.alive(),
                    what="ambassador liveness")  # fmt: skip
         wait_until(lambda: listening(port) or not proc.alive(), what="ambassador listening")
@@ -139,6 +144,31 @@ def ambassador(service):
         return amb
 
     return start
+
+
+def test_healthz_passes_only_once_the_ambassador_listens(ambassador):
+    # Kubernetes starts the app once the ambassador's startupProbe (/healthz) passes: by
+    # then the app's localhost:5432 must accept. The first health-check round comes before
+    # the listener, and here it takes 3 s: the upstream accepts (kernel backlog), never answers.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        amb = ambassador([silent.getsockname()[1]], wait=False, AMBASSADOR_HEALTH_TIMEOUT="3")
+
+        def healthz() -> tuple[int, str] | None:  # (a 503 Response is falsy)
+            try:
+                reply = requests.get(amb.admin + "/healthz", timeout=1)
+            except requests.RequestException:
+                return None
+            return reply.status_code, reply.text
+
+        status, text = wait_until(healthz, what="the admin server")
+        assert status == 503, text
+        assert f"not listening yet on 127.0.0.1:{amb.port}" in text
+        assert not listening(amb.port)
+        wait_until(lambda: http_ok(amb.admin + "/healthz"), timeout=8, what="liveness")
+        assert listening(amb.port)  # /healthz said ok: the port accepts
+        assert amb.proc.alive()
 
 
 def test_round_trip_through_the_ambassador(ambassador, primary):

@@ -44,6 +44,10 @@ class Ambassador:
     def __init__(self, config: Config, runtime: Runtime) -> None:
         self.config = config
         self.runtime = runtime
+        # First thing: the admin server already answers, and /healthz must not say "ok"
+        # before the app's database address accepts connections.
+        self.listening = False
+        runtime.admin.liveness.append(self._alive)
         self.upstreams = [Upstream(host, port) for host, port in config.upstreams]
         self.tls = tls_context(config)
         self.sessions: set[Session] = set()
@@ -60,6 +64,16 @@ class Ambassador:
         runtime.admin.route("/upstreams", lambda _query: json_response(self.view()))
 
     # --- state shown to operators ---------------------------------------------------
+
+    def _alive(self) -> tuple[bool, str]:
+        # Kubernetes' startupProbe holds the app back until this passes; after that it stays
+        # true (also while draining: a liveness failure then would only restart us).
+        if not self.listening:
+            return False, (
+                f"not listening yet on {self.config.listen_host}:{self.config.listen_port}"
+                " (first health-check round)"
+            )
+        return True, "ok"
 
     def _ready(self) -> tuple[bool, str]:
         if self.draining:
@@ -346,6 +360,7 @@ class Ambassador:
             backlog=1024,
             reuse_address=True,
         )
+        self.listening = True
         background = [asyncio.create_task(self._health_loop())]
         if self.config.idle_timeout > 0:
             background.append(asyncio.create_task(self._idle_loop()))
@@ -387,10 +402,12 @@ class Ambassador:
 
 
 def run(config: Config, runtime: Runtime) -> None:
+    # Before anything slow (importing uvloop): its liveness check must be in place.
+    ambassador = Ambassador(config, runtime)
     if config.event_loop == "uvloop":
         import uvloop
 
         # libuv's loop roughly halves the relay's per-message cost.
-        uvloop.run(Ambassador(config, runtime).serve())
+        uvloop.run(ambassador.serve())
     else:
-        asyncio.run(Ambassador(config, runtime).serve())
+        asyncio.run(ambassador.serve())
