@@ -21,26 +21,40 @@ from tests.process.test_ambassador import PASSWORD, ambassador  # noqa: F401 (fi
 HEALTH_INTERVAL = 0.5
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[pg.Cluster, pg.Cluster]]:
-    """A fresh primary and its hot standby (each test stops and promotes them)."""
+def _pair(tls: bool) -> Iterator[tuple[pg.Cluster, pg.Cluster, pg.Pki | None]]:
     problem = pg.missing_prerequisite()
     if problem:
         pytest.skip(problem)
     workdir = pg.make_workdir()
+    pki = pg.make_pki(workdir / "pki", ["localhost", "127.0.0.1"]) if tls else None
     primary = pg.Cluster(workdir, "primary", free_port(), PASSWORD)
     standby = pg.Cluster(workdir, "standby", free_port(), PASSWORD)
     try:
-        primary.init().start()
+        primary.init(pki).start()
         with psycopg.connect(primary.dsn(), autocommit=True) as conn:
             conn.execute("CREATE TABLE items (id serial PRIMARY KEY, body text)")
             conn.execute("INSERT INTO items (body) VALUES ('before failover')")
-        standby.init_standby_of(primary).start()
-        yield primary, standby
+        standby.init_standby_of(primary, pki).start()
+        yield primary, standby, pki
     finally:
         primary.stop("immediate")
         standby.stop("immediate")
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[pg.Cluster, pg.Cluster]]:
+    """A fresh primary and its hot standby (each test stops and promotes them)."""
+    for primary, standby, _ in _pair(tls=False):
+        yield primary, standby
+
+
+@pytest.fixture
+def tls_pair() -> Iterator[tuple[pg.Cluster, pg.Cluster, pg.Pki]]:
+    """The same, TLS on, and the CA that signed their certificate (127.0.0.1, localhost)."""
+    for primary, standby, pki in _pair(tls=True):
+        assert pki is not None
+        yield primary, standby, pki
 
 
 def _children(pid: int) -> list[int]:
@@ -195,3 +209,34 @@ def test_the_open_sessions_of_a_hung_server_are_closed_not_left_hanging(ambassad
         assert amb.metric(killed) == 1
         assert not amb.json("/upstreams")["upstreams"][0]["healthy"]
     conn.close()
+
+
+def test_a_silent_primary_costs_a_new_session_only_its_share_of_the_connect_timeout(
+    ambassador, tls_pair  # noqa: F811
+):
+    # The primary hangs (SIGSTOP): the kernel completes the TCP handshake, the TLS
+    # negotiation gets no answer. The health checks are slowed down so they cannot notice
+    # during the test: only the connect path can take the client elsewhere, and it must do
+    # so within AMBASSADOR_CONNECT_TIMEOUT (each of the two upstreams gets half of it).
+    primary, standby, pki = tls_pair
+    amb = ambassador(
+        [primary.port, standby.port],
+        AMBASSADOR_TLS_MODE="verify-full", AMBASSADOR_TLS_CA_FILE=str(pki.ca_cert),
+        AMBASSADOR_HEALTH_INTERVAL="600", AMBASSADOR_CONNECT_TIMEOUT="4",
+    )  # fmt: skip
+    assert served_by(amb.dsn()) == (primary.port, False)
+    with frozen(primary, backends=False):
+        started = time.monotonic()
+        assert served_by(amb.dsn()) == (standby.port, True)
+        assert time.monotonic() - started < 3.5  # 2 s waited on the primary, then the standby
+        # Not the health checks' doing: they still have the primary as healthy.
+        assert amb.json("/upstreams")["upstreams"][0]["healthy"] is True
+        with frozen(standby, backends=False):  # both silent: a clear error, in time
+            started = time.monotonic()
+            with pytest.raises(psycopg.OperationalError) as failure:
+                served_by(amb.dsn())
+            assert time.monotonic() - started < 5
+    assert "SQLSTATE 08006" in str(failure.value)
+    assert "AMBASSADOR_CONNECT_TIMEOUT=4s" in str(failure.value)
+    for server in (primary, standby):
+        assert f"127.0.0.1:{server.port}: no answer within" in str(failure.value)

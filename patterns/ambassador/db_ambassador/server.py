@@ -226,14 +226,26 @@ class Ambassador:
         candidates = self.candidates()
         if not candidates:
             raise NoUpstream(self._unreachable_message())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.connect_timeout
         errors = []
-        for upstream in candidates:
+        for index, upstream in enumerate(candidates):
+            # Each gets an equal share of the time left: one that says nothing (a host
+            # gone, a hung server) until the health checks notice cannot use up the
+            # client's whole wait, and a refusal leaves its share to the next.
+            share = (deadline - loop.time()) / (len(candidates) - index)
             try:
-                reader, writer = await open_upstream(upstream, self.tls)
+                async with asyncio.timeout(share):
+                    reader, writer = await open_upstream(upstream, self.tls)
                 return upstream, reader, writer
+            except TimeoutError:
+                errors.append(f"{upstream.name}: no answer within {share:.1f}s")
             except (OSError, EOFError, UpstreamError) as exc:
                 errors.append(f"{upstream.name}: {describe(exc)}")
-        raise NoUpstream("db-ambassador: cannot reach any upstream: " + "; ".join(errors))
+        raise NoUpstream(
+            "db-ambassador: cannot reach any upstream within "
+            f"AMBASSADOR_CONNECT_TIMEOUT={self.config.connect_timeout:g}s: " + "; ".join(errors)
+        )
 
     async def handle_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -273,18 +285,9 @@ class Ambassador:
             return
         self.connecting += 1
         try:
-            async with asyncio.timeout(timeout):
-                upstream, up_reader, up_writer = await self._connect()
-        except (TimeoutError, NoUpstream) as exc:
-            text = (
-                str(exc)
-                if isinstance(exc, NoUpstream)
-                else (
-                    f"db-ambassador: no upstream answered within {timeout:g}s "
-                    "(AMBASSADOR_CONNECT_TIMEOUT)"
-                )
-            )
-            self._refuse(writer, "no_healthy_upstream", pgwire.CONNECTION_FAILURE, text)
+            upstream, up_reader, up_writer = await self._connect()  # within connect_timeout
+        except NoUpstream as exc:
+            self._refuse(writer, "no_healthy_upstream", pgwire.CONNECTION_FAILURE, str(exc))
             return
         finally:
             self.connecting -= 1
