@@ -480,6 +480,7 @@ def test_a_cancel_request_reaches_the_server_through_the_ambassador(ambassador, 
         timer.join()
         conn.rollback()
         assert conn.execute("SELECT 1").fetchone() == (1,)  # the session carries on
+    assert "cancel request not delivered" not in amb.proc.output()
 
 
 def test_garbage_gets_a_protocol_error_and_a_non_postgres_upstream_is_unhealthy(ambassador):

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -240,3 +241,33 @@ def test_a_silent_primary_costs_a_new_session_only_its_share_of_the_connect_time
     assert "AMBASSADOR_CONNECT_TIMEOUT=4s" in str(failure.value)
     for server in (primary, standby):
         assert f"127.0.0.1:{server.port}: no answer within" in str(failure.value)
+
+
+def test_a_cancel_reaches_a_session_on_the_standby_once_the_primary_is_back(ambassador, pair):  # noqa: F811
+    # A session opened during the primary's outage lives on the standby; the primary comes
+    # back and takes the new sessions again. A cancel for the old session must still reach
+    # the standby, not only the upstream new sessions go to.
+    primary, standby = pair
+    amb = ambassador([primary.port, standby.port], AMBASSADOR_HEALTH_INTERVAL=str(HEALTH_INTERVAL))
+    primary.stop("fast")
+    conn = psycopg.connect(amb.dsn())  # the refused primary falls through to the standby
+    try:
+        port = conn.execute("SELECT current_setting('port')::int").fetchone()[0]
+        assert port == standby.port
+        conn.rollback()
+        primary.start()
+        wait_until(lambda: served_by(amb.dsn())[0] == primary.port, timeout=HEALTH_INTERVAL + 5,
+                   what="new sessions back on the primary")  # fmt: skip
+        timer = threading.Timer(0.5, conn.cancel_safe)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(20)")
+        assert time.monotonic() - started < 10
+        timer.join()
+        conn.rollback()
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the session carries on
+    finally:
+        conn.close()
+    # Both upstreams got it (the primary ignored it), and each closed as a server does.
+    assert "cancel request not delivered" not in amb.proc.output()

@@ -269,12 +269,14 @@ class Ambassador:
         except pgwire.ProtocolError as exc:
             self._refuse(writer, "bad_startup", pgwire.PROTOCOL_VIOLATION, f"db-ambassador: {exc}")
             return
-        is_cancel = pgwire.startup_code(packet) == pgwire.CANCEL_REQUEST_CODE
         if self.draining:
             self._refuse(writer, "shutting_down", ADMIN_SHUTDOWN, "db-ambassador is shutting down")
             return
         # Cancel requests bypass the limit: they are how a client frees a busy session.
-        if not is_cancel and len(self.sessions) + self.connecting >= self.config.max_connections:
+        if pgwire.startup_code(packet) == pgwire.CANCEL_REQUEST_CODE:
+            await self._cancel(packet, writer)
+            return
+        if len(self.sessions) + self.connecting >= self.config.max_connections:
             self._refuse(
                 writer,
                 "too_many_connections",
@@ -295,12 +297,11 @@ class Ambassador:
             up_writer.transport.abort()
             return
         session = self._relay(packet, reader, writer, upstream, up_writer)
-        if not is_cancel:
-            self.metrics.sessions.labels(upstream=upstream.name).inc()
+        self.metrics.sessions.labels(upstream=upstream.name).inc()
         if log.isEnabledFor(logging.DEBUG):
-            params = {} if is_cancel else pgwire.startup_params(packet)
+            params = pgwire.startup_params(packet)
             log.debug(
-                "cancel request relayed" if is_cancel else "session started",
+                "session started",
                 extra={"upstream": upstream.name, "user": params.get("user"),
                        "database": params.get("database")},
             )  # fmt: skip
@@ -308,6 +309,36 @@ class Ambassador:
         # StreamWriter closes its transport.
         await session.closed
         del up_reader
+
+    async def _cancel(self, packet: bytes, writer: asyncio.StreamWriter) -> None:
+        """Pass a CancelRequest on to every healthy upstream: the session may run on any of
+        them (opened before a failover or a failback), the ambassador does not read the
+        BackendKeyData that would say which, and a server ignores a process id and secret
+        key it did not issue."""
+        targets = [u for u in self.upstreams if u.healthy]
+        if not targets:
+            message = self._unreachable_message()
+            self._refuse(writer, "no_healthy_upstream", pgwire.CONNECTION_FAILURE, message)
+            return
+        await asyncio.gather(*(self._send_cancel(u, packet) for u in targets))
+        log.debug("cancel request passed on", extra={"upstreams": [u.name for u in targets]})
+        # As a server does: close once the cancel is delivered (libpq waits for this).
+        writer.close()
+
+    async def _send_cancel(self, upstream: Upstream, packet: bytes) -> None:
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                reader, writer = await open_upstream(upstream, self.tls)
+                try:
+                    writer.write(packet)
+                    await reader.read()  # the server closes once it has signalled the backend
+                finally:
+                    writer.transport.abort()
+        except (OSError, EOFError, UpstreamError, TimeoutError) as exc:
+            log.info(
+                "cancel request not delivered",
+                extra={"upstream": upstream.name, "error": describe(exc)},
+            )
 
     def _relay(
         self,
