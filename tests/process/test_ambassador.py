@@ -223,6 +223,28 @@ def test_verify_full_with_the_wrong_ca_fails_with_a_clear_error(ambassador, prim
     assert http_ok(amb.admin + "/healthz")
 
 
+def test_verify_full_with_a_certificate_for_another_host_fails_with_a_clear_error(
+    ambassador, workdir
+):
+    # The right CA signed the server's certificate, but for another name than the one the
+    # ambassador reaches it by: verify-full must refuse it, and say that it is the name.
+    misnamed = pg.make_pki(workdir / "misnamed-pki", ["db.example.invalid"])
+    server = pg.Cluster(workdir, "misnamed", free_port(), PASSWORD).init(misnamed).start()
+    try:
+        amb = ambassador([f"localhost:{server.port}"], AMBASSADOR_TLS_MODE="verify-full",
+                         AMBASSADOR_TLS_CA_FILE=str(misnamed.ca_cert))  # fmt: skip
+        with pytest.raises(psycopg.OperationalError) as failure:
+            psycopg.connect(amb.dsn())
+        assert "SQLSTATE 08006" in str(failure.value)
+        assert (
+            f"localhost:{server.port}: TLS certificate verification failed: "
+            "Hostname mismatch, certificate is not valid for 'localhost'"
+        ) in str(failure.value)
+        assert "Hostname mismatch" in amb.json("/upstreams")["upstreams"][0]["last_error"]
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("user", ["postgres", "health_md5", "health_plain"])
 def test_health_credentials_find_the_primary_with_each_password_method(ambassador, primary, user):
     # postgres: SCRAM-SHA-256 (over TLS, where the server also offers -PLUS);
