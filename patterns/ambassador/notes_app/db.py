@@ -1,7 +1,9 @@
 """The notes table behind a psycopg connection pool, with the one retry the app allows
 itself: a connection that broke (its server died, the ambassador failed over) is replaced
-and the statement tried once more on a fresh one. Any other database error is raised as
-is, for the page to show plainly."""
+and the statement tried once more on a fresh one. That is safe because a transaction whose
+connection breaks before COMMIT is rolled back by the server; a break during COMMIT itself
+is not retried (the server may have committed: a retry could store a note twice). Any other
+database error is raised as is, for the page to show plainly."""
 
 from __future__ import annotations
 
@@ -28,6 +30,10 @@ CREATE TABLE IF NOT EXISTS notes (
 
 class DatabaseUnavailable(Exception):
     """No connection could be had; the text is the server's (or ambassador's) own."""
+
+
+class CommitOutcomeUnknown(DatabaseUnavailable):
+    """The connection broke during COMMIT: the change may or may not be stored."""
 
 
 class Notes:
@@ -102,7 +108,13 @@ class Notes:
                     "INSERT INTO notes (body) VALUES (%s) RETURNING id, body, created_at", (body,)
                 )
                 row = cur.fetchone()
-            conn.commit()
+            try:
+                conn.commit()
+            except psycopg.OperationalError as exc:
+                raise CommitOutcomeUnknown(
+                    "the connection broke during COMMIT: the note may or may not have been "
+                    f"stored (not retried, so it is not stored twice): {str(exc).strip()}"
+                ) from exc
             assert row is not None
             return row
 
