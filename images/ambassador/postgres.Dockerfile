@@ -1,9 +1,14 @@
 # postgres: ambassador pattern, the "outside world" PostgreSQL (primary or streaming standby)
 #
 # Debian's PostgreSQL packages on the suite's base, so that it builds where no registry
-# can be pulled from (images/build.py passes the Debian-built base as BASE_IMAGE). On
-# Debian bookworm `postgresql` is PostgreSQL 15. One image, two roles (PG_ROLE=primary or
-# standby): see images/ambassador/postgres-entrypoint.sh.
+# can be pulled from (images/build.py passes the Debian-built base as BASE_IMAGE). The
+# major version is the base release's, not pinned: `postgresql` is 15 on bookworm (the
+# default below, and images/base/build.sh's base) and 17 on trixie (python:3.12-slim today,
+# which images/build.py uses when it can pull it). Debian carries one major per release;
+# another would need the PGDG apt repository, which an offline build cannot reach. The
+# ambassador speaks protocol 3.0 to either, and a standby always runs the same image as
+# its primary (pg_basebackup needs the same major). One image, two roles (PG_ROLE=primary
+# or standby): see images/ambassador/postgres-entrypoint.sh.
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 # hadolint ignore=DL3008
