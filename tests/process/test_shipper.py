@@ -394,14 +394,22 @@ def test_shared_key_handshake_and_a_wrong_key_is_retried_not_dropped(service, tm
 
 def test_a_batch_of_empty_lines_goes_as_several_requests_collectors_accept(service, tmp_path, logs):
     (logs / "app.log").write_bytes(b"\n" * 200_000)  # 200,000 events in one 256 KiB batch
-    collector = Collector(service, tmp_path).start()
+    collector = Collector(service, tmp_path)
+    # ~10 MiB on the wire: every request must stay within 1 MiB of entries (plus the
+    # tag and options), or this collector rejects it.
+    collector.extra_env = {"COLLECTOR_MAX_FRAME_BYTES": str(1024 * 1024 + 2048)}
+    collector.start()
     shipper = Shipper(
         service, tmp_path, collector, str(logs / "app.log"), SHIPPER_BATCH_BYTES="262144"
     ).start()
     collector.wait_for(200_000)
     metrics = shipper.metrics()
     assert metrics["shipper_events_acked_total"] == 200_000
+    assert metrics["shipper_batches_acked_total"] == 10, "at most 20,000 lines per batch"
     assert sum(v for k, v in metrics.items() if k.startswith("shipper_retries_total")) == 0
+    frames = requests.get(f"http://127.0.0.1:{collector.http_port}/metrics", timeout=5).text
+    [sent] = re.findall(r'^collector_frames_received_total\{.*\} (\S+)$', frames, re.M)
+    assert float(sent) >= 10
     assert shipper.proc.stop() == 0
     assert collector.count() == 200_000
 

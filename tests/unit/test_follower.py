@@ -87,6 +87,23 @@ def test_at_final_shutdown_a_quiet_unterminated_line_is_delivered_once(tmp_path,
     follower.close()
 
 
+def test_max_lines_bounds_a_chunk_of_short_lines(tmp_path, logs):
+    app = logs / "app.log"
+    app.write_bytes(b"\n" * 10_000 + b"".join(b"%d\n" % i for i in range(5000)))
+    follower = make(tmp_path)
+    chunks = []
+    while (chunk := follower.read(max_bytes=1 << 20, timeout=0.3, max_lines=3000)) is not None:
+        chunks.append(chunk)
+        follower.commit(chunk)
+    assert [len(c.lines) for c in chunks] == [3000] * 5
+    assert [line for c in chunks for line in c.lines] == [""] * 10_000 + [
+        str(i) for i in range(5000)
+    ]
+    assert [c.start for c in chunks[1:]] == [c.end for c in chunks[:-1]]
+    assert chunks[-1].end == app.stat().st_size
+    follower.close()
+
+
 def test_rename_rotation_reads_old_file_to_end_then_new_and_flushes_last_line(tmp_path, logs):
     app = logs / "app.log"
     app.write_text("a1\n")

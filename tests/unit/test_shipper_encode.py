@@ -7,7 +7,7 @@ import pytest
 from patterns.common.config import ConfigError
 from patterns.common.forward import protocol
 from patterns.sidecar.shipper.config import load_config
-from patterns.sidecar.shipper.encode import EntryEncoder
+from patterns.sidecar.shipper.encode import MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES, EntryEncoder
 
 LINES = ["plain", "", "é unicode ✓", "x" * 40, "y" * 300, "z" * 70_000, "nul \x00 byte", "\ufffd"]
 
@@ -57,3 +57,41 @@ def test_config_errors_name_every_bad_variable():
     message = str(error.value)
     for name in ("SHIPPER_PATHS", "SHIPPER_BATCH_BYTES", "FLUENT_PORT", "SHIPPER_LONG_LINES"):
         assert name in message
+
+
+def test_short_lines_are_split_into_requests_of_at_most_1_mib_on_the_wire():
+    lines = [""] * 200_000  # 200,000 events from 195 KiB of file: ~9 MiB of entries
+    path = "/var/log/app/" + "a" * 200 + ".log"  # the path is in every entry
+    requests = EntryEncoder().requests(lines, path, 1_764_000_000.5)
+    assert len(requests) > 1
+    assert all(len(entries) <= MAX_REQUEST_BYTES for entries, _ in requests)
+    assert all(count <= MAX_EVENTS_PER_REQUEST for _, count in requests)
+    assert sum(count for _, count in requests) == len(lines)
+    # Nothing lost or reordered at the cuts: together they are the one-request encoding.
+    assert b"".join(e for e, _ in requests) == EntryEncoder().encode(lines, path, 1_764_000_000.5)
+    limits = protocol.Limits(max_frame_bytes=2 << 20, max_entries=MAX_EVENTS_PER_REQUEST)
+    for entries, count in requests:
+        assert len(protocol.decode_entries(entries, limits)) == count
+
+
+def test_requests_are_filled_up_to_the_limits():
+    lines = [f"line {i:04d}" for i in range(1000)]
+    entry = len(EntryEncoder().encode(lines[:1], "/a.log", 1.0))
+    requests = EntryEncoder().requests(lines, "/a.log", 1.0, max_bytes=10 * entry + 5)
+    assert [count for _, count in requests] == [10] * 100
+    by_events = EntryEncoder().requests(lines, "/a.log", 1.0, max_events=300)
+    assert [count for _, count in by_events] == [300, 300, 300, 100]
+    assert EntryEncoder().requests(lines, "/a.log", 1.0) == [
+        (EntryEncoder().encode(lines, "/a.log", 1.0), 1000)
+    ]
+    assert EntryEncoder().requests([], "/a.log", 1.0) == []
+
+
+def test_the_largest_line_piece_fits_in_one_request():
+    config = load_config({"SHIPPER_PATHS": "/x", "SHIPPER_MAX_LINE_BYTES": str(256 * 1024)})
+    # Worst case: every byte invalid UTF-8 (a 3-byte U+FFFD each), a path of PATH_MAX.
+    piece = "\ufffd" * config.limits.max_line_bytes
+    [(entries, count)] = EntryEncoder().requests([piece], "/" + "p" * 4095, 1.0)
+    assert count == 1 and len(entries) <= MAX_REQUEST_BYTES
+    with pytest.raises(ConfigError, match="SHIPPER_MAX_LINE_BYTES"):
+        load_config({"SHIPPER_PATHS": "/x", "SHIPPER_MAX_LINE_BYTES": str(256 * 1024 + 1)})

@@ -50,8 +50,9 @@ Guarantees and rules:
 - Globs should match the live files only (`app.log`, not `app.log*`): a rotated file
   that still matches is simply followed further, but a compressed one would be read as
   new content.
-- Memory is bounded: reads are at most `max_bytes`, a held incomplete line at most
-  `max_line_bytes`; longer lines are split (or truncated) and counted.
+- Memory is bounded: reads are at most `max_bytes` (and `max_lines` lines, if given),
+  a held incomplete line at most `max_line_bytes`; longer lines are split (or
+  truncated) and counted.
 - With inotify (Linux), a watcher thread opens new and renamed files and takes their
   heads as the events arrive, whatever the consumer is doing. Without it (polling), call
   `poll()` now and then while the consumer cannot take chunks (destination down), so

@@ -127,6 +127,20 @@ def _pread(fd: int, size: int, offset: int) -> bytes:
         return b""
 
 
+def _up_to_line(block: bytes, count: int) -> bytes:
+    """`block` up to and including its `count`-th newline (all of it if it has fewer)."""
+    if block.count(b"\n") <= count:
+        return block
+    low, high = 0, len(block)  # the shortest prefix holding `count` newlines
+    while low < high:
+        middle = (low + high) // 2
+        if block.count(b"\n", 0, middle) >= count:
+            high = middle
+        else:
+            low = middle + 1
+    return block[:low]
+
+
 def _has_magic(pattern: str) -> bool:
     return glob.has_magic(pattern)
 
@@ -186,9 +200,12 @@ class Follower:
                 self._recover_generations(checkpoints, resumed)
             self._scan()
 
-    def read(self, max_bytes: int = 1024 * 1024, timeout: float = 1.0) -> Chunk | None:
-        """The next lines (about max_bytes of file data at most) from some file, or None
-        when nothing new arrived within `timeout` seconds."""
+    def read(
+        self, max_bytes: int = 1024 * 1024, timeout: float = 1.0, max_lines: int | None = None
+    ) -> Chunk | None:
+        """The next lines (about max_bytes of file data at most, and about max_lines lines:
+        short lines cost far more memory downstream than their bytes) from some file, or
+        None when nothing new arrived within `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
@@ -198,7 +215,7 @@ class Follower:
                 self._handle_events()
                 if time.monotonic() >= self._next_scan:
                     self._scan()
-                chunk = self._next_chunk(max(max_bytes, 4096))
+                chunk = self._next_chunk(max(max_bytes, 4096), max_lines)
                 save = self._save_pending
                 self._save_pending = False
             if save:
@@ -311,7 +328,7 @@ class Follower:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def _next_chunk(self, max_bytes: int) -> Chunk | None:
+    def _next_chunk(self, max_bytes: int, max_lines: int | None) -> Chunk | None:
         """Round robin over followed names; within one name, rotated or copied files
         (older content) before the live file."""
         groups: dict[str, list[_Stream]] = {}
@@ -323,12 +340,14 @@ class Follower:
         self._rr = (self._rr + 1) % len(names)
         for name in names[self._rr :] + names[: self._rr]:
             for stream in groups[name]:
-                chunk = self._read_stream(stream, max_bytes)
+                chunk = self._read_stream(stream, max_bytes, max_lines)
                 if chunk is not None:
                     return chunk
         return None
 
-    def _read_stream(self, stream: _Stream, max_bytes: int) -> Chunk | None:
+    def _read_stream(
+        self, stream: _Stream, max_bytes: int, max_lines: int | None
+    ) -> Chunk | None:
         if stream.closed:
             return None
         if stream.finished:
@@ -356,6 +375,9 @@ class Follower:
                 # new content at an old offset. Drop it; the new content is read from 0.
                 self._on_truncated(stream)
                 return None
+            read = len(block)
+            if max_lines is not None:
+                block = _up_to_line(block, max_lines)  # the rest is read next time
             stream.read_pos += len(block)
             stream.last_growth = now
             self.stats.bytes_read += len(block)
@@ -366,7 +388,7 @@ class Follower:
             if stream.committed == stream.handed_out:
                 # Only discarded bytes (rest of a truncated long line): nothing to deliver.
                 stream.committed = stream.handed_out = end
-            if len(block) < want:
+            if read < want:
                 return None
 
     def _hand_out(self, stream: _Stream, lines: list[str], end: int) -> Chunk:

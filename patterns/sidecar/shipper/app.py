@@ -37,9 +37,9 @@ from patterns.sidecar.shipper.encode import EntryEncoder
 log = logging.getLogger(__name__)
 
 _STALL_SECONDS = 60.0  # the reader loop ticks at least every second; this means it hangs
-# A batch of very short lines (512 KiB of empty lines) would exceed what collectors accept
-# in one request (log-collector: 100,000 entries); such a batch goes as several requests.
-MAX_EVENTS_PER_REQUEST = 50_000
+# Lines per batch, besides SHIPPER_BATCH_BYTES: each line costs about 100 bytes plus the
+# path in memory and on the wire, so 1 MiB of empty lines would otherwise take ~100 MiB.
+MAX_LINES_PER_BATCH = 20_000
 
 
 @dataclass(frozen=True)
@@ -189,19 +189,14 @@ class Shipper:
             # follower holding no incomplete line means everything written so far has
             # been handed to the sender.
             timeout = 0.3 if self.shutdown_begun.is_set() else 1.0
-            chunk = self.follower.read(self.config.batch_bytes, timeout=timeout)
+            chunk = self.follower.read(
+                self.config.batch_bytes, timeout=timeout, max_lines=MAX_LINES_PER_BATCH
+            )
             if chunk is None:
                 if self.shutdown_begun.is_set() and not self.follower.holds_incomplete():
                     return
                 continue
-            now = time.time()
-            requests = [
-                (self.encoder.encode(part, chunk.path, now), len(part))
-                for part in (
-                    chunk.lines[i : i + MAX_EVENTS_PER_REQUEST]
-                    for i in range(0, len(chunk.lines), MAX_EVENTS_PER_REQUEST)
-                )
-            ]
+            requests = self.encoder.requests(chunk.lines, chunk.path, time.time())
             if not self._enqueue(Batch(chunk, requests)):
                 return
 

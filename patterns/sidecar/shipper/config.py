@@ -58,7 +58,9 @@ def load_config(environ: Mapping[str, str]) -> Config:
         shutdown_timeout=env.float("SHIPPER_SHUTDOWN_TIMEOUT", 20.0, min=0, max=3600),
         checkpoint_fsync=env.bool("SHIPPER_CHECKPOINT_FSYNC", True),
         limits=Limits(
-            max_line_bytes=env.int("SHIPPER_MAX_LINE_BYTES", 64 * KIB, min=64, max=16 * MIB),
+            # At most 256 KiB, so one piece always fits in a request (encode.py: 1 MiB of
+            # entries), even if invalid UTF-8 makes every byte a 3-byte U+FFFD.
+            max_line_bytes=env.int("SHIPPER_MAX_LINE_BYTES", 64 * KIB, min=64, max=256 * KIB),
             truncate_long_lines=env.choice("SHIPPER_LONG_LINES", "split", ("split", "truncate"))
             == "truncate",
             rotate_wait=env.float("SHIPPER_ROTATE_WAIT", 5.0, min=0, max=3600),
