@@ -8,16 +8,19 @@ in another terminal while the demo runs, stops the primary and promotes the stan
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import requests
 
@@ -137,10 +140,18 @@ def _pick_port(preferred: int) -> int:
 # --- local processes ------------------------------------------------------------------------
 
 
+def _exit_on(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_local() -> None:
     problem = pg.missing_prerequisite()
     if problem:
         raise SystemExit(f"the local ambassador demo {problem}")
+    # A closed terminal or a `kill` must run the cleanup below as Ctrl-C does; otherwise
+    # both PostgreSQL servers and state.json outlive the demo.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on)
     password, pki = prepare_secrets()
     listen = 5432 if _free(5432) else _pick_port(15432)
     if listen != 5432:
@@ -183,8 +194,25 @@ def run_local() -> None:
         say("stopped both PostgreSQL servers and removed their data")
 
 
+def clean() -> None:
+    """For `make demo-clean`: a local demo killed before its cleanup (SIGKILL, a crash)
+    leaves both PostgreSQL servers running; stop them, delete their data and the state."""
+    state = load_state()
+    if state.get("runtime") == "local":
+        workdir = Path(str(state["workdir"]))
+        for name in ("primary", "standby"):
+            with contextlib.suppress(Exception):
+                pg.Cluster(workdir, name, 0, "").stop("fast")
+        shutil.rmtree(workdir, ignore_errors=True)
+    STATE.unlink(missing_ok=True)
+
+
 def _failover_local(state: dict[str, object]) -> None:
     workdir = Path(str(state["workdir"]))
+    if not workdir.is_dir():
+        STATE.unlink(missing_ok=True)
+        raise SystemExit(f"the local demo that wrote {STATE} is gone ({workdir} no longer "
+                         "exists); start `make demo-ambassador`")  # fmt: skip
     password = Path(str(state["password_file"])).read_text().strip()
     primary = pg.Cluster(workdir, "primary", int(str(state["primary"])), password)
     standby = pg.Cluster(workdir, "standby", int(str(state["standby"])), password)
@@ -261,10 +289,25 @@ def _kind_forward() -> Iterator[None]:
         yield
 
 
-def failover(runtime: str) -> None:
-    """`make ambassador-failover`: stop the primary, promote the standby, watch the app."""
-    state = load_state()
-    runtime = str(state.get("runtime", runtime))
+def requested_runtime() -> str | None:
+    """The runtime the user named, --runtime or DEMO_RUNTIME, if any (demo/__main__.py
+    passes failover() only its choice, which falls back to the best runtime here)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--runtime")
+    named = parser.parse_known_args()[0].runtime
+    return named or os.environ.get("DEMO_RUNTIME") or None
+
+
+def failover(runtime: str, requested: str | None = None) -> None:
+    """`make ambassador-failover`: stop the primary, promote the standby, watch the app.
+    The runtime: the one asked for (`requested`, else --runtime or DEMO_RUNTIME), else the
+    running demo's (state.json), else `runtime`."""
+    requested = requested or requested_runtime()
+    saved = load_state()
+    if requested and saved and saved.get("runtime") != requested:
+        say(f"{STATE} is a {saved.get('runtime')} demo's; {requested} was asked for")
+    runtime = requested or str(saved.get("runtime", runtime))
+    state = saved if saved.get("runtime") == runtime else {}
     say(f"failover on the running {runtime} demo")
     if runtime == "local":
         if not state:
