@@ -18,11 +18,12 @@ from dataclasses import dataclass
 import pytest
 
 from tests import pg
-from tests.container.conftest import Pod, PodContainer, Pods
+from tests.container.conftest import RUN_AS, Pod, PodContainer, Pods
 from tests.in_pod import ESTABLISHED_TCP_SCRIPT, http_post_json_script, parse_http_response
 
 PASSWORD = "container-test-password"
 PGDATA_ROOT = "/var/lib/pgdata"
+TLS_DIR = "/etc/podpatterns/tls"
 
 
 @dataclass
@@ -51,6 +52,32 @@ def tar_of(files: dict[str, bytes], mode: int = 0o600) -> bytes:
     return out.getvalue()
 
 
+def start_pause(pod: Pod, image: str, mounts: dict[str, str]) -> PodContainer:
+    """A pod's first container that only sleeps, like Kubernetes' pause container: it owns
+    the network namespace (its name is the pod's address) and keeps `mounts` mounted, so
+    files put into a volume stay there until the pod's real containers start (a tmpfs
+    volume's content lives only while some container holds it). Hardened as Pod.start."""
+    assert not pod.containers, "the pause container comes first"
+    container = pod.client.containers.run(
+        image, entrypoint=["sleep", "infinity"], name=f"{pod.name}-pause",
+        network=pod.network, hostname=pod.name,
+        volumes={volume: {"bind": path, "mode": "rw"} for volume, path in mounts.items()},
+        read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"], user=RUN_AS,
+        mem_limit="32m", labels={"podpatterns.test": "container-tier"}, detach=True,
+    )  # fmt: skip
+    pause = PodContainer(name=container.name, container=container)
+    pod.containers.append(pause)
+    return pause
+
+
+def psql_in(db: PodContainer, sql: str) -> str:
+    """Run SQL in a database container over its Unix socket, as postgres."""
+    result = db.container.exec_run(["psql", "-h", "/tmp", "-U", "postgres", "-Atc", sql],
+                                   user=RUN_AS, environment={"PGPASSWORD": PASSWORD})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return result.output.decode().strip()
+
+
 @pytest.fixture(scope="module")
 def ambassador_pods(
     images: dict[str, str], pods: Pods, tmp_path_factory: pytest.TempPathFactory
@@ -58,27 +85,25 @@ def ambassador_pods(
     if shutil.which("openssl") is None:
         pytest.skip("needs openssl to make the test CA: apt-get install openssl")
     db_pod = pods.new("db")
-    data = db_pod.volume("pgdata", size="256m")
-    db = db_pod.start(
-        "postgres", images["postgres"],
-        env={"POSTGRES_PASSWORD": PASSWORD, "PG_ROLE": "primary", "PG_CLUSTER_NAME": "primary"},
-        mounts={data: PGDATA_ROOT}, mem_limit="512m",
-    )  # fmt: skip
-    pods.eventually(lambda: db.exec("pg_isready", "-h", "/tmp")[0] == 0, "PostgreSQL up", 60)
+    # The certificate is in place before PostgreSQL starts, as a mounted Secret would be:
+    # the image's entrypoint turns TLS on from PG_TLS_CERT_FILE / PG_TLS_KEY_FILE.
+    tls = db_pod.volume("tls", size="1m")
+    pause = start_pause(db_pod, images["postgres"], {tls: TLS_DIR})
     standby_pod = pods.new("standby")
     standby_address = f"{standby_pod.name}-postgres"  # the name Pod.start will give it
     # The servers' certificate names both database pods as the app pod reaches them.
     pki = pg.make_pki(tmp_path_factory.mktemp("pki"), [db_pod.address, standby_address])
-    # TLS on, live: the key and certificate into PGDATA, then ssl = on and a reload.
-    db.container.put_archive(f"{PGDATA_ROOT}/data", tar_of(
-        {"server.crt": pki.server_cert.read_bytes(), "server.key": pki.server_key.read_bytes()}
+    pause.container.put_archive(TLS_DIR, tar_of(
+        {"tls.crt": pki.server_cert.read_bytes(), "tls.key": pki.server_key.read_bytes()}
     ))  # fmt: skip
-    for sql in ("ALTER SYSTEM SET ssl = on", "SELECT pg_reload_conf()"):
-        result = db.container.exec_run(
-            ["psql", "-h", "/tmp", "-U", "postgres", "-c", sql],
-            user="10001:10001", environment={"PGPASSWORD": PASSWORD},
-        )  # fmt: skip
-        assert result.exit_code == 0, result.output
+    data = db_pod.volume("pgdata", size="256m")
+    db = db_pod.start(
+        "postgres", images["postgres"],
+        env={"POSTGRES_PASSWORD": PASSWORD, "PG_ROLE": "primary", "PG_CLUSTER_NAME": "primary",
+             "PG_TLS_CERT_FILE": f"{TLS_DIR}/tls.crt", "PG_TLS_KEY_FILE": f"{TLS_DIR}/tls.key"},
+        mounts={data: PGDATA_ROOT, tls: f"{TLS_DIR}:ro"}, mem_limit="512m",
+    )  # fmt: skip
+    pods.eventually(lambda: db.exec("pg_isready", "-h", "/tmp")[0] == 0, "PostgreSQL up", 60)
     # The standby's base backup copies the certificate and ssl = on along with the data.
     standby_data = standby_pod.volume("pgdata", size="256m")
     standby = standby_pod.start(
@@ -120,6 +145,14 @@ def ambassador_pods(
 def post_note(app: PodContainer, body: str) -> tuple[int, str]:
     return parse_http_response(*app.python(
         http_post_json_script("http://127.0.0.1:8080/notes", {"body": body}, timeout=10)))
+
+
+def test_the_primary_turned_tls_on_from_the_mounted_certificate(ambassador_pods):
+    db = ambassador_pods.db
+    assert psql_in(db, "SHOW ssl") == "on"
+    # The entrypoint copied the key out of the read-only mount: owned by the server, 0600.
+    code, output = db.exec("stat", "-c", "%a %u", f"{PGDATA_ROOT}/data/server.key")
+    assert (code, output.strip()) == (0, "600 10001")
 
 
 def test_the_app_reaches_the_database_only_through_localhost(ambassador_pods):
