@@ -22,11 +22,12 @@ from typing import Any
 import msgpack
 import pytest
 import requests
+import yaml
 from fluent.sender import EventTime, FluentSender
 
 from patterns.common.forward import protocol
 from patterns.common.forward.client import ForwardClient, ForwardError, HandshakeError
-from tests.conftest import free_port, http_ok, require_tool, wait_until
+from tests.conftest import ROOT, free_port, http_ok, require_tool, wait_until
 
 INTEROP = Path(__file__).parent / "forward_interop"
 MODULE = "patterns.sidecar.collector"
@@ -302,11 +303,12 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
 }
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory now (VmRSS) or at its peak so far (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
 
 
 def closed_by_server(sock: socket.socket, timeout: float = 10.0) -> bool:
@@ -353,6 +355,77 @@ def test_hostile_requests_are_closed_counted_and_others_keep_being_served(
     assert growth < 64 * 1024 * 1024, f"RSS grew by {growth / 2**20:.0f} MiB"
     assert "rejected client request" in c.proc.output()
     assert "127.0.0.1:" in c.proc.output()  # the peer is in the log line
+
+
+def manifest_collector() -> tuple[dict[str, str], int]:
+    """The collector container's env in k8s/sidecar/base, and the memory its process may
+    use there: the container's limit minus its memory-backed volumes."""
+    docs = yaml.safe_load_all((ROOT / "k8s/sidecar/base/log-collector.yaml").read_text())
+    [spec] = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
+    [container] = spec["containers"]
+    units = {"Mi": 2**20, "Gi": 2**30}
+
+    def quantity(text: str) -> int:
+        return int(text[:-2]) * units[text[-2:]]
+
+    tmpfs = sum(
+        quantity(v["emptyDir"]["sizeLimit"])
+        for v in spec["volumes"]
+        if v.get("emptyDir", {}).get("medium") == "Memory"
+    )
+    env = {item["name"]: item["value"] for item in container["env"]}
+    return env, quantity(container["resources"]["limits"]["memory"]) - tmpfs
+
+
+def read_ack(sock: socket.socket, timeout: float = 60.0) -> str:
+    unpacker = msgpack.Unpacker(raw=False)
+    sock.settimeout(timeout)
+    while True:
+        for obj in unpacker:
+            return protocol.decode_ack(obj)
+        data = sock.recv(4096)
+        assert data, "closed without an ack"
+        unpacker.feed(data)
+
+
+def test_with_the_manifest_limits_every_connection_busy_stays_under_the_memory_limit(
+    collector: Callable[..., Collector],
+) -> None:
+    env, budget = manifest_collector()
+    c = collector(**{k: v for k, v in env.items() if k.startswith("COLLECTOR_MAX_")})
+    connections = int(env["COLLECTOR_MAX_CONNECTIONS"])
+    frame = int(env["COLLECTOR_MAX_FRAME_BYTES"])
+    # The costliest request that fits a frame: as many empty-line events as it holds.
+    entry = packed([""])
+    count = (frame - 1024) // len(entry)
+    good = c.client()
+    good.send_packed("good", packed(["before"]), 1)
+    hogs = []
+    for i in range(connections - 1):
+        request = protocol.encode_packed_forward("hog", entry * count, count, f"hog-{i}")
+        assert len(request) <= frame
+        sock = socket.create_connection(("127.0.0.1", c.forward_port), timeout=30)
+        sock.sendall(request[:-1])  # all but the last byte: held in the collector's buffer
+        hogs.append((sock, request[-1:], f"hog-{i}"))
+    wait_until(
+        lambda: c.metric("collector_connections") == connections, what="every connection open"
+    )
+    # One connection more is refused; the client already connected is still served.
+    with socket.create_connection(("127.0.0.1", c.forward_port), timeout=10) as extra:
+        assert closed_by_server(extra)
+    good.send_packed("good", packed(["while every buffer is full"]), 1)
+    # Then every large request completes at once: decoded and stored a few at a time.
+    for sock, last, _ in hogs:
+        sock.sendall(last)
+    for sock, _, chunk in hogs:
+        assert read_ack(sock) == chunk
+        sock.close()
+    good.send_packed("good", packed(["after"]), 1)
+    good.close()
+    peak = rss_bytes(c.proc.pid, "VmHWM")
+    assert peak < budget, f"peak RSS {peak / 2**20:.0f} MiB, limit {budget / 2**20:.0f} MiB"
+    assert c.counts()["tags"] == {"good": 3, "hog": (connections - 1) * count}
+    assert c.metric("collector_rejected_frames_total", reason="too_many_connections") == 1
 
 
 def test_silent_connections_are_closed_after_the_idle_timeout(

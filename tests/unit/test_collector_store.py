@@ -85,3 +85,23 @@ def test_a_record_too_deep_for_json_fails_only_its_own_request(tmp_path: Path) -
         assert store.counts() == {"ok": 2}
     finally:
         store.close()
+
+
+def test_the_recent_view_is_bounded_in_bytes_and_older_records_come_from_the_files(
+    tmp_path: Path,
+) -> None:
+    big = "x" * 100_000  # a client decides how large a record is
+
+    async def write(store: RecordStore) -> None:
+        for i in range(50):
+            await store.append("big", [(float(i), {"i": i, "pad": big})])
+
+    store = RecordStore(tmp_path, recent=1000, recent_bytes=1024 * 1024)
+    store.open()
+    try:
+        asyncio.run(write(store))
+        assert store._recent_size <= 1024 * 1024 and len(store._recent) < 50
+        assert [r["record"]["i"] for r in store.recent(None, 30)] == list(range(20, 50))
+        assert [r["record"]["i"] for r in store.recent("big", 50)] == list(range(50))
+    finally:
+        store.close()

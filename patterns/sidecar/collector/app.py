@@ -36,6 +36,7 @@ def run(config: Config, runtime: Runtime) -> None:
         fsync=config.fsync,
         segment_bytes=config.segment_bytes,
         recent=config.recent_records,
+        recent_bytes=config.recent_bytes,
     )
     store.open()
     try:
@@ -110,6 +111,7 @@ def _forward_server(config: Config, runtime: Runtime, store: RecordStore) -> For
         limits=config.limits,
         idle_timeout=config.idle_timeout,
         max_connections=config.max_connections,
+        max_inflight_requests=config.max_inflight_requests,
         metrics=ForwardMetrics(runtime.registry, prefix="collector"),
     )
     return server

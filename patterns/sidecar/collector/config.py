@@ -25,8 +25,10 @@ class Config:
     limits: Limits
     idle_timeout: float
     max_connections: int
+    max_inflight_requests: int
     segment_bytes: int
     recent_records: int
+    recent_bytes: int
     shutdown_grace: float
 
 
@@ -68,8 +70,10 @@ def load_config(environ: Mapping[str, str]) -> Config:
         ),
         idle_timeout=env.float("COLLECTOR_IDLE_TIMEOUT", 600.0, min=0.1),
         max_connections=env.int("COLLECTOR_MAX_CONNECTIONS", 256, min=1),
+        max_inflight_requests=env.int("COLLECTOR_MAX_INFLIGHT_REQUESTS", 8, min=1, max=1024),
         segment_bytes=env.int("COLLECTOR_SEGMENT_BYTES", 64 * mib, min=4096),
         recent_records=env.int("COLLECTOR_RECENT_RECORDS", 1000, min=1, max=100_000),
+        recent_bytes=env.int("COLLECTOR_RECENT_BYTES", 8 * mib, min=64 * 1024),
         shutdown_grace=env.float("COLLECTOR_SHUTDOWN_GRACE", 10.0, min=0.0),
     )
     env.check()

@@ -104,13 +104,19 @@ class RecordStore:
         fsync: bool = True,
         segment_bytes: int = 64 * 1024 * 1024,
         recent: int = 1000,
+        recent_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.data_dir = data_dir
         self.fsync = fsync
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()  # counts and recent are read by the admin thread
         self._counts: Counter[str] = Counter()
-        self._recent: deque[bytes] = deque(maxlen=recent)
+        # The newest records for /api/records: at most `recent` of them and `recent_bytes`
+        # in all (records are client-sized); older ones are read back from the files.
+        self._recent: deque[bytes] = deque()
+        self._recent_count = recent
+        self._recent_bytes = recent_bytes
+        self._recent_size = 0
         self._queue: queue.SimpleQueue[tuple[str, list[Event], Future[None]] | None] = (
             queue.SimpleQueue()
         )
@@ -134,13 +140,13 @@ class RecordStore:
         for number, path in segments:
             self._load_segment(path, active=number == segments[-1][0])
         # The recent view comes from the newest segments only, however many there are.
-        wanted = self._recent.maxlen or 0
+        wanted = self._recent_count
         tail: list[bytes] = []
         for _, path in reversed(segments):
             if len(tail) >= wanted:
                 break
             tail[:0] = _tail_lines(path, wanted - len(tail))
-        self._recent.extend(tail)
+        self._remember(tail)
         self._segment = segments[-1][0] if segments else 1
         self._open_segment()
         self._thread.start()
@@ -227,7 +233,7 @@ class RecordStore:
         chunks: list[bytes] = []
         last_lines: list[bytes] = []
         counts: Counter[str] = Counter()
-        keep = self._recent.maxlen or 0
+        keep = self._recent_count
         for tag, lines, _ in work:
             chunks.append(b"".join(lines))
             counts[tag] += len(lines)
@@ -254,8 +260,18 @@ class RecordStore:
         with self._lock:
             self._counts.update(counts)
             self._segment_counts.update(counts)
-            self._recent.extend(last_lines)
+            self._remember(last_lines)
         return len(data), sum(counts.values())
+
+    def _remember(self, lines: list[bytes]) -> None:
+        """Add lines to the recent view, dropping the oldest beyond its limits."""
+        recent = self._recent
+        recent.extend(lines)
+        self._recent_size += sum(map(len, lines))
+        while recent and (
+            len(recent) > self._recent_count or self._recent_size > self._recent_bytes
+        ):
+            self._recent_size -= len(recent.popleft())
 
     # --- segments ---------------------------------------------------------------------------
 
@@ -331,10 +347,10 @@ class RecordStore:
             if tag is not None and tag not in self._counts:
                 return []  # never stored: no need to look through the files
             lines = list(self._recent)
-            full = len(lines) == self._recent.maxlen
-        prefix = None if tag is None else b'{"tag":' + encode_json(tag) + b","
-        picked = [line for line in reversed(lines) if prefix is None or line.startswith(prefix)]
-        if prefix is not None and len(picked) < limit and full:
+            older_on_disk = sum(self._counts.values()) > len(lines)
+        prefix = b'{"tag":' if tag is None else b'{"tag":' + encode_json(tag) + b","
+        picked = [line for line in reversed(lines) if line.startswith(prefix)]
+        if len(picked) < limit and older_on_disk:
             picked = _scan_back(self._segments(), prefix, limit)
         records = []
         for line in picked[:limit]:
