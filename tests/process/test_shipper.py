@@ -300,9 +300,11 @@ def test_garbage_input_is_shipped_counted_and_memory_stays_bounded(service, tmp_
     shipper = Shipper(service, tmp_path, collector, str(logs / "*.log")).start()
     (logs / "utf8.log").write_bytes(b"ok\nbad \xff\xfe\xfd end\nalso \xc3 bad\n")
     (logs / "nul.log").write_bytes(b"nul \x00 inside\n\x00\x00\x00\n")
-    ten_mib = 10 * 1024 * 1024
+    collector.wait_for(5)
+    baseline = shipper.peak_rss()  # warm: files followed, batches encoded and acked
+    line_bytes = 40 * 1024 * 1024
     with open(logs / "long.log", "wb") as handle:
-        for _ in range(10):  # 10 MiB in one line without a newline, written in pieces
+        for _ in range(40):  # 40 MiB in one line without a newline, written in pieces
             handle.write(b"L" * (1024 * 1024))
             handle.flush()
             time.sleep(0.05)
@@ -318,7 +320,7 @@ def test_garbage_input_is_shipped_counted_and_memory_stays_bounded(service, tmp_
         handle.write(b"after\n")
     with open(logs / "long.log", "ab") as handle:
         handle.write(b"\nnext line\n")
-    pieces = ten_mib // (64 * 1024)
+    pieces = line_bytes // (64 * 1024)
     expected = 3 + 2 + pieces + 1 + 2 + 2  # utf8, nul, long pieces + "next line", truncated
     collector.wait_for(expected)
     time.sleep(0.5)
@@ -331,7 +333,7 @@ def test_garbage_input_is_shipped_counted_and_memory_stays_bounded(service, tmp_
     assert by_file["nul.log"] == ["nul \x00 inside", "\x00\x00\x00"]
     long_pieces = by_file["long.log"]
     assert long_pieces[-1] == "next line"
-    assert "".join(long_pieces[:-1]) == "L" * ten_mib
+    assert "".join(long_pieces[:-1]) == "L" * line_bytes
     assert max(len(p) for p in long_pieces) <= 64 * 1024
     assert by_file["truncated.log"] == ["before 1", "before 2", "half a li", "after"]
     metrics = shipper.metrics()
@@ -343,6 +345,10 @@ def test_garbage_input_is_shipped_counted_and_memory_stays_bounded(service, tmp_
     assert shipper.proc.alive()
     peak = shipper.peak_rss()
     assert peak < 64 * 1024 * 1024, f"peak RSS {peak / 2**20:.1f} MiB"
+    # The 40 MiB line never sat in memory: shipping it took a few batches' worth (the
+    # default 512 KiB; ~4 MiB, as for a 10 MiB line), not a share of the line's size.
+    growth = peak - baseline
+    assert growth < line_bytes // 5, f"peak RSS grew by {growth / 2**20:.1f} MiB"
     assert shipper.proc.stop() == 0
 
 
