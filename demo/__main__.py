@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shutil
 
 from demo import containers
@@ -24,6 +25,12 @@ def main() -> None:
     parser.add_argument("--clean", action="store_true", help="remove what the demos left running")
     args = parser.parse_args()
     if args.clean:
+        # A pattern's own leftovers first (the ambassador's local servers), then the
+        # runtimes' (Compose projects, kind namespaces, saved state).
+        for pattern in PATTERNS:
+            clean = getattr(importlib.import_module(f"demo.{pattern}"), "clean", None)
+            if clean is not None:
+                clean()
         containers.clean(list(PATTERNS))
         return
     if args.pattern is None:
@@ -34,7 +41,8 @@ def main() -> None:
             parser.error(f"--failover is for the ambassador demo, not {args.pattern}")
         if shutil.which("kind"):
             containers.use_kind_cluster(create=False)
-        module.failover(choose(args.runtime).runtime)
+        requested = args.runtime or os.environ.get("DEMO_RUNTIME") or None
+        module.failover(choose(args.runtime).runtime, requested=requested)
         return
     choice = choose(args.runtime)
     say(f"runtime: {choice.runtime} ({choice.reason}); set DEMO_RUNTIME to choose another")

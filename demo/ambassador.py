@@ -8,7 +8,6 @@ in another terminal while the demo runs, stops the primary and promotes the stan
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -289,20 +288,10 @@ def _kind_forward() -> Iterator[None]:
         yield
 
 
-def requested_runtime() -> str | None:
-    """The runtime the user named, --runtime or DEMO_RUNTIME, if any (demo/__main__.py
-    passes failover() only its choice, which falls back to the best runtime here)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--runtime")
-    named = parser.parse_known_args()[0].runtime
-    return named or os.environ.get("DEMO_RUNTIME") or None
-
-
 def failover(runtime: str, requested: str | None = None) -> None:
     """`make ambassador-failover`: stop the primary, promote the standby, watch the app.
-    The runtime: the one asked for (`requested`, else --runtime or DEMO_RUNTIME), else the
-    running demo's (state.json), else `runtime`."""
-    requested = requested or requested_runtime()
+    The runtime: the one asked for (`requested`: --runtime or DEMO_RUNTIME), else the
+    running demo's (state.json), else `runtime`, the best one available."""
     saved = load_state()
     if requested and saved and saved.get("runtime") != requested:
         say(f"{STATE} is a {saved.get('runtime')} demo's; {requested} was asked for")
