@@ -210,6 +210,18 @@ def assert_exactly_once(collector: Collector, total: int) -> None:
     assert len(counts) == total
 
 
+def assert_at_most_one_batch_repeated(collector: Collector, total: int, batch_bytes: int):
+    counts = collector.sequence_counts()
+    assert [s for s in range(total) if s not in counts] == [], "lines lost"
+    assert set(counts) == set(range(total))
+    duplicated = sorted(s for s, n in counts.items() if n > 1)
+    assert all(n <= 2 for n in counts.values())
+    lines_per_batch = batch_bytes // len(seq_line(0)) + 1
+    assert len(duplicated) <= lines_per_batch, f"{len(duplicated)} duplicates: more than a batch"
+    if duplicated:
+        assert duplicated == list(range(duplicated[0], duplicated[-1] + 1)), "one contiguous batch"
+
+
 @pytest.fixture
 def logs(tmp_path: Path) -> Path:
     directory = tmp_path / "logs"
@@ -284,14 +296,32 @@ def test_sigkill_and_restart_loses_nothing_and_repeats_at_most_one_batch(service
     shipper = Shipper(service, tmp_path, collector, str(logs / "app.log"), **env).start()
     collector.wait_for(total)
     time.sleep(0.5)
-    counts = collector.sequence_counts()
-    assert [s for s in range(total) if s not in counts] == []
-    duplicated = sorted(s for s, n in counts.items() if n > 1)
-    assert all(n <= 2 for n in counts.values())
-    lines_per_batch = batch_bytes // len(seq_line(0)) + 1
-    assert len(duplicated) <= lines_per_batch, f"{len(duplicated)} duplicates: more than a batch"
-    if duplicated:
-        assert duplicated == list(range(duplicated[0], duplicated[-1] + 1)), "one contiguous batch"
+    assert_at_most_one_batch_repeated(collector, total, batch_bytes)
+    assert shipper.proc.stop() == 0
+
+
+def test_sigkill_while_the_app_writes_and_rotates_loses_nothing(service, tmp_path, logs):
+    batch_bytes = 64 * 1024
+    env = {"SHIPPER_BATCH_BYTES": str(batch_bytes)}
+    collector = Collector(service, tmp_path).start()
+    shipper = Shipper(service, tmp_path, collector, str(logs / "app.log"), **env).start()
+    writer = RotatingWriter(logs / "app.log", total=60_000, rate=6_000, renames=8)
+    writer.start()
+    wait_until(lambda: collector.count() > 10_000, what="shipping under way")
+    shipper.proc.kill()
+    killed_at = sum(writer.rotations.values())
+    # The app goes on writing, and renames its log at least once while the shipper is down.
+    wait_until(lambda: sum(writer.rotations.values()) > killed_at, what="a rotation while down")
+    assert writer.is_alive(), "the writer should still be writing at the restart"
+    shipper = Shipper(service, tmp_path, collector, str(logs / "app.log"), **env).start()
+    writer.join(60)
+    assert writer.error is None and not writer.is_alive()
+    assert writer.rotations["rename"] == 8
+    collector.wait_for(writer.total)
+    time.sleep(1)  # anything extra (a duplicate) would arrive now
+    assert_at_most_one_batch_repeated(collector, writer.total, batch_bytes)
+    restarted = shipper.proc.output()
+    assert "found elsewhere (renamed" in restarted or "rotated away while we were down" in restarted
     assert shipper.proc.stop() == 0
 
 
