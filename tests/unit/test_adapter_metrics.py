@@ -132,6 +132,17 @@ def test_unknown_methods_share_one_label() -> None:
     assert methods == {"_OTHER", "GET"}
 
 
+def test_only_ascii_digits_make_a_status_or_a_size() -> None:
+    line = '1.2.3.4 - - [25/Nov/2026:12:00:00 +0000] "GET / HTTP/1.1" {} {} "-" "-" 5'
+    # Arabic-Indic digits: Python's \d takes them, int() reads them; Apache never writes them.
+    lines = [line.format(status, size) for status, size in
+             (("5\u0660\u0660", "1"), ("200", "\u0661"), ("200", "1"))]
+    samples = scrape(feed("combined", lines, emit=False))
+    statuses = {dict(labels)["status"] for name, labels in samples if name == "http_requests_total"}
+    assert statuses == {"200"}
+    assert samples[("adapter_lines_total", (("input", "in"), ("result", "rejected")))] == 2
+
+
 def test_json_and_regex_records_feed_the_same_metrics() -> None:
     """A record with semantic-convention HTTP attributes is a request, whatever its format;
     any other record counts as an application log record."""
