@@ -1,17 +1,36 @@
 #!/usr/bin/env python3
 """log-adapter vs mtail on the same combined access log, in the same run.
 
-Generates a combined log (with %D and some malformed lines) whose tallies are known,
-runs mtail (Debian's package) in one-shot mode with an equivalent program
-(benchmarks/adapter_combined.mtail), then the real log-adapter process (ADAPTER_OUTPUT=none,
-metrics only, like mtail): started and ready first, then the log is renamed into its
-glob and timed until the adapter has counted every line (Python's ~0.3 s start-up is
-printed apart; mtail's, a few ms for a Go binary, is inside its time). Checks that both
-report the same counts as the generator, and prints lines/s for each, their ratio and the
-adapter's peak RSS. Runs alternate and the best of each is kept: the machine is shared.
+Generates a combined log (with %D, some malformed lines, "-" request lines and a method
+outside the known set) whose tallies are known, runs mtail (Debian's package) in one-shot
+mode with an equivalent program (benchmarks/adapter_combined.mtail), then the real
+log-adapter process (ADAPTER_OUTPUT=none, metrics only, like mtail): started and ready
+first, then the log is renamed into its glob and timed until the adapter has counted
+every line. Checks that both report the same counts as the generator, and prints each
+one's start-up and processing time, two ratios and the adapter's peak RSS. Runs alternate
+and the best of each figure is kept: the machine is shared.
+
+Start-up is timed apart on both sides, so the ratios compare like with like: the
+adapter's is launch to /readyz (Python, ~0.2 s); mtail's is a one-shot run of the same
+program on an empty log (a few ms), subtracted from its runs to give its processing time.
+"processing only" is the throughput ratio; "start-up included" divides whole runs.
+
+Where the mtail program differs from the adapter (mtail 3.0.0~rc50 cannot do better; the
+generated log has none of these cases, so the counts must be identical):
+  - the adapter rejects a line whose time is not a real one (31/Feb, 25:00); mtail has
+    no such check (its strptime would abort the line, counted neither way);
+  - the adapter folds every id-like path segment (/a/1/b/2 -> /a/:id/b/:id); mtail's
+    subst replaces literally and allows one regex per scope, so only the last segment;
+  - the adapter labels at most ADAPTER_MAX_PATHS paths (later ones _other); mtail
+    labels every path it sees;
+  - the adapter reads the file through the suite's follower, which replaces invalid
+    UTF-8 and splits lines longer than ADAPTER_MAX_LINE_BYTES; mtail reads it its way;
+  - the histogram's _sum is integer microseconds in the adapter, a float sum in mtail
+    (compared: buckets and _count, not _sum).
 
     .venv/bin/python benchmarks/adapter_vs_mtail.py [--lines 500000] [--repeat 3]
 """
+
 
 from __future__ import annotations
 
@@ -48,6 +67,7 @@ def tallies(exposition: str) -> dict[str, Counter]:
     found: dict[str, Counter] = {
         "requests": Counter(),
         "bytes": Counter(),
+        "paths": Counter(),
         "buckets": Counter(),
         "lines": Counter(),
     }
@@ -57,6 +77,8 @@ def tallies(exposition: str) -> dict[str, Counter]:
                 found["requests"][(s.labels["method"], s.labels["status"])] += int(s.value)
             elif s.name == "http_response_size_bytes_total":
                 found["bytes"][(s.labels["method"], s.labels["status"])] += int(s.value)
+            elif s.name == "http_requests_by_path_total":
+                found["paths"][(s.labels["path"], s.labels["status_class"])] += int(s.value)
             elif s.name == "http_request_duration_seconds_bucket":
                 found["buckets"][float(s.labels["le"])] += int(s.value)
             elif s.name == "adapter_lines_total":
@@ -73,6 +95,7 @@ def expected_tallies(expected: loggen.Expected) -> dict[str, Counter]:
     return {
         "requests": Counter(expected.requests),
         "bytes": Counter({k: v for k, v in expected.response_bytes.items()}),
+        "paths": Counter(expected.by_path),
         "buckets": Counter(dict(zip((*DURATION_BUCKETS, float("inf")), cumulative, strict=True))),
         "lines": Counter({"parsed": expected.parsed, "rejected": expected.rejected}),
     }
@@ -183,8 +206,17 @@ def main() -> int:
         want = expected_tallies(expected)
         print(f"input: {args.lines} lines ({size_mib:.1f} MiB), {expected.rejected} malformed")
 
-        mtail_times, adapter_times, startups, peaks = [], [], [], []
+        empty = work / "empty.log"
+        empty.write_text("")
+        # Seconds per run (mtail: whole one-shot runs, and runs on the empty log); KiB.
+        mtail_times: list[float] = []
+        mtail_startups: list[float] = []
+        adapter_times: list[float] = []
+        startups: list[float] = []
+        totals: list[float] = []
+        peaks: list[int] = []
         for _ in range(args.repeat):
+            mtail_startups.append(run_mtail(mtail, empty)[0])
             seconds, text = run_mtail(mtail, log)
             if tallies(text) != want:
                 print("MISMATCH: mtail's counts differ from the input's", file=sys.stderr)
@@ -196,17 +228,25 @@ def main() -> int:
                 return 1
             adapter_times.append(seconds)
             startups.append(startup)
+            totals.append(startup + seconds)
             peaks.append(peak)
 
-        mtail_rate = args.lines / min(mtail_times)
+        mtail_startup = min(mtail_startups)
+        mtail_processing = min(mtail_times) - mtail_startup
+        mtail_rate = args.lines / mtail_processing
         adapter_rate = args.lines / min(adapter_times)
-        print("counts: identical (requests, bytes, duration buckets, parsed/rejected lines)")
-        best = f"best of {args.repeat}"
-        print(f"mtail        {mtail_rate:>10,.0f} lines/s  ({best}: {min(mtail_times):.2f} s)")
-        print(f"log-adapter  {adapter_rate:>10,.0f} lines/s  ({best}: {min(adapter_times):.2f} s)")
-        print(f"             (+ {min(startups):.2f} s start-up before the file arrived)")
-        print(f"ratio        {adapter_rate / mtail_rate:>10.2f} x mtail  (target >= 2)")
-        print(f"peak RSS     {max(peaks) / 1024:>10.1f} MiB  (target < 64)")
+        print("counts: identical (requests, bytes, by path, duration buckets, parsed/rejected)")
+        print(f"best of {args.repeat}       start-up  processing  lines/s (processing)")
+        for name, startup, processing in (
+            ("mtail", mtail_startup, mtail_processing),
+            ("log-adapter", min(startups), min(adapter_times)),
+        ):
+            rate = args.lines / processing
+            print(f"{name:<14} {startup:>7.2f} s  {processing:>8.2f} s  {rate:>11,.0f}")
+        ratio = adapter_rate / mtail_rate
+        print(f"ratio, processing only     {ratio:>5.2f} x mtail  (target >= 2)")
+        print(f"ratio, start-up included   {min(mtail_times) / min(totals):>5.2f} x mtail")
+        print(f"peak RSS, log-adapter     {max(peaks) / 1024:>5.1f} MiB  (target < 64)")
     return 0
 
 
