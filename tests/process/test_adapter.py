@@ -286,9 +286,11 @@ def test_a_traceback_cut_by_a_restart_is_emitted_whole_once(service, tmp_path):
     logs.mkdir()
     app_log = logs / "app.log"
     # Quiet flush well above this test's own pauses: records complete only when the next
-    # header arrives, except the last one.
+    # header arrives, except the last one. A restart (not the app's end) cuts the record:
+    # the shutdown time is shorter than the quiet flush, so it is not emitted half.
     adapter = Adapter(
-        service, tmp_path, f"legacy={app_log}", ADAPTER_MULTILINE_FLUSH_SECONDS="3"
+        service, tmp_path, f"legacy={app_log}", ADAPTER_MULTILINE_FLUSH_SECONDS="3",
+        ADAPTER_SHUTDOWN_TIMEOUT="1",
     ).start()
 
     def held() -> float:
@@ -682,3 +684,36 @@ def test_without_inotify_files_rotated_during_a_collector_outage_are_not_lost(se
     wait_until(lambda: set(stored()) == expected, timeout=30,
                what=f"all {generations} generations delivered")
     assert max(stored().values()) == 1, "nothing duplicated"
+
+
+def test_sigterm_adapts_what_the_app_wrote_before_it_exited(service, tmp_path):
+    """A native sidecar gets SIGTERM once the app has exited, and the pod's emptyDir goes
+    with it: everything the app wrote, its last traceback and an unterminated last line
+    included, is adapted and emitted before the adapter exits 0."""
+    logs = tmp_path / "log"
+    logs.mkdir()
+    access, app_log = logs / "access.log", logs / "app.log"
+    adapter = Adapter(
+        service, tmp_path, f"combined={access},legacy={app_log}",
+        ADAPTER_MULTILINE_FLUSH_SECONDS="0.5", ADAPTER_SHUTDOWN_TIMEOUT="10",
+    ).start()
+    lines = 20_000
+    # The app's last words, all at once, then SIGTERM before the adapter can have read
+    # them: many access-log lines (the last one unterminated) and a final traceback.
+    append(access, b"".join(good_line(n) for n in range(lines - 1)))
+    append(access, good_line(lines - 1).rstrip(b"\n"))
+    append(app_log, b"2026-11-25 12:00:01,002 ERROR [main] shop - failed\n"
+                    b"Traceback (most recent call last):\n"
+                    b'  File "shop.py", line 3, in pay\n'
+                    b"ValueError: declined\n")
+    adapter.proc.signal(signal.SIGTERM)
+    assert adapter.proc.wait(timeout=20) == 0
+    records = adapter.records()
+    access_records = [r for r in records
+                      if r["attributes"].get("log.file.path") == str(access)]
+    assert len(access_records) == lines
+    queries = {r["attributes"].get("url.query") for r in access_records}
+    assert queries == {f"n={n}" for n in range(lines)}, "every line, the unterminated one too"
+    tracebacks = [r for r in records if r["attributes"].get("log.file.path") == str(app_log)]
+    assert [r["attributes"].get("exception.type") for r in tracebacks] == ["ValueError"]
+    assert tracebacks[0]["body"].endswith("ValueError: declined")

@@ -106,12 +106,34 @@ class Adapter:
                 if chunk is not None:
                     self.handle(chunk)
                 self.flush_quiet(time.monotonic())
+            self.drain()
         except Stopped:
             log.info("stopped with records undelivered; they are read again at the next start")
         finally:
             self.follower.save()
             self.follower.close()
             self.output.close()
+
+    def drain(self) -> None:
+        """After SIGTERM the app may be gone for good (a native sidecar is stopped once the
+        app has exited, and the pod's emptyDir goes with it): adapt what is still unread,
+        an unterminated last line included once its file is quiet, and emit the record
+        under assembly once quiet, until caught up or ADAPTER_SHUTDOWN_TIMEOUT. What is
+        not done by then stays uncommitted and is read again at the next start."""
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        self.follower.flush_incomplete(
+            min(self.config.multiline_flush_seconds, self.config.shutdown_timeout / 2))
+        while (left := deadline - time.monotonic()) > 0:
+            self.heartbeat = time.monotonic()
+            chunk = self.follower.read(self.config.read_bytes, min(self.config.poll_seconds, left))
+            if chunk is not None:
+                self.handle(chunk)
+            self.flush_quiet(time.monotonic())
+            if (chunk is None and not self.follower.holds_incomplete()
+                    and not any(state.decoder.held_lines for state in self.files.values())):
+                return
+        log.warning("shutdown timeout: what was not adapted is read again at the next start",
+                    extra={"backlog_bytes": self.follower.backlog_bytes()})
 
     def handle(self, chunk: Chunk) -> None:
         state = self._file(chunk.path)

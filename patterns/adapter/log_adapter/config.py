@@ -44,6 +44,7 @@ class Config:
     read_bytes: int
     poll_seconds: float
     use_inotify: bool
+    shutdown_timeout: float
 
 
 def parse_inputs(env: Env, name: str) -> tuple[InputSpec, ...]:
@@ -98,6 +99,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         read_bytes=env.int("ADAPTER_READ_BYTES", 1 << 20, min=4096),
         poll_seconds=env.float("ADAPTER_POLL_SECONDS", 0.25, min=0.01, max=60),
         use_inotify=env.bool("ADAPTER_INOTIFY", True),
+        shutdown_timeout=env.float("ADAPTER_SHUTDOWN_TIMEOUT", 10.0, min=0, max=3600),
     )
     env.check()
     return config
