@@ -39,11 +39,11 @@ help: ## this list
 
 # --- environment -------------------------------------------------------------------------
 
-venv: $(VENV)/.installed ## create .venv with the suite and its test, lint, web and db tools
+venv: $(VENV)/.installed ## create .venv with the suite, every service's extras and the test and lint tools
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test,lint,web,db]'
+	$(PY) -m pip install --quiet -e '.[test,lint,web,db,json,uvloop]'
 	@touch $@
 
 # --- images and kind ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 # Empty unless the builder sits behind a TLS-intercepting proxy; it stays in this stage.
 COPY build/docker/pip-ca.crt /tmp/pip-ca.crt
-COPY build/docker/requirements/core.txt /tmp/requirements.txt
+COPY build/docker/requirements/json.txt /tmp/requirements.txt
 # Dependencies first, in their own layer: a code change only rebuilds the layer below.
 RUN python3 -m venv /opt/venv \
     && if [ -s /tmp/pip-ca.crt ]; then export PIP_CERT=/tmp/pip-ca.crt; fi \

@@ -152,12 +152,16 @@ def test_every_line_reaches_the_collector_once(
 
 
 def test_each_image_carries_only_its_own_dependencies(sidecar: SidecarPods) -> None:
-    # The shipper and collector are core-only; the web app has the web extra, not db.
-    for container, absent in ((sidecar.shipper, "flask"), (sidecar.collector, "gunicorn"),
-                              (sidecar.app, "psycopg")):
+    # The shipper is core-only, the collector adds orjson; the web app has the web extra,
+    # not db; only the ambassador's image has uvloop.
+    for container, absent in ((sidecar.shipper, "flask"), (sidecar.shipper, "orjson"),
+                              (sidecar.shipper, "uvloop"), (sidecar.collector, "gunicorn"),
+                              (sidecar.collector, "uvloop"), (sidecar.app, "psycopg")):
         exit_code, output = container.python(f"import {absent}")
         assert exit_code != 0 and "ModuleNotFoundError" in output, (container.name, absent)
     exit_code, output = sidecar.app.python("import flask, gunicorn")
+    assert exit_code == 0, output
+    exit_code, output = sidecar.collector.python("import orjson")
     assert exit_code == 0, output
     # No pip at run time: nothing can be installed into a running container's venv.
     exit_code, _ = sidecar.shipper.python("import pip")

@@ -4,6 +4,7 @@ and which runtime the demo's `make ambassador-failover` acts on."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import struct
 
 import pytest
@@ -145,3 +146,14 @@ def test_health_password_from_a_file(tmp_path):
     # A rotated Secret is read at the next check, without a restart.
     secret.write_text("rotated\n")
     assert config.health_password() == "rotated"
+
+
+def test_uvloop_asked_for_but_not_installed_is_a_configuration_error(monkeypatch):
+    # Images install it (the uvloop extra); a bare `pip install podpatterns` does not.
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "uvloop" else real(name, *a))
+    with pytest.raises(ConfigError, match="AMBASSADOR_EVENT_LOOP=uvloop: uvloop is not installed"):
+        load_config({"AMBASSADOR_UPSTREAMS": "db:5432"})
+    chosen = load_config({"AMBASSADOR_UPSTREAMS": "db:5432", "AMBASSADOR_EVENT_LOOP": "asyncio"})
+    assert chosen.event_loop == "asyncio"

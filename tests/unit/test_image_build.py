@@ -43,8 +43,13 @@ def test_each_service_image_gets_only_its_extras(tmp_path: Path) -> None:
     assert {"flask", "gunicorn"} <= web and "psycopg" not in web
     web_db = requirement_names(tmp_path / "requirements" / "web-db.txt")
     assert {"flask", "psycopg"} <= web_db
-    expected = {"log-collector": "core", "log-shipper": "core", "log-adapter": "core",
-                "db-ambassador": "core", "web-app": "web", "legacy-app": "web",
+    # Core is msgpack, fluent-logger and prometheus-client: orjson and uvloop only where
+    # the service imports them.
+    assert not {"orjson", "uvloop"} & core
+    assert requirement_names(tmp_path / "requirements" / "json.txt") == core | {"orjson"}
+    assert requirement_names(tmp_path / "requirements" / "uvloop.txt") == core | {"uvloop"}
+    expected = {"log-collector": "json", "log-shipper": "core", "log-adapter": "json",
+                "db-ambassador": "uvloop", "web-app": "web", "legacy-app": "web",
                 "notes-app": "web-db"}
     for spec in specs:
         if spec.service in expected:

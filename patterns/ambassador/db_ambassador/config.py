@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,5 +107,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
         health_database=env.str("AMBASSADOR_HEALTH_DATABASE", "postgres"),
         event_loop=env.choice("AMBASSADOR_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
     )
+    if config.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        env.problems.append("AMBASSADOR_EVENT_LOOP=uvloop: uvloop is not installed "
+                            "(pip install 'podpatterns[uvloop]', or set it to asyncio)")
     env.check()
     return config
