@@ -35,9 +35,9 @@ def main() -> None:
         )
         sys.exit(EXIT_CONFIG)
 
-    from patterns.adapter.legacy_app.server import LegacyAppServer
+    from patterns.adapter.legacy_app.server import legacy_app_server
 
-    LegacyAppServer(config).run()  # gunicorn's master: SIGTERM stops it gracefully
+    legacy_app_server(config).run()  # gunicorn's master: SIGTERM stops it gracefully
 
 
 if __name__ == "__main__":

@@ -23,12 +23,12 @@ def main() -> None:
     except ConfigError as exc:
         print(f"{SERVICE}: configuration error: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    from .server import NotesServer
+    from .server import notes_server
 
     log.info("starting", extra={"bind": f"{config.host}:{config.port}"})
     # gunicorn parses sys.argv; the settings come from the environment only.
     sys.argv = sys.argv[:1]
-    NotesServer(config).run()  # gunicorn's master: SIGTERM stops it gracefully, exit 0
+    notes_server(config).run()  # gunicorn's master: SIGTERM stops it gracefully, exit 0
 
 
 if __name__ == "__main__":

@@ -66,13 +66,13 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(run_batch(config, args.lines, args.rate))
 
-    from patterns.sidecar.web_app.server import WebAppServer
+    from patterns.sidecar.web_app.server import web_app_server
 
     log.info(
         "starting",
         extra={"bind": f"{config.host}:{config.port}", "access_log": str(config.access_log_path)},
     )
-    WebAppServer(config).run()  # gunicorn's master: SIGTERM stops it gracefully, exit 0
+    web_app_server(config).run()  # gunicorn's master: SIGTERM stops it gracefully, exit 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""Serve a Flask app under gunicorn from the service's own console script (gunicorn's
+BaseApplication), so an image's ENTRYPOINT is just the service's name and every setting
+comes from its environment variables. Every HTTP app of the suite runs this way: ONE
+worker with threads, because each app owns files (its logs) that only one process may
+write, and the app built in the worker, after the fork, so a worker gunicorn replaces
+reopens them. Needs the `web` extra (Flask, gunicorn)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gunicorn import glogging
+from gunicorn.app.base import BaseApplication
+
+
+class JsonGunicornLogger(glogging.Logger):
+    """gunicorn's own messages (boot, worker exits, signals) go through the root logger, so
+    they come out as the same JSON lines on stdout as the app's diagnostics."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        self.error_log.handlers[:] = []
+        self.error_log.propagate = True
+
+
+class GunicornServer(BaseApplication):
+    """`GunicornServer(create_app, host, port, threads=4).run()`: gunicorn's master, which
+    stops gracefully on SIGTERM (in-flight requests get `graceful_timeout` seconds) and
+    exits 0. `settings` override or add gunicorn settings (accesslog, worker_exit, ...)."""
+
+    def __init__(self, create_app: Callable[[], Any], host: str, port: int, threads: int,
+                 graceful_timeout: float = 30, **settings: Any) -> None:
+        self.create_app = create_app
+        self.settings: dict[str, Any] = {
+            "bind": [bind_address(host, port)],
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": threads,
+            "graceful_timeout": graceful_timeout,
+            "preload_app": False,
+            # Apps write their access log themselves (or set it here): none on stdout.
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": logging.getLevelName(logging.getLogger().level).lower(),
+            "logger_class": JsonGunicornLogger,
+            # gunicorn's control socket lives under $HOME, which is read-only in the pod.
+            "control_socket_disable": True,
+            **settings,
+        }
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self.create_app()
+
+
+def bind_address(host: str, port: int) -> str:
+    # gunicorn wants IPv6 literals in brackets ("[::]:8080").
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
