@@ -11,7 +11,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from demo import containers
-from demo.local import LocalPod, demo_seconds, say
+from demo.local import LocalPod, demo_seconds, say, wait_http
 
 NAMESPACE = "podpatterns-adapter"
 # 8082 on the host, as in docker-compose.yml: the sidecar demo's app has 8080.
@@ -129,7 +129,7 @@ def explore(runtime: str) -> None:
 def run_compose() -> None:
     containers.compose_up("adapter")
     for url in (f"{APP_URL}/healthz", f"{ADAPTER_ADMIN}/readyz"):
-        _wait_http(url)
+        wait_http(url)
     exercise(demo_seconds(30))
     explore("compose")
 
@@ -140,15 +140,3 @@ def run_kind() -> None:
             containers.port_forward(NAMESPACE, "svc/legacy-app-metrics", 9103, 9103):
         exercise(demo_seconds(30))
     explore("kind")
-
-
-def _wait_http(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"not ready after {timeout:.0f}s: {url}")

@@ -24,7 +24,7 @@ from types import FrameType
 import requests
 
 from demo import containers
-from demo.local import ROOT, LocalPod, demo_seconds, say
+from demo.local import ROOT, LocalPod, demo_seconds, say, wait_http
 from tests import pg  # the same PostgreSQL cluster code the tests use
 
 DB_NAMESPACE = "podpatterns-db"
@@ -244,7 +244,7 @@ def run_compose() -> None:
     os.environ["AMBASSADOR_DB_PASSWORD"] = password  # docker-compose.yml passes it as PGPASSWORD
     tag = containers.compose_up("ambassador")
     save_state(runtime="compose", tag=tag)
-    _wait_http(f"{APP_URL}/readyz")
+    wait_http(f"{APP_URL}/readyz", timeout=180)
     exercise(demo_seconds(60))
     explore("compose")
 
@@ -276,7 +276,7 @@ def run_kind() -> None:
     containers.kind_up("ambassador", [DB_NAMESPACE, APP_NAMESPACE])
     save_state(runtime="kind")
     with _kind_forward():
-        _wait_http(f"{APP_URL}/readyz")
+        wait_http(f"{APP_URL}/readyz", timeout=180)
         exercise(demo_seconds(60))
     explore("kind")
 
@@ -321,16 +321,4 @@ def failover(runtime: str, requested: str | None = None) -> None:
                         "pg_ctl", "promote", "-D", PGDATA])  # fmt: skip
         with _kind_forward():
             watch_failover()
-
-
-def _wait_http(url: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"not ready after {timeout:.0f}s: {url}")
 

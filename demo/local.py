@@ -99,3 +99,17 @@ def demo_seconds(default: float = 0) -> float:
     if value < 0:
         raise SystemExit(f"DEMO_SECONDS={raw!r}: expected a number of seconds >= 0")
     return value
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    """Until `url` answers 200 (containers and port-forwards take a while), or exit saying
+    which URL never did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"not ready after {timeout:.0f}s: {url}")

@@ -7,7 +7,7 @@ import time
 import requests
 
 from demo import containers
-from demo.local import LocalPod, demo_seconds, say
+from demo.local import LocalPod, demo_seconds, say, wait_http
 
 NAMESPACE = "podpatterns-sidecar"
 APP_URL = "http://127.0.0.1:8080"
@@ -110,7 +110,7 @@ def explore(runtime: str) -> None:
 def run_compose() -> None:
     containers.compose_up("sidecar")
     for url in (f"{APP_URL}/readyz", f"{COLLECTOR_URL}/readyz", f"{SHIPPER_ADMIN}/readyz"):
-        _wait_http(url)
+        wait_http(url)
     exercise(demo_seconds(30))
     report(lines_written())
     explore("compose")
@@ -123,15 +123,3 @@ def run_kind() -> None:
         exercise(demo_seconds(30))
         report(lines_written())
     explore("kind")
-
-
-def _wait_http(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"not ready after {timeout:.0f}s: {url}")
