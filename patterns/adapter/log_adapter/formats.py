@@ -513,18 +513,17 @@ def _first(mapping: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, 
     return None, None
 
 
-class JsonDecoder:
-    """One JSON object per line. `timestamp`/`time`/`@timestamp`/`ts` (RFC 3339 or epoch
-    seconds/milliseconds), `severity_text`/`level`/..., `body`/`message`/`msg` become the
-    record's fields; an `attributes` object is merged and every other key becomes an
-    attribute as is. A line that is not a JSON object is rejected."""
+class _OneLineDecoder:
+    """A format whose every line is one record on its own (json, regex): `_record` parses
+    a line, None rejects it (still emitted, flagged unparsed, raw text kept)."""
 
-    format = "json"
+    format: str
     held_lines = 0
+    context: Context
+    path: str
 
-    def __init__(self, context: Context, path: str) -> None:
-        self.context = context
-        self.path = path
+    def _record(self, line: str, observed: str) -> Record | None:
+        raise NotImplementedError
 
     def feed(self, lines: Sequence[str], observed: str) -> list[Record]:
         records: list[Record] = []
@@ -535,7 +534,7 @@ class JsonDecoder:
                 rejected += 1
                 if self.context.emit:
                     records.append(
-                        unparsed(line, "json", self.path, observed, self.context.resource)
+                        unparsed(line, self.format, self.path, observed, self.context.resource)
                     )
                 continue
             parsed += 1
@@ -544,6 +543,22 @@ class JsonDecoder:
                 records.append(record)
         self.context.metrics.count_lines(self.context.input_name, parsed, rejected)
         return records
+
+    def flush(self, observed: str) -> list[Record]:
+        return []
+
+
+class JsonDecoder(_OneLineDecoder):
+    """One JSON object per line. `timestamp`/`time`/`@timestamp`/`ts` (RFC 3339 or epoch
+    seconds/milliseconds), `severity_text`/`level`/..., `body`/`message`/`msg` become the
+    record's fields; an `attributes` object is merged and every other key becomes an
+    attribute as is. A line that is not a JSON object is rejected."""
+
+    format = "json"
+
+    def __init__(self, context: Context, path: str) -> None:
+        self.context = context
+        self.path = path
 
     def _record(self, line: str, observed: str) -> Record | None:
         try:
@@ -585,9 +600,6 @@ class JsonDecoder:
         record["resource"] = self.context.resource
         return record
 
-    def flush(self, observed: str) -> list[Record]:
-        return []
-
 
 @dataclass(frozen=True)
 class RegexFormat:
@@ -610,9 +622,8 @@ class RegexFormat:
         return cls(compiled, time_format)
 
 
-class RegexDecoder:
+class RegexDecoder(_OneLineDecoder):
     format = "regex"
-    held_lines = 0
 
     def __init__(self, context: Context, path: str, regex: RegexFormat) -> None:
         self.context = context
@@ -623,25 +634,6 @@ class RegexDecoder:
             for name in regex.pattern.groupindex
             if name not in ("timestamp", "severity", "body")
         }
-
-    def feed(self, lines: Sequence[str], observed: str) -> list[Record]:
-        records: list[Record] = []
-        parsed = rejected = 0
-        for line in lines:
-            record = self._record(line, observed)
-            if record is None:
-                rejected += 1
-                if self.context.emit:
-                    records.append(
-                        unparsed(line, "regex", self.path, observed, self.context.resource)
-                    )
-                continue
-            parsed += 1
-            _observe(self.context.metrics, record)
-            if self.context.emit:
-                records.append(record)
-        self.context.metrics.count_lines(self.context.input_name, parsed, rejected)
-        return records
 
     def _timestamp(self, text: str) -> str | None:
         if self.regex.time_format is None:
@@ -689,9 +681,6 @@ class RegexDecoder:
         record["attributes"] = attributes
         record["resource"] = self.context.resource
         return record
-
-    def flush(self, observed: str) -> list[Record]:
-        return []
 
 
 def new_decoder(
