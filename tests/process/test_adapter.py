@@ -93,6 +93,25 @@ class Adapter:
         return found
 
 
+def start_collector(service, tmp_path: Path, forward_port: int, http_port: int) -> None:
+    """The real log-collector, storing under tmp_path/collector (no fsync: speed)."""
+    service("patterns.sidecar.collector", {
+        "COLLECTOR_FORWARD_HOST": "127.0.0.1", "COLLECTOR_FORWARD_PORT": str(forward_port),
+        "COLLECTOR_HTTP_HOST": "127.0.0.1", "COLLECTOR_HTTP_PORT": str(http_port),
+        "COLLECTOR_DATA_DIR": str(tmp_path / "collector"), "COLLECTOR_FSYNC": "false",
+    }, name="collector")
+
+
+def stored_queries(tmp_path: Path) -> Counter:
+    """How often the collector stored each access-log record, by its url.query."""
+    queries: Counter = Counter()
+    for segment in sorted((tmp_path / "collector").glob("records-*.jsonl")):
+        for line in segment.read_text().splitlines():
+            if line.endswith("}"):
+                queries[json.loads(line)["record"]["attributes"].get("url.query")] += 1
+    return queries
+
+
 def append(path: Path, data: bytes) -> None:
     with open(path, "ab") as f:
         f.write(data)
@@ -538,18 +557,7 @@ def test_a_real_prometheus_answers_the_lab_guide_with_the_inputs_counts(service,
 
 def test_forward_output_reaches_the_collector(service, tmp_path):
     forward_port, http_port = free_port(), free_port()
-    service(
-        "patterns.sidecar.collector",
-        {
-            "COLLECTOR_FORWARD_HOST": "127.0.0.1",
-            "COLLECTOR_FORWARD_PORT": str(forward_port),
-            "COLLECTOR_HTTP_HOST": "127.0.0.1",
-            "COLLECTOR_HTTP_PORT": str(http_port),
-            "COLLECTOR_DATA_DIR": str(tmp_path / "collector"),
-            "COLLECTOR_FSYNC": "false",
-        },
-        name="collector",
-    )
+    start_collector(service, tmp_path, forward_port, http_port)
     wait_until(lambda: http_ok(f"http://127.0.0.1:{http_port}/readyz"), what="collector")
     logs = tmp_path / "log"
     logs.mkdir()
@@ -602,20 +610,10 @@ def test_sigkill_loses_nothing_and_forward_waits_out_a_collector_outage(service,
     assert adapter.proc.alive()
     assert adapter.samples()[("adapter_backlog_bytes", ())] > 0
 
-    service("patterns.sidecar.collector", {
-        "COLLECTOR_FORWARD_HOST": "127.0.0.1", "COLLECTOR_FORWARD_PORT": str(forward_port),
-        "COLLECTOR_HTTP_HOST": "127.0.0.1", "COLLECTOR_HTTP_PORT": str(http_port),
-        "COLLECTOR_DATA_DIR": str(tmp_path / "collector"), "COLLECTOR_FSYNC": "false",
-    }, name="collector")
+    start_collector(service, tmp_path, forward_port, http_port)
 
     def stored() -> Counter:
-        queries: Counter = Counter()
-        for segment in sorted((tmp_path / "collector").glob("records-*.jsonl")):
-            for line in segment.read_text().splitlines():
-                if line.endswith("}"):
-                    record = json.loads(line)["record"]
-                    queries[record["attributes"].get("url.query")] += 1
-        return queries
+        return stored_queries(tmp_path)
 
     wait_until(lambda: len(stored()) == 300, timeout=30, what="backlog delivered")
     adapter.proc.signal(signal.SIGKILL)
@@ -666,19 +664,10 @@ def test_without_inotify_files_rotated_during_a_collector_outage_are_not_lost(se
                                                               (generation + 1) * 100)))
     time.sleep(0.6)
     assert adapter.proc.alive()
-    service("patterns.sidecar.collector", {
-        "COLLECTOR_FORWARD_HOST": "127.0.0.1", "COLLECTOR_FORWARD_PORT": str(forward_port),
-        "COLLECTOR_HTTP_HOST": "127.0.0.1", "COLLECTOR_HTTP_PORT": str(http_port),
-        "COLLECTOR_DATA_DIR": str(tmp_path / "collector"), "COLLECTOR_FSYNC": "false",
-    }, name="collector")
+    start_collector(service, tmp_path, forward_port, http_port)
 
     def stored() -> Counter:
-        queries: Counter = Counter()
-        for segment in sorted((tmp_path / "collector").glob("records-*.jsonl")):
-            for line in segment.read_text().splitlines():
-                if line.endswith("}"):
-                    queries[json.loads(line)["record"]["attributes"].get("url.query")] += 1
-        return queries
+        return stored_queries(tmp_path)
 
     expected = {f"n={n}" for n in range(generations * 100)}
     wait_until(lambda: set(stored()) == expected, timeout=30,
