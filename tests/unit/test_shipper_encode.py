@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import msgpack
 import pytest
 
 from patterns.common.config import ConfigError
@@ -95,3 +98,27 @@ def test_the_largest_line_piece_fits_in_one_request():
     assert count == 1 and len(entries) <= MAX_REQUEST_BYTES
     with pytest.raises(ConfigError, match="SHIPPER_MAX_LINE_BYTES"):
         load_config({"SHIPPER_PATHS": "/x", "SHIPPER_MAX_LINE_BYTES": str(256 * 1024 + 1)})
+
+
+def test_requests_cut_greedily_for_any_mix_of_line_sizes():
+    """Against the obvious loop: each request takes as many entries as fit in max_bytes
+    and max_events, a single larger entry going alone; the requests concatenate to the
+    lines in order."""
+    rng = random.Random(7)
+    encoder = EntryEncoder()
+    framing = len(encoder.encode(["x"], "/a.log", 1.0)) - len(msgpack.packb("x"))
+    for _ in range(200):
+        lines = ["y" * rng.choice([0, 1, 5, 40, 300, 2000]) for _ in range(rng.randrange(1, 400))]
+        max_bytes, max_events = rng.randrange(20, 20_000), rng.randrange(1, 60)
+        expected, size, count = [], 0, 0
+        for line in lines:
+            entry = framing + len(msgpack.packb(line))
+            if count and (size + entry > max_bytes or count >= max_events):
+                expected.append(count)
+                size = count = 0
+            size, count = size + entry, count + 1
+        expected.append(count)
+        requests = encoder.requests(lines, "/a.log", 1.0, max_bytes=max_bytes,
+                                    max_events=max_events)
+        assert [n for _, n in requests] == expected
+        assert b"".join(entries for entries, _ in requests) == encoder.encode(lines, "/a.log", 1.0)

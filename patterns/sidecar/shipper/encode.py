@@ -13,7 +13,7 @@ path's length to its line, so a batch of short lines is much larger on the wire 
 from __future__ import annotations
 
 import struct
-from itertools import pairwise
+from itertools import accumulate, pairwise
 
 import msgpack
 
@@ -55,18 +55,23 @@ class EntryEncoder:
         prefix, suffix = self._framing(path, timestamp)
         packed = list(map(self._packer.pack, lines))
         framing = len(prefix) + len(suffix)
+        # ends[i]: the wire size of entries 0..i. Summed in C (accumulate, map), and the
+        # cuts found by bisection: no Python work per line on this hot path.
+        ends = list(accumulate(map(len, packed), initial=0))
         cuts = [0]
-        if len(packed) > max_events or sum(map(len, packed)) + framing * len(packed) > max_bytes:
-            size = 0
-            for index, item in enumerate(packed):
-                entry = framing + len(item)
-                if index > cuts[-1] and (
-                    size + entry > max_bytes or index - cuts[-1] >= max_events
-                ):
-                    cuts.append(index)
-                    size = 0
-                size += entry
-        cuts.append(len(packed))
+        while cuts[-1] < len(packed):
+            start = cuts[-1]
+            # The most entries from `start` within max_bytes: entry i ends at
+            # ends[i + 1] - ends[start] + framing * (i + 1 - start) bytes.
+            fits = start
+            low, high = start + 1, min(len(packed), start + max_events)
+            while low <= high:
+                middle = (low + high) // 2
+                if ends[middle] - ends[start] + framing * (middle - start) <= max_bytes:
+                    fits, low = middle, middle + 1
+                else:
+                    high = middle - 1
+            cuts.append(max(fits, start + 1))  # a single larger entry goes alone
         between = suffix + prefix
         return [
             (prefix + between.join(packed[start:end]) + suffix, end - start)
