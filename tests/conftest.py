@@ -18,9 +18,11 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TIERS = ("unit", "process", "container", "kind")
@@ -50,6 +52,17 @@ def venv_tool(name: str, how: str) -> str:
     else the one on PATH, else skip naming it."""
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else require_tool(name, how)
+
+
+def render_kustomize(overlay: str) -> dict[tuple[str, str], dict[Any, Any]]:
+    """`kubectl kustomize <overlay>` (a path under the repository) as {(kind, name): doc}."""
+    kubectl = require_tool("kubectl", "install kubectl (it renders kustomize)")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(ROOT / overlay)], capture_output=True, text=True, check=True
+    )
+    return {
+        (doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(result.stdout)
+    }
 
 
 def free_port() -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT, require_tool
+from tests.conftest import ROOT, require_tool, wait_until
 from tests.container.conftest import build_suite_images
 from tests.in_pod import http_get_script, parse_http_response
 
@@ -230,14 +229,8 @@ def find(cluster: Cluster, deployed: Deployed, *services: str) -> list[RunningCo
 
 
 def eventually(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}", pytrace=False)
-        time.sleep(1.0)
+    """wait_until at the pace of kubectl exec: once a second."""
+    return wait_until(predicate, timeout=timeout, interval=1.0, what=what)
 
 
 def assert_hardened(cluster: Cluster, where: RunningContainer) -> None:

@@ -10,7 +10,6 @@ Prometheus annotations point.
 from __future__ import annotations
 
 import fnmatch
-import subprocess
 from typing import Any
 
 import pytest
@@ -20,20 +19,11 @@ from patterns.adapter.legacy_app.config import Config as AppConfig
 from patterns.adapter.legacy_app.config import load_config as app_config
 from patterns.adapter.log_adapter.config import Config as AdapterConfig
 from patterns.adapter.log_adapter.config import load_config as adapter_config
-from tests.conftest import ROOT, require_tool
+from tests.conftest import ROOT
+from tests.conftest import render_kustomize as render
 
 NAMESPACE = "podpatterns-adapter"
 METRICS_PATH = "/metrics"  # patterns/common/admin.py serves the registry there
-
-
-def render(overlay: str) -> dict[tuple[str, str], dict[str, Any]]:
-    kubectl = require_tool("kubectl", "install kubectl (it renders kustomize)")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(ROOT / overlay)], capture_output=True, text=True, check=True
-    )
-    return {
-        (doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(result.stdout)
-    }
 
 
 @pytest.fixture(scope="module", params=["k8s/adapter", "k8s/adapter/kind"])

@@ -8,28 +8,16 @@ that completes while its native sidecar runs, and env that each service accepts.
 from __future__ import annotations
 
 import fnmatch
-import subprocess
 from typing import Any
 
 import pytest
-import yaml
 
 from patterns.sidecar.collector.config import load_config as collector_config
 from patterns.sidecar.shipper.config import load_config as shipper_config
 from patterns.sidecar.web_app.config import load_config as web_app_config
-from tests.conftest import ROOT, require_tool
+from tests.conftest import render_kustomize as render
 
 NAMESPACE = "podpatterns-sidecar"
-
-
-def render(overlay: str) -> dict[tuple[str, str], dict[str, Any]]:
-    kubectl = require_tool("kubectl", "install kubectl (it renders kustomize)")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(ROOT / overlay)], capture_output=True, text=True, check=True
-    )
-    return {
-        (doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(result.stdout)
-    }
 
 
 @pytest.fixture(scope="module", params=["k8s/sidecar", "k8s/sidecar/kind"])
