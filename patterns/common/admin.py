@@ -35,6 +35,10 @@ class AdminServer:
         self.liveness: list[Check] = []
         self.readiness: list[Check] = []
         self.routes: dict[str, Route] = {}
+        # The listener is up from the start (the port is taken at once, /metrics answers),
+        # but /healthz and /readyz say "starting" until the service has registered its
+        # checks and called open_probes(): no probe passes on checks that are not there yet.
+        self._probes_open = threading.Event()
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
@@ -47,6 +51,11 @@ class AdminServer:
 
     def route(self, path: str, handler: Route) -> None:
         self.routes[path] = handler
+
+    def open_probes(self) -> None:
+        """The service's liveness and readiness checks are in place: from now on they
+        decide /healthz and /readyz."""
+        self._probes_open.set()
 
     def start(self) -> None:
         self._thread.start()
@@ -70,6 +79,8 @@ class AdminServer:
 
     def _dispatch(self, raw_path: str) -> tuple[int, str, bytes]:
         url = urlsplit(raw_path)
+        if url.path in ("/healthz", "/readyz") and not self._probes_open.is_set():
+            return 503, "text/plain; charset=utf-8", b"starting: checks not registered yet\n"
         if url.path == "/healthz":
             return self._probe(self.liveness)
         if url.path == "/readyz":

@@ -13,6 +13,7 @@ class Config:
     admin_port: int
     ready: bool
     linger: float
+    setup: float
 
 
 def load_config(environ):
@@ -22,13 +23,17 @@ def load_config(environ):
         admin_port=env.port("SAMPLE_HTTP_PORT", 9199),
         ready=env.bool("SAMPLE_READY", True),
         linger=env.float("SAMPLE_LINGER", 0.0, min=0),
+        setup=env.float("SAMPLE_SETUP_SECONDS", 0.0, min=0),
     )
     env.check()
     return config
 
 
 def run(config, runtime):
+    # Set-up work before the checks exist (a store loading, a listener binding).
+    threading.Event().wait(config.setup)
     runtime.admin.readiness.append(lambda: (config.ready, "sample not ready"))
+    runtime.admin.open_probes()
     runtime.stopping.wait()
     # A graceful shutdown that takes a while: a second signal must not wait for it.
     threading.Event().wait(config.linger)

@@ -78,3 +78,20 @@ def test_sigterm_exits_zero_and_a_second_signal_exits_at_once(service):
     slow.signal(signal.SIGTERM)
     assert slow.wait(timeout=10) == 128 + signal.SIGTERM
     assert time.monotonic() - started < 5
+
+
+def test_no_probe_passes_before_the_service_has_registered_its_checks(service):
+    """The admin port answers from the start, but /healthz and /readyz say "starting"
+    until the service's checks are in place: a probe in that moment must not pass (a
+    native sidecar's startupProbe would release the app too early)."""
+    port = free_port()
+    proc = service(MODULE, {"SAMPLE_HTTP_PORT": str(port), "SAMPLE_SETUP_SECONDS": "3"})
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_ok(base + "/metrics"), what="admin port up")
+    for path in ("/healthz", "/readyz"):
+        response = requests.get(base + path, timeout=2)
+        assert response.status_code == 503
+        assert response.text == "starting: checks not registered yet\n"
+    wait_until(lambda: http_ok(base + "/readyz"), timeout=15, what="checks registered")
+    assert requests.get(base + "/healthz", timeout=2).status_code == 200
+    assert proc.stop() == 0

@@ -80,6 +80,7 @@ def run(config: Config, runtime: Runtime) -> None:
         )
     )
     runtime.admin.route("/status", lambda _query: json_response(adapter.status()))
+    runtime.admin.open_probes()
     adapter.run()
 
 

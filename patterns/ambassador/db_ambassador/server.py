@@ -44,8 +44,8 @@ class Ambassador:
     def __init__(self, config: Config, runtime: Runtime) -> None:
         self.config = config
         self.runtime = runtime
-        # First thing: the admin server already answers, and /healthz must not say "ok"
-        # before the app's database address accepts connections.
+        # /healthz must not say "ok" before the app's database address accepts
+        # connections (the native sidecar's startupProbe holds the app back on it).
         self.listening = False
         runtime.admin.liveness.append(self._alive)
         self.upstreams = [Upstream(host, port) for host, port in config.upstreams]
@@ -62,6 +62,7 @@ class Ambassador:
         self._all_closed: asyncio.Event | None = None
         runtime.admin.readiness.append(self._ready)
         runtime.admin.route("/upstreams", lambda _query: json_response(self.view()))
+        runtime.admin.open_probes()
 
     # --- state shown to operators ---------------------------------------------------
 
@@ -436,8 +437,7 @@ class Ambassador:
 
 
 def run(config: Config, runtime: Runtime) -> None:
-    # Before anything slow (importing uvloop): its liveness check must be in place.
-    ambassador = Ambassador(config, runtime)
+    ambassador = Ambassador(config, runtime)  # registers its checks, opens the probes
     if config.event_loop == "uvloop":
         import uvloop
 

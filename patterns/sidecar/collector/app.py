@@ -25,12 +25,13 @@ _PAGE = resources.files(__package__).joinpath("live.html")
 
 
 def run(config: Config, runtime: Runtime) -> None:
-    # The admin server already answers; with no checks it would say ready while the store
-    # is still loading. Not ready until the Forward port listens.
+    # Not ready until the Forward port listens (the store may take a while to load); alive
+    # meanwhile: loading is not hanging.
     servers: list[ForwardServer] = []
     runtime.admin.readiness.append(
         lambda: (bool(servers) and servers[0].listening, "forward port is not listening")
     )
+    runtime.admin.open_probes()
     store = RecordStore(
         config.data_dir,
         fsync=config.fsync,

@@ -304,6 +304,7 @@ def run(config: Config, runtime: Runtime) -> None:
     runtime.admin.readiness.append(shipper.ready)
     runtime.admin.liveness.append(shipper.alive)
     runtime.admin.route("/api/files", lambda _query: json_response(follower.files()))
+    runtime.admin.open_probes()
     log.info(
         "shipping",
         extra={
