@@ -185,24 +185,25 @@ def run_local() -> None:
         exercise(demo_seconds())
     finally:
         pod.stop_all()
-        for cluster in (primary, standby):
-            with contextlib.suppress(Exception):
-                cluster.stop("fast")
-        shutil.rmtree(workdir, ignore_errors=True)
-        STATE.unlink(missing_ok=True)
+        _remove_local_servers(workdir)
         say("stopped both PostgreSQL servers and removed their data")
+
+
+def _remove_local_servers(workdir: Path) -> None:
+    """Stop the local demo's two PostgreSQL servers, delete their data and the state."""
+    for name in ("primary", "standby"):
+        with contextlib.suppress(Exception):
+            pg.Cluster(workdir, name, 0, "").stop("fast")
+    shutil.rmtree(workdir, ignore_errors=True)
+    STATE.unlink(missing_ok=True)
 
 
 def clean() -> None:
     """For `make demo-clean`: a local demo killed before its cleanup (SIGKILL, a crash)
-    leaves both PostgreSQL servers running; stop them, delete their data and the state."""
+    leaves both PostgreSQL servers running; and any demo leaves its state file."""
     state = load_state()
     if state.get("runtime") == "local":
-        workdir = Path(str(state["workdir"]))
-        for name in ("primary", "standby"):
-            with contextlib.suppress(Exception):
-                pg.Cluster(workdir, name, 0, "").stop("fast")
-        shutil.rmtree(workdir, ignore_errors=True)
+        _remove_local_servers(Path(str(state["workdir"])))
     STATE.unlink(missing_ok=True)
 
 

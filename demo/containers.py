@@ -124,7 +124,7 @@ def compose_up(profile: str) -> str:
 
 def clean(patterns: list[str]) -> None:
     """Remove what any demo left: Compose projects, kind namespaces (the cluster stays:
-    `make kind-down` deletes it), and the demos' saved state (which runtime is up)."""
+    `make kind-down` deletes it). A pattern's own leftovers are its module's clean()."""
     command = compose_command()
     if command is not None:
         for pattern in patterns:
@@ -134,5 +134,3 @@ def clean(patterns: list[str]) -> None:
         for pattern in patterns:
             subprocess.run(["kubectl", "delete", "-k", str(Path("k8s") / pattern / "kind"),
                             "--ignore-not-found"], cwd=ROOT)
-    for state in (ROOT / ".demo").glob("*/state.json"):
-        state.unlink()
