@@ -38,7 +38,13 @@ def container(spec: dict[str, Any], name: str, *, init: bool) -> dict[str, Any]:
 
 
 def env_of(c: dict[str, Any]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in c.get("env", [])}
+    """The literal values (entries from a Secret have none here)."""
+    return {item["name"]: item["value"] for item in c.get("env", []) if "value" in item}
+
+
+def secret_refs(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item["valueFrom"]["secretKeyRef"] for item in c.get("env", [])
+            if "secretKeyRef" in item.get("valueFrom", {})}
 
 
 def mounts(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -115,6 +121,24 @@ def test_shipper_follows_the_files_main_writes_and_sends_to_the_collector(docs, 
     assert shipper.fluent_port == forward["port"]
     # Service links off: a Service named web-app would otherwise set WEB_APP_PORT=tcp://...
     assert spec["enableServiceLinks"] is False
+
+
+FORWARD_SECRET = {"name": "forward-shared-key", "key": "shared-key", "optional": True}
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [("Deployment", "web-app"), ("Deployment", "web-app-classic"), ("Job", "log-batch")],
+)
+def test_shippers_take_the_forward_shared_key_from_the_secret(docs, kind, name):
+    # Never a literal in the manifest; optional, so the pods start without the Secret (and
+    # the Forward link is then unauthenticated, as the lab guide says).
+    spec = pod_spec(docs[(kind, name)])
+    sidecar = next(
+        c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "sidecar"
+    )
+    assert "SHIPPER_SHARED_KEY" not in env_of(sidecar)
+    assert secret_refs(sidecar)["SHIPPER_SHARED_KEY"] == FORWARD_SECRET
 
 
 def test_collector_env_is_valid_and_its_data_is_on_a_volume(docs):
