@@ -42,7 +42,8 @@ def one(containers: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def env_of(c: dict[str, Any]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in c.get("env", [])}
+    """The literal values (entries from a Secret have none here)."""
+    return {item["name"]: item["value"] for item in c.get("env", []) if "value" in item}
 
 
 def mounts(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -71,6 +72,17 @@ def test_the_adapter_is_a_native_sidecar_that_is_ready_before_the_app_starts(doc
     # /readyz answers 200 once the adapter follows the files and can write checkpoints.
     assert probe["path"] == "/readyz"
     assert named_port(adapter, probe["port"]) == config.admin_port
+
+
+def test_a_forward_output_would_take_its_shared_key_from_the_secret(docs):
+    # ADAPTER_OUTPUT is stdout here; switched to forward, the key is never a literal in the
+    # manifest, and the pod starts without the Secret (the link is then unauthenticated).
+    adapter, _config, _main, _app = adapter_and_app(pod_template(docs)["spec"])
+    refs = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in adapter["env"]
+            if "secretKeyRef" in item.get("valueFrom", {})}
+    assert "FLUENT_SHARED_KEY" not in env_of(adapter)
+    assert refs["FLUENT_SHARED_KEY"] == {
+        "name": "forward-shared-key", "key": "shared-key", "optional": True}
 
 
 def named_port(c: dict[str, Any], port: str | int) -> int:
@@ -152,7 +164,10 @@ def test_compose_emulates_the_pod_with_a_shared_network_and_volume():
 
     assert adapter["network_mode"] == "service:adapter-main"
     assert "ports" not in adapter, "its ports are the app's network namespace's"
-    assert f"{config.admin_port}:{config.admin_port}" in main["ports"]
+    # Published by the app's service (host port = container port; the bind address is
+    # tests/unit/test_compose.py's business).
+    published = [entry.rsplit(":", 2)[1:] for entry in main["ports"]]
+    assert [str(config.admin_port)] * 2 in published
 
     app_volume, app_read_only = compose_mounts(main)[str(app.log_dir)]
     adapter_volume, adapter_read_only = compose_mounts(adapter)[str(app.log_dir)]
