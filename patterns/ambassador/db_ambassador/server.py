@@ -164,10 +164,11 @@ class Ambassador:
         # Clients of a dead server must see an error and reconnect, not hang on a socket
         # whose peer vanished without a FIN.
         doomed = [s for s in self.sessions if s.upstream is upstream]
+        if doomed:  # counted first: a client that sees its session end may look at once
+            self.metrics.sessions_killed.labels(upstream=upstream.name).inc(len(doomed))
         for session in doomed:
             session.abort()
         if doomed:
-            self.metrics.sessions_killed.labels(upstream=upstream.name).inc(len(doomed))
             log.warning(
                 "closed sessions of a failed upstream",
                 extra={"upstream": upstream.name, "sessions": len(doomed)},
