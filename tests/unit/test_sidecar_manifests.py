@@ -141,6 +141,15 @@ def test_shippers_take_the_forward_shared_key_from_the_secret(docs, kind, name):
     assert secret_refs(sidecar)["SHIPPER_SHARED_KEY"] == FORWARD_SECRET
 
 
+def test_the_collector_reads_the_shippers_secret_if_it_reads_a_key(docs):
+    # A key from another Secret (or a literal) would fail every shipper's handshake as soon
+    # as the Secret exists. (That the collector reads it at all is the collector's own test.)
+    collector = container(pod_spec(docs[("Deployment", "log-collector")]), "collector",
+                          init=False)
+    assert "COLLECTOR_SHARED_KEY" not in env_of(collector)
+    assert secret_refs(collector).get("COLLECTOR_SHARED_KEY", FORWARD_SECRET) == FORWARD_SECRET
+
+
 def test_collector_env_is_valid_and_its_data_is_on_a_volume(docs):
     spec = pod_spec(docs[("Deployment", "log-collector")])
     collector = container(spec, "collector", init=False)
