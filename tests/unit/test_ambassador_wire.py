@@ -1,5 +1,5 @@
-"""The ambassador's pure parts: wire messages, SCRAM-SHA-256, md5, the auth filter, config;
-and which runtime the demo's `make ambassador-failover` acts on."""
+"""The ambassador's pure parts: wire messages, SCRAM-SHA-256, md5, the startup filter, cancel
+keys and their rate, config."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import struct
 import pytest
 
 from patterns.ambassador.db_ambassador import pgwire
+from patterns.ambassador.db_ambassador.cancel import CancelKeys
 from patterns.ambassador.db_ambassador.config import load_config
 from patterns.common.config import ConfigError
 
@@ -72,23 +73,94 @@ def _sasl(*names: str) -> bytes:
     return pgwire.message(b"R", body + b"\0")
 
 
-def test_auth_filter_withdraws_channel_binding_then_steps_aside():
-    auth_ok = pgwire.message(b"R", struct.pack("!I", pgwire.AUTH_OK))
-    after = pgwire.message(b"S", b"server_version\x0015\x00") + pgwire.message(b"Z", b"I")
-    stream = _sasl("SCRAM-SHA-256-PLUS", "SCRAM-SHA-256") + auth_ok + after
-    auth_filter = pgwire.AuthFilter()
+def _key_data(pid: int, secret: bytes) -> bytes:
+    return pgwire.message(b"K", struct.pack("!I", pid) + secret)
+
+
+AUTH_OK = pgwire.message(b"R", struct.pack("!I", pgwire.AUTH_OK))
+READY = pgwire.message(b"Z", b"I")
+
+
+def test_startup_filter_withdraws_channel_binding_keeps_the_key_then_steps_aside():
+    before_key = pgwire.message(b"S", b"server_version\x0015\x00")
+    stream = (_sasl("SCRAM-SHA-256-PLUS", "SCRAM-SHA-256") + AUTH_OK + before_key
+              + _key_data(4242, b"\x01\x02\x03\x04") + READY)  # fmt: skip
+    startup = pgwire.StartupFilter(withdraw_plus=True)
     # Fed one byte at a time: messages split across reads must come out whole.
-    out = b"".join(auth_filter.feed(stream[i : i + 1]) for i in range(len(stream)))
-    assert out == _sasl("SCRAM-SHA-256") + auth_ok + after
-    assert auth_filter.done
-    assert auth_filter.feed(b"\xff raw") == b"\xff raw"
+    out = b"".join(startup.feed(stream[i : i + 1]) for i in range(len(stream)))
+    assert out == (_sasl("SCRAM-SHA-256") + AUTH_OK + before_key
+                   + _key_data(4242, b"\x01\x02\x03\x04") + READY)  # fmt: skip
+    assert startup.backend_key == struct.pack("!I", 4242) + b"\x01\x02\x03\x04"
+    assert startup.done
+    assert startup.feed(b"\xff raw") == b"\xff raw"
 
 
-def test_auth_filter_passes_an_error_and_everything_after_it():
+def test_startup_filter_without_tls_leaves_the_offer_alone_and_reads_a_long_key():
+    # Protocol 3.2 (PostgreSQL 18) keys are up to 256 bytes; the key is kept as sent.
+    stream = _sasl("SCRAM-SHA-256-PLUS", "SCRAM-SHA-256") + AUTH_OK + _key_data(7, b"s" * 256)
+    startup = pgwire.StartupFilter(withdraw_plus=False)
+    assert startup.feed(stream + READY + b"after") == stream + READY + b"after"
+    assert startup.backend_key == struct.pack("!I", 7) + b"s" * 256
+    assert startup.done
+    # The same key, presented by a CancelRequest, reads back the same.
+    cancel = struct.pack("!II", 8 + 4 + 256, pgwire.CANCEL_REQUEST_CODE) + startup.backend_key
+    assert pgwire.is_cancel_request(cancel)
+    assert pgwire.cancel_key(cancel) == startup.backend_key
+
+
+def test_startup_filter_passes_an_error_and_everything_after_it():
     error = pgwire.error_response("28P01", "password authentication failed")
-    auth_filter = pgwire.AuthFilter()
-    assert auth_filter.feed(error + b"rest") == error + b"rest"
-    assert auth_filter.done
+    startup = pgwire.StartupFilter(withdraw_plus=True)
+    assert startup.feed(error + b"rest") == error + b"rest"
+    assert startup.done
+    assert startup.backend_key is None
+
+
+def test_startup_filter_buffers_nothing_that_is_not_postgresql():
+    # A length no server sends before ReadyForQuery: relayed as is, never buffered.
+    huge = b"D" + struct.pack("!I", pgwire.MAX_STARTUP_MESSAGE + 1) + b"x" * 10
+    startup = pgwire.StartupFilter(withdraw_plus=False)
+    assert startup.feed(AUTH_OK + huge) == AUTH_OK + huge
+    assert startup.done
+
+
+def test_cancel_request_lengths():
+    assert pgwire.is_cancel_request(struct.pack("!IIII", 16, pgwire.CANCEL_REQUEST_CODE, 1, 2))
+    assert not pgwire.is_cancel_request(struct.pack("!III", 12, pgwire.CANCEL_REQUEST_CODE, 1))
+    too_long = struct.pack("!II", 8 + pgwire.MAX_CANCEL_KEY + 1, pgwire.CANCEL_REQUEST_CODE)
+    assert not pgwire.is_cancel_request(too_long + b"k" * (pgwire.MAX_CANCEL_KEY + 1))
+
+
+def test_cancel_keys_admit_a_known_key_within_its_sessions_rate():
+    keys: CancelKeys[str] = CancelKeys(rate=2.0)
+    keys.add(b"key-a", "session a", now=0.0)
+    keys.add(b"key-b", "session b", now=0.0)
+    assert keys.admit(b"guess", now=0.0) == (None, "unknown_key")
+    # A burst of `rate` (2), then one more per half second.
+    assert [keys.admit(b"key-a", now=0.0) for _ in range(3)] == [
+        ("session a", ""), ("session a", ""), (None, "rate_limited")
+    ]
+    assert keys.admit(b"key-b", now=0.0) == ("session b", "")  # a budget of its own
+    assert keys.admit(b"key-a", now=0.4) == (None, "rate_limited")
+    assert keys.admit(b"key-a", now=0.5) == ("session a", "")
+    assert keys.admit(b"key-a", now=100.0) == ("session a", "")  # never more than the burst
+    assert keys.admit(b"key-a", now=100.0) == ("session a", "")
+    assert keys.admit(b"key-a", now=100.0) == (None, "rate_limited")
+    # A closed session's key is forgotten, unless another session holds it now.
+    keys.add(b"key-b", "session c", now=1.0)
+    keys.remove(b"key-b", "session b")
+    assert keys.admit(b"key-b", now=1.0) == ("session c", "")
+    keys.remove(b"key-a", "session a")
+    assert keys.admit(b"key-a", now=1.0) == (None, "unknown_key")
+    assert len(keys) == 1
+
+
+def test_cancel_keys_below_one_a_second_still_let_one_through():
+    keys: CancelKeys[str] = CancelKeys(rate=0.01)
+    keys.add(b"k", "s", now=0.0)
+    assert keys.admit(b"k", now=0.0) == ("s", "")
+    assert keys.admit(b"k", now=99.0) == (None, "rate_limited")
+    assert keys.admit(b"k", now=100.0) == ("s", "")
 
 
 def test_first_column_of_a_data_row():
@@ -104,6 +176,7 @@ def test_config_defaults():
     assert config.admin_port == 9104
     assert config.tls_mode == "disable"
     assert config.max_connections == 100
+    assert config.cancel_rate == 10
     assert config.idle_timeout == 0
     assert config.drain_timeout == 30
     assert config.health_timeouts_allowed == 3
@@ -119,6 +192,7 @@ def test_config_names_every_bad_variable():
                 "AMBASSADOR_TLS_MODE": "verify-full",
                 "AMBASSADOR_MAX_CONNECTIONS": "0",
                 "AMBASSADOR_DRAIN_TIMEOUT": "soon",
+                "AMBASSADOR_CANCEL_RATE": "0",
             }
         )
     text = str(error.value)
@@ -127,6 +201,7 @@ def test_config_names_every_bad_variable():
     assert "AMBASSADOR_TLS_CA_FILE is required with AMBASSADOR_TLS_MODE=verify-full" in text
     assert "AMBASSADOR_MAX_CONNECTIONS='0'" in text
     assert "AMBASSADOR_DRAIN_TIMEOUT='soon'" in text
+    assert "AMBASSADOR_CANCEL_RATE='0'" in text
     with pytest.raises(ConfigError, match="AMBASSADOR_UPSTREAMS is required"):
         load_config({})
 

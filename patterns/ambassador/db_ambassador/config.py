@@ -24,6 +24,8 @@ class Config:
     tls_mode: str
     tls_ca_file: str | None
     max_connections: int
+    # CancelRequests passed on per session per second (a burst of as many, at least one).
+    cancel_rate: float
     connect_timeout: float
     # 0 disables it: pooled connections may legitimately sit idle for long.
     idle_timeout: float
@@ -93,6 +95,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         tls_mode=tls_mode,
         tls_ca_file=tls_ca_file,
         max_connections=env.int("AMBASSADOR_MAX_CONNECTIONS", 100, min=1, max=100_000),
+        cancel_rate=env.float("AMBASSADOR_CANCEL_RATE", 10.0, min=0.01, max=10_000),
         connect_timeout=env.float("AMBASSADOR_CONNECT_TIMEOUT", 5.0, min=0.1, max=300),
         idle_timeout=env.float("AMBASSADOR_IDLE_TIMEOUT", 0.0, min=0, max=86400 * 7),
         drain_timeout=env.float("AMBASSADOR_DRAIN_TIMEOUT", 30.0, min=0, max=3600),

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .cancel import RESULTS as CANCEL_RESULTS
 from .relay import Traffic
 from .upstream import Upstream
 
@@ -83,6 +84,16 @@ class Metrics:
         )
         for reason in REFUSAL_REASONS:
             self.refusals.labels(reason=reason)
+        self.cancels = Counter(
+            "ambassador_cancel_requests",
+            "CancelRequests, by outcome: forwarded (to the session's own upstream), undelivered"
+            " (that upstream unreachable), unknown_key (no session relayed here has that key),"
+            " rate_limited (over AMBASSADOR_CANCEL_RATE for that session).",
+            ["result"],
+            registry=registry,
+        )
+        for result in CANCEL_RESULTS:
+            self.cancels.labels(result=result)
         self.failovers = Counter(
             "ambassador_failovers",
             "Times new sessions moved from one upstream to another.",

@@ -1,9 +1,11 @@
 """The few pieces of the PostgreSQL wire protocol (v3) the ambassador needs.
 
-The ambassador is protocol-aware only at the edges: the client's SSLRequest and startup
-packet, the ErrorResponse it sends when it refuses a session, and a small client for health
-checks (startup, authentication: cleartext, md5, SCRAM-SHA-256; a simple query). Everything
-after the startup packet is relayed as bytes, never parsed.
+The ambassador is protocol-aware only at the edges: the client's SSLRequest, startup packet
+and CancelRequest, the server's messages up to its first ReadyForQuery (for the session's
+BackendKeyData, and to withdraw channel binding over TLS), the ErrorResponse it sends when
+it refuses a session, and a small client for health checks (startup, authentication:
+cleartext, md5, SCRAM-SHA-256; a simple query). Everything after that is relayed as bytes,
+never parsed.
 
 Reference: https://www.postgresql.org/docs/15/protocol-message-formats.html
 """
@@ -22,6 +24,13 @@ GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102
 # libpq never sends a startup packet anywhere near this long; PostgreSQL's own limit.
 MAX_STARTUP_LENGTH = 10000
+# A cancel key is the BackendKeyData body: process id, then the secret (4 bytes in protocol
+# 3.0, up to 256 in 3.2). A CancelRequest is its length, its code, then that key.
+MAX_CANCEL_KEY = 4 + 256
+MAX_CANCEL_LENGTH = 8 + MAX_CANCEL_KEY
+# Bigger than any message a server sends before its first ReadyForQuery; a larger length
+# means we are not reading PostgreSQL (and nothing that size is buffered to find out).
+MAX_STARTUP_MESSAGE = 1 << 20
 
 # Authentication request codes (the int32 after an 'R' message).
 AUTH_OK = 0
@@ -69,6 +78,16 @@ def startup_length(header: bytes) -> int:
 def startup_code(packet: bytes) -> int:
     """The int32 after the length: a protocol version or a special request code."""
     return int(struct.unpack_from("!I", packet, 4)[0])
+
+
+def is_cancel_request(packet: bytes) -> bool:
+    return startup_code(packet) == CANCEL_REQUEST_CODE and 16 <= len(packet) <= MAX_CANCEL_LENGTH
+
+
+def cancel_key(packet: bytes) -> bytes:
+    """The key a CancelRequest presents, in the form of the BackendKeyData body that
+    issued it (process id, secret)."""
+    return packet[8:]
 
 
 def startup_params(packet: bytes) -> dict[str, str]:
@@ -187,51 +206,60 @@ class ScramSha256:
             raise ProtocolError("SCRAM: server signature mismatch (not the server we trust)")
 
 
-class AuthFilter:
-    """Rewrites the server's messages until authentication ends, then steps aside.
+class StartupFilter:
+    """Reads the server's messages until its first ReadyForQuery (or an ErrorResponse, which
+    ends a session that is starting), then steps aside.
 
-    The ambassador speaks TLS to the server but plaintext to the client, so a server
-    that offers SCRAM-SHA-256-PLUS (channel binding, only possible over TLS) would make
-    libpq refuse: "server offered SCRAM-SHA-256-PLUS authentication over a non-SSL
-    connection". Channel binding cannot span two TLS-less/TLS legs anyway, so the
-    ambassador withdraws -PLUS from the offer and the client uses plain SCRAM-SHA-256.
+    On the way it keeps the BackendKeyData: the key a CancelRequest for this session must
+    present, which is how the ambassador knows which upstream, if any, a cancel is for.
+
+    With `withdraw_plus` it also rewrites the authentication offer. The ambassador speaks
+    TLS to the server but plaintext to the client, so a server that offers
+    SCRAM-SHA-256-PLUS (channel binding, only possible over TLS) would make libpq refuse:
+    "server offered SCRAM-SHA-256-PLUS authentication over a non-SSL connection". Channel
+    binding cannot span two TLS-less/TLS legs anyway, so the ambassador withdraws -PLUS
+    from the offer and the client uses plain SCRAM-SHA-256.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, withdraw_plus: bool) -> None:
+        self.withdraw_plus = withdraw_plus
         self.done = False
+        self.backend_key: bytes | None = None
         self._pending = b""
+
+    def _step_aside(self, out: list[bytes], rest: bytes) -> bytes:
+        self.done = True
+        self._pending = b""
+        out.append(rest)
+        return b"".join(out)
 
     def feed(self, data: bytes) -> bytes:
         """Bytes from the server in, bytes for the client out."""
         if self.done:
             return data
         buffer = self._pending + data
-        out = []
+        out: list[bytes] = []
         offset = 0
         while len(buffer) - offset >= 5:
             kind = buffer[offset : offset + 1]
             (length,) = struct.unpack_from("!I", buffer, offset + 1)
+            if not 4 <= length <= MAX_STARTUP_MESSAGE:  # not PostgreSQL: relay it untouched
+                return self._step_aside(out, buffer[offset:])
             end = offset + 1 + length
-            if length < 4 or end > len(buffer):
-                if length < 4:  # not PostgreSQL: stop interpreting, relay untouched
-                    self.done = True
-                    out.append(buffer[offset:])
-                    self._pending = b""
-                    return b"".join(out)
+            if end > len(buffer):
                 break
             body = buffer[offset + 5 : end]
             code = struct.unpack_from("!I", body)[0] if kind == b"R" and len(body) >= 4 else None
-            if code == AUTH_SASL:
+            if code == AUTH_SASL and self.withdraw_plus:
                 names = [n for n in sasl_mechanisms(body) if n != "SCRAM-SHA-256-PLUS"]
                 body = struct.pack("!I", AUTH_SASL) + b"".join(n.encode() + b"\0" for n in names)
                 out.append(message(b"R", body + b"\0"))
             else:
                 out.append(buffer[offset:end])
+            if kind == b"K" and 8 <= len(body) <= MAX_CANCEL_KEY:
+                self.backend_key = bytes(body)
             offset = end
-            if code == AUTH_OK or kind == b"E":
-                self.done = True
-                out.append(buffer[offset:])
-                self._pending = b""
-                return b"".join(out)
+            if kind in (b"Z", b"E"):
+                return self._step_aside(out, buffer[offset:])
         self._pending = buffer[offset:]
         return b"".join(out)

@@ -3,7 +3,9 @@
 Each side's transport gets a `_Pipe` protocol that writes whatever it receives straight
 into the other transport: no per-message parsing, no coroutine per read, which is what
 keeps the ambassador close to HAProxy. Back-pressure is the transports' own: when one
-side's write buffer fills up, reading from the other side pauses.
+side's write buffer fills up, reading from the other side pauses. The one exception is the
+server's side up to its first ReadyForQuery, read through a `StartupFilter` (a handful of
+small messages per session) for the session's cancel key.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from .pgwire import AuthFilter
+from .pgwire import StartupFilter
 from .upstream import Upstream
 
 
@@ -42,19 +44,24 @@ class _Pipe(asyncio.Protocol):
         self,
         session: Session,
         peer: asyncio.Transport,
-        auth_filter: AuthFilter | None = None,
+        startup: StartupFilter | None = None,
     ) -> None:
         self.session = session
         self.peer = peer
-        self.auth_filter = auth_filter
+        self.startup = startup
         self.eof = False
         self.bytes = 0
 
     def data_received(self, data: bytes) -> None:
-        if self.auth_filter is not None:
-            out = self.auth_filter.feed(data)
-            if self.auth_filter.done:
-                self.auth_filter = None  # from here on: bytes, untouched
+        startup = self.startup
+        if startup is not None:
+            out = startup.feed(data)
+            if startup.backend_key is not None and self.session.backend_key is None:
+                # Before the client has the key: a cancel it sends then finds its session.
+                self.session.backend_key = startup.backend_key
+                self.session.on_key(self.session)
+            if startup.done:
+                self.startup = None  # from here on: bytes, untouched
             if out:
                 self.peer.write(out)
         else:
@@ -95,21 +102,24 @@ class Session:
         upstream: Upstream,
         traffic: Traffic,
         on_closed: Callable[[Session], None],
-        rewrite_auth: bool,
+        on_key: Callable[[Session], None],
+        withdraw_plus: bool,
     ) -> None:
         self.client = client
         self.server = server
         self.upstream = upstream
         self.traffic = traffic
         self.on_closed = on_closed
+        self.on_key = on_key
+        # The server's BackendKeyData body (process id, secret): what a cancel must present.
+        self.backend_key: bytes | None = None
         # For the idle sweeper: bytes seen at its last pass, and since when unchanged.
         self.seen_bytes = -1
         self.idle_since = 0.0
         self.closed = asyncio.get_running_loop().create_future()
         self.to_upstream = _Pipe(self, server)
         # Only a session over TLS can be offered channel binding the client cannot use.
-        auth_filter = AuthFilter() if rewrite_auth else None
-        self.to_client = _Pipe(self, client, auth_filter=auth_filter)
+        self.to_client = _Pipe(self, client, startup=StartupFilter(withdraw_plus))
 
     def start(self, first_bytes: bytes, client_eof: bool) -> None:
         """Take both transports over and send the client's first bytes upstream;

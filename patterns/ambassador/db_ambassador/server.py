@@ -15,6 +15,7 @@ from patterns.common.admin import json_response
 from patterns.common.service import Runtime
 
 from . import pgwire
+from .cancel import CancelKeys
 from .config import Config
 from .metrics import Metrics
 from .relay import Session, Traffic
@@ -52,6 +53,7 @@ class Ambassador:
         self.tls = tls_context(config)
         self.sessions: set[Session] = set()
         self.traffic = Traffic(self.sessions)
+        self.cancel_keys: CancelKeys[Session] = CancelKeys(config.cancel_rate)
         # Slots taken by clients between their startup packet and a relayed session.
         self.connecting = 0
         self.metrics = Metrics(
@@ -209,7 +211,7 @@ class Ambassador:
                 # Plaintext on the pod's loopback; the ambassador encrypts upstream.
                 writer.write(b"N")
                 continue
-            if code == pgwire.CANCEL_REQUEST_CODE and length == 16:
+            if pgwire.is_cancel_request(packet):
                 return packet
             if code >> 16 == 3:
                 return packet
@@ -275,7 +277,7 @@ class Ambassador:
             self._refuse(writer, "shutting_down", ADMIN_SHUTDOWN, "db-ambassador is shutting down")
             return
         # Cancel requests bypass the limit: they are how a client frees a busy session.
-        if pgwire.startup_code(packet) == pgwire.CANCEL_REQUEST_CODE:
+        if pgwire.is_cancel_request(packet):
             await self._cancel(packet, writer)
             return
         if len(self.sessions) + self.connecting >= self.config.max_connections:
@@ -313,21 +315,22 @@ class Ambassador:
         del up_reader
 
     async def _cancel(self, packet: bytes, writer: asyncio.StreamWriter) -> None:
-        """Pass a CancelRequest on to every healthy upstream: the session may run on any of
-        them (opened before a failover or a failback), the ambassador does not read the
-        BackendKeyData that would say which, and a server ignores a process id and secret
-        key it did not issue."""
-        targets = [u for u in self.upstreams if u.healthy]
-        if not targets:
-            message = self._unreachable_message()
-            self._refuse(writer, "no_healthy_upstream", pgwire.CONNECTION_FAILURE, message)
-            return
-        await asyncio.gather(*(self._send_cancel(u, packet) for u in targets))
-        log.debug("cancel request passed on", extra={"upstreams": [u.name for u in targets]})
-        # As a server does: close once the cancel is delivered (libpq waits for this).
+        """Pass a CancelRequest on to the upstream of the session whose key it presents,
+        within that session's rate; refuse it otherwise. Either way the client's connection
+        is closed without a word, as a server does (libpq waits for that close)."""
+        session, refusal = self.cancel_keys.admit(
+            pgwire.cancel_key(packet), asyncio.get_running_loop().time()
+        )
+        if session is None:
+            # Debug only: a flood of these must not become a flood of logs (the metric counts).
+            self.metrics.cancels.labels(result=refusal).inc()
+            log.debug("cancel request refused", extra={"reason": refusal})
+        else:
+            delivered = await self._send_cancel(session.upstream, packet)
+            self.metrics.cancels.labels(result="forwarded" if delivered else "undelivered").inc()
         writer.close()
 
-    async def _send_cancel(self, upstream: Upstream, packet: bytes) -> None:
+    async def _send_cancel(self, upstream: Upstream, packet: bytes) -> bool:
         try:
             async with asyncio.timeout(self.config.connect_timeout):
                 reader, writer = await open_upstream(upstream, self.tls)
@@ -341,6 +344,9 @@ class Ambassador:
                 "cancel request not delivered",
                 extra={"upstream": upstream.name, "error": describe(exc)},
             )
+            return False
+        log.debug("cancel request passed on", extra={"upstream": upstream.name})
+        return True
 
     def _relay(
         self,
@@ -353,8 +359,9 @@ class Ambassador:
         client = cast(asyncio.Transport, writer.transport)
         server = cast(asyncio.Transport, up_writer.transport)
         session = Session(
-            client, server, upstream, self.traffic, self._closed, rewrite_auth=self.tls is not None
-        )
+            client, server, upstream, self.traffic, self._closed, self._key_seen,
+            withdraw_plus=self.tls is not None,
+        )  # fmt: skip
         self.sessions.add(session)
         upstream.sessions += 1
         # Bytes the client sent after its startup packet (it should wait for the reply,
@@ -367,10 +374,17 @@ class Ambassador:
         session.start(packet + leftover, client_eof=reader.at_eof())
         return session
 
+    def _key_seen(self, session: Session) -> None:
+        key = session.backend_key
+        if key is not None and session in self.sessions:  # not one closed before its key came
+            self.cancel_keys.add(key, session, asyncio.get_running_loop().time())
+
     def _closed(self, session: Session) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
             session.upstream.sessions -= 1
+            if session.backend_key is not None:
+                self.cancel_keys.remove(session.backend_key, session)
         if not self.sessions and self._all_closed is not None:
             self._all_closed.set()
 
