@@ -60,11 +60,41 @@ Guarantees and rules:
 - Limits: a file created and rotated away (or copytruncated) before the follower saw it
   (polling: between two polls; inotify: within milliseconds, under heavy CPU load) may be
   missed or, for copytruncate, lose the lines only its copy holds.
+- What is read (the app that writes the files is not trusted: it can plant links to
+  any file the follower's user may read, such as `/proc/self/environ` with the
+  sidecar's secrets): by default (`Limits.follow_symlinks=False`) only regular files that
+  are no symbolic link and that really are where their path says below the directory a
+  glob names before its first wildcard (`/var/log/app` for `/var/log/app/*/*.log`): no
+  link is followed there, neither the file (O_NOFOLLOW) nor a directory on the way (the
+  opened descriptor's real path is checked, so nothing can be swapped in between), also
+  for rotated generations, copies and checkpointed files. That directory itself is
+  resolved once, at start: name the shared volume's mount point (the app cannot replace
+  a mount point) or a directory of the image, not one the app creates. With
+  `follow_symlinks=True` (a node agent on `/var/log/containers`) links are followed
+  anywhere. In both cases FIFOs, sockets and devices are never opened for reading
+  (looked at with stat first, opened non-blocking), and a file whose size does not
+  describe its content (a `/proc` file: size 0 with content) is refused: its size would
+  say "truncated" at every look and it would be read again without end. At most
+  `max_files` files are open; more are refused until one closes.
+- Each refusal is logged once per path (not at every scan; again if the name is planted
+  again after it went away) and counted in `stats.files_refused[reason]`, reasons in
+  `REFUSALS`. A refused name is looked at again when it names something else (a regular
+  file written in place of a link is read).
+- File names are bytes: a name that is not UTF-8 reaches `Chunk.path` with lone
+  surrogates (Python's `surrogateescape`); whoever encodes it must repair it.
 - Counters for metrics are in `follower.stats` (a `FollowerStats`), plus
   `follower.followed` (open files) and `follower.backlog_bytes()`.
 """
 
 from patterns.common.follower.checkpoints import Checkpoint, CheckpointStore
-from patterns.common.follower.follower import Chunk, Follower, FollowerStats, Limits
+from patterns.common.follower.follower import REFUSALS, Chunk, Follower, FollowerStats, Limits
 
-__all__ = ["Checkpoint", "CheckpointStore", "Chunk", "Follower", "FollowerStats", "Limits"]
+__all__ = [
+    "REFUSALS",
+    "Checkpoint",
+    "CheckpointStore",
+    "Chunk",
+    "Follower",
+    "FollowerStats",
+    "Limits",
+]

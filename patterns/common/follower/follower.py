@@ -16,6 +16,7 @@ and its copy (same head, at least as long as our position) is looked for and rea
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import glob
 import logging
@@ -37,6 +38,18 @@ Ident = tuple[int, int]  # (st_dev, st_ino)
 # Rotated files with these endings are compressed archives, never read as logs.
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".Z")
 
+# Why a file the follower found (a glob match, a renamed or rotated file, a checkpointed
+# one) is not read. Each is logged once per path and counted in `FollowerStats.files_refused`.
+REFUSALS = {
+    "symlink": "a symbolic link, and following links is off",
+    "outside": "its real path is outside the directories the globs name",
+    "not_regular": "not a regular file (a FIFO, socket, device or directory)",
+    "pseudo_file": "its size does not describe its content (a /proc file): it would be"
+    " read again at every look",
+    "unreadable": "cannot be opened",
+    "too_many_files": "max_files files are followed already",
+}
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -47,6 +60,13 @@ class Limits:
     poll_interval: float = 0.25  # how often to look at files when no event arrives
     rescan_interval: float = 2.0  # full glob scan with inotify (safety net); polling: poll_interval
     use_inotify: bool = True
+    # False: read only regular files that are no symlink and whose real path stays inside
+    # the directories the globs name (the app can plant links to any file we can read).
+    # True: follow links anywhere (a node agent on /var/log/containers needs it).
+    follow_symlinks: bool = False
+    # Files open at once (live, rotated, found at start); more are refused until one
+    # closes. Each may hold an incomplete line of up to max_line_bytes.
+    max_files: int = 256
 
 
 @dataclass
@@ -62,6 +82,8 @@ class FollowerStats(LineStats):
     files_closed: int = 0
     checkpoints_lost: int = 0  # checkpointed files found nowhere at start
     rotated_while_down: int = 0  # newer rotated files found at start and read from 0
+    # Files not read, by reason (see REFUSALS): once per path, not at every look.
+    files_refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
 
 
 @dataclass
@@ -145,6 +167,24 @@ def _has_magic(pattern: str) -> bool:
     return glob.has_magic(pattern)
 
 
+def _named_directory(pattern: str) -> str:
+    """The directory a glob names before its first wildcard (`/var/log/app` for
+    `/var/log/app/*/*.log`): the operator's choice, inside which files must stay."""
+    directory = os.path.dirname(pattern)
+    while _has_magic(directory):
+        directory = os.path.dirname(directory)
+    return directory
+
+
+def _opened_path(fd: int, path: str) -> str:
+    """Where the file open on `fd` really is, every link resolved. Asked of the descriptor
+    (Linux), so nothing can be swapped between the check and the open."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)")
+    except OSError:  # no /proc (macOS): the path resolved now, a narrow race
+        return os.path.realpath(path)
+
+
 class Follower:
     def __init__(
         self,
@@ -170,7 +210,16 @@ class Follower:
         self._watches: dict[int, str] = {}
         self._watched_dirs: dict[str, int] = {}
         self._moves: dict[int, str] = {}
-        self._unreadable: set[str] = set()  # logged once, retried at every scan
+        # The directories the globs name and their real paths, resolved once at start
+        # (the operator's configuration; the app must not redirect them later). Most
+        # specific first.
+        self._named = sorted(
+            {(_named_directory(p), os.path.realpath(_named_directory(p))) for p in self.globs},
+            key=lambda pair: -len(pair[0]),
+        )
+        # path -> (reason, ident seen then): refusals are logged and counted once per
+        # path; the path is looked at again when what it names changes.
+        self._refused: dict[str, tuple[str, Ident | None]] = {}
         self._watcher: threading.Thread | None = None
         self._activity = threading.Event()
         self._closing = threading.Event()
@@ -494,7 +543,7 @@ class Follower:
             if candidate == path:
                 continue
             try:
-                st = os.stat(candidate)
+                st = os.stat(candidate, follow_symlinks=self.limits.follow_symlinks)
             except OSError:
                 continue
             if (
@@ -513,13 +562,8 @@ class Follower:
         fd, st = opened
         return fd, (st.st_dev, st.st_ino), best[1]
 
-    @staticmethod
-    def _starts_with(path: str, head: bytes) -> bool:
-        try:
-            with open(path, "rb") as handle:
-                return handle.read(len(head)) == head
-        except OSError:
-            return False
+    def _starts_with(self, path: str, head: bytes) -> bool:
+        return self._peek(path, len(head)) == head
 
     # --- checkpoints at start -------------------------------------------------------------------
 
@@ -529,7 +573,7 @@ class Follower:
         ident = (checkpoint.dev, checkpoint.ino)
         for path in self._candidates(checkpoint):
             try:
-                st = os.stat(path)
+                st = os.stat(path, follow_symlinks=self.limits.follow_symlinks)
             except OSError:
                 continue
             if not stat.S_ISREG(st.st_mode) or st.st_size < checkpoint.offset:
@@ -633,14 +677,13 @@ class Follower:
         # A copy only counts if the fingerprint covers something.
         return same_inode + (others if checkpoint.head_len else [])
 
-    @staticmethod
-    def _head_matches(path: str, checkpoint: Checkpoint) -> bool:
-        try:
-            with open(path, "rb") as handle:
-                head = handle.read(checkpoint.head_len)
-        except OSError:
-            return False
-        return len(head) == checkpoint.head_len and head_hash(head) == checkpoint.head_hash
+    def _head_matches(self, path: str, checkpoint: Checkpoint) -> bool:
+        head = self._peek(path, checkpoint.head_len)
+        return (
+            head is not None
+            and len(head) == checkpoint.head_len
+            and head_hash(head) == checkpoint.head_hash
+        )
 
     def _checkpoints(self) -> list[Checkpoint]:
         return [s.checkpoint() for s in self._streams.values() if not s.detached]
@@ -651,26 +694,132 @@ class Follower:
         return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.globs)
 
     def _open_fd(self, path: str) -> tuple[int, os.stat_result] | None:
+        """`path` opened for reading, or None: gone, or refused (logged and counted once).
+
+        Unless links are followed, the file must be no symlink (O_NOFOLLOW) and the
+        directory it really is in must be the one its path names below the glob's
+        directory: no link is followed there either, so nothing outside is read. In every
+        case it must be a regular file whose size describes its content."""
+        follow = self.limits.follow_symlinks
         try:
-            # O_NONBLOCK: opening a FIFO that matches a glob must not hang the follower.
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            # Looked at before it is opened: a device is never opened (that can act on it).
+            st = os.stat(path, follow_symlinks=follow)
         except FileNotFoundError:
             return None  # renamed or deleted since we saw it: the events or a scan say where
         except OSError as exc:
-            if path not in self._unreadable:
-                self._unreadable.add(path)
-                log.error("cannot open file", extra={"path": path, "error": str(exc)})
+            self._refuse(path, "unreadable", None, str(exc))
             return None
-        self._unreadable.discard(path)
-        st = os.fstat(fd)
+        ident = (st.st_dev, st.st_ino)
         if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
+            self._refuse(path, "symlink" if stat.S_ISLNK(st.st_mode) else "not_regular", ident)
             return None
+        try:
+            # O_NONBLOCK: a FIFO swapped in since the stat must not hang the follower.
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            reason = "symlink" if exc.errno == errno.ELOOP and not follow else "unreadable"
+            self._refuse(path, reason, ident, str(exc))
+            return None
+        try:
+            st = os.fstat(fd)
+            refusal = self._refusal(fd, path, st)
+        except OSError as exc:
+            refusal = "unreadable"
+            detail = str(exc)
+        else:
+            detail = ""
+        if refusal is not None:
+            os.close(fd)
+            self._refuse(path, refusal, ident, detail)
+            return None
+        self._refused.pop(path, None)
         return fd, st
+
+    def _refusal(self, fd: int, path: str, st: os.stat_result) -> str | None:
+        """Why the file open on `fd` must not be read (see REFUSALS), or None."""
+        if not stat.S_ISREG(st.st_mode):
+            return "not_regular"
+        if not self.limits.follow_symlinks:
+            expected = self._expected_real(path)
+            real = _opened_path(fd, path)
+            if expected is None or not self._inside(real):
+                return "outside"
+            if os.path.dirname(real) != os.path.dirname(expected):
+                return "symlink"  # a linked directory on the way, inside the volume
+        # /proc files say size 0 and have content: the size would say "truncated" at
+        # every look and the file would be read again without end.
+        if st.st_size == 0 and _pread(fd, 1, 0) and os.fstat(fd).st_size == 0:
+            return "pseudo_file"
+        return None
+
+    def _expected_real(self, path: str) -> str | None:
+        """The real path `path` has if no link is followed below its glob's directory;
+        None if it is below none of them."""
+        for named, real in self._named:
+            if path == named:
+                return real
+            prefix = named.rstrip("/") + "/"
+            if path.startswith(prefix):
+                return os.path.join(real, path[len(prefix) :])
+        return None
+
+    def _inside(self, real: str) -> bool:
+        return any(
+            real == root or real.startswith(root.rstrip("/") + "/") for _, root in self._named
+        )
+
+    def _refuse(self, path: str, reason: str, ident: Ident | None, detail: str = "") -> None:
+        """Do not read `path`: logged and counted once per path and reason, however often
+        it is looked at again (a scan every few seconds)."""
+        known = self._refused.get(path)
+        self._refused[path] = (reason, ident)
+        if known is not None and known[0] == reason:
+            return
+        self.stats.files_refused[reason] += 1
+        extra = {"path": path, "reason": reason, "why": REFUSALS[reason]}
+        if detail:
+            extra["error"] = detail
+        log.warning("file refused", extra=extra)
+
+    def _refused_before(self, path: str, ident: Ident) -> bool:
+        """Refused, and still the same thing: not worth opening again. A file refused for
+        the count of files or its permissions is tried again at every scan."""
+        known = self._refused.get(path)
+        return (
+            known is not None
+            and known[1] == ident
+            and known[0] not in ("unreadable", "too_many_files")
+        )
+
+    def _peek(self, path: str, size: int) -> bytes | None:
+        """The first `size` bytes of a regular file (None if it is not one we may read),
+        without logging or counting: a look at a candidate copy, not a file to follow."""
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+        if not self.limits.follow_symlinks:
+            flags |= os.O_NOFOLLOW
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if self._refusal(fd, path, st) is not None:
+                return None
+            return _pread(fd, size, 0)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def _open(
         self, path: str, *, origin: str, live: bool, checkpoint: Checkpoint | None = None
     ) -> _Stream | None:
+        if len(self._streams) >= self.limits.max_files:
+            self._refuse(path, "too_many_files", None)  # looked at again at every scan
+            return None
         opened = self._open_fd(path)
         if opened is None:
             return None
@@ -726,14 +875,24 @@ class Follower:
         )
         self._update_watches()
         matches: dict[Ident, str] = {}
+        candidates: list[tuple[Ident, str]] = []
+        seen: set[str] = set()
         for pattern in self.globs:
             for path in sorted(glob.glob(pattern)):
                 try:
-                    st = os.stat(path)
+                    st = os.stat(path, follow_symlinks=self.limits.follow_symlinks)
                 except OSError:
                     continue
+                if stat.S_ISDIR(st.st_mode):
+                    continue  # a glob may match directories: not files to read
+                ident = (st.st_dev, st.st_ino)
+                seen.add(path)
                 if stat.S_ISREG(st.st_mode):
-                    matches.setdefault((st.st_dev, st.st_ino), path)
+                    matches.setdefault(ident, path)
+                if not self._refused_before(path, ident):
+                    candidates.append((ident, path))
+        # Forget refusals of names that are gone: memory stays bounded by what is there.
+        self._refused = {p: known for p, known in self._refused.items() if p in seen}
         for stream in list(self._streams.values()):
             if stream.detached or stream.closed:
                 continue
@@ -744,7 +903,7 @@ class Follower:
                     stream.live, stream.origin = True, matched
             elif stream.live:
                 self._moved_away(stream)
-        for ident, path in matches.items():
+        for ident, path in candidates:
             if ident not in self._by_ident:
                 self._open(path, origin=path, live=True)
         self._capture_heads()
@@ -773,11 +932,16 @@ class Follower:
         directories: set[str] = set()
         for pattern in self.globs:
             parent = os.path.dirname(pattern)
-            if _has_magic(parent):
-                directories.update(d for d in glob.glob(parent) if os.path.isdir(d))
-            elif os.path.isdir(parent):
-                directories.add(parent)
+            found = glob.glob(parent) if _has_magic(parent) else [parent]
+            directories.update(d for d in found if os.path.isdir(d) and self._may_watch(d))
         return directories
+
+    def _may_watch(self, directory: str) -> bool:
+        """Unless links are followed, a directory reached through one (a link the app
+        planted, or the named directory replaced by one) is not watched."""
+        return self.limits.follow_symlinks or (
+            os.path.realpath(directory) == self._expected_real(directory)
+        )
 
     def _update_watches(self) -> None:
         if self._inotify is None:
@@ -858,7 +1022,7 @@ class Follower:
         """A followed name was renamed to `target`. If we had not opened that file yet
         (created and rotated between two looks), follow it now under its new name."""
         try:
-            st = os.stat(target)
+            st = os.stat(target, follow_symlinks=self.limits.follow_symlinks)
         except OSError:
             return
         stream = self._by_ident.get((st.st_dev, st.st_ino))
