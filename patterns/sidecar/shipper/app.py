@@ -81,6 +81,15 @@ class FollowerMetrics(Collector):
         stats = self.follower.stats
         for name, documentation in self._COUNTERS.items():
             yield CounterMetricFamily(f"shipper_{name}", documentation, value=getattr(stats, name))
+        refused = CounterMetricFamily(
+            "shipper_files_refused",
+            "Files not read, once per path: symlink, outside (of the globs' directories),"
+            " not_regular, pseudo_file (/proc), unreadable, too_many_files.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats.files_refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
         yield GaugeMetricFamily(
             "shipper_files_followed", "Files open and followed now.", value=self.follower.followed
         )
@@ -312,6 +321,7 @@ def run(config: Config, runtime: Runtime) -> None:
             "collector": f"{config.fluent_host}:{config.fluent_port}",
             "tag": config.tag,
             "inotify": follower.uses_inotify,
+            "follow_symlinks": config.limits.follow_symlinks,
         },
     )
     shipper.run()

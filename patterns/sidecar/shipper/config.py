@@ -68,6 +68,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
             poll_interval=env.float("SHIPPER_POLL_INTERVAL", 0.25, min=0.01, max=60),
             rescan_interval=env.float("SHIPPER_RESCAN_INTERVAL", 2.0, min=0.05, max=3600),
             use_inotify=env.bool("SHIPPER_INOTIFY", True),
+            follow_symlinks=env.bool("SHIPPER_FOLLOW_SYMLINKS", False),
+            max_files=env.int("SHIPPER_MAX_FILES", 256, min=1, max=1_000_000),
         ),
     )
     env.check()

@@ -84,5 +84,16 @@ class EntryEncoder:
         nanoseconds = min(int((timestamp - seconds) * 1e9), 999_999_999)
         # fixarray(2), EventTime as fixext8 of type 0, fixmap(2), "log"
         prefix = b"\x92\xd7\x00" + _EVENT_TIME.pack(seconds, nanoseconds) + b"\x82\xa3log"
-        suffix = b"\xa4file" + self._packer.pack(path)
+        suffix = b"\xa4file" + self._packer.pack(valid_utf8(path))
         return prefix, suffix
+
+
+def valid_utf8(path: str) -> str:
+    """A file name as valid UTF-8 text. Names are bytes: the app may create one that is not
+    UTF-8 (Python holds its bytes as lone surrogates, which no encoder accepts); those bytes
+    become U+FFFD, as in the lines."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return path
