@@ -44,6 +44,8 @@ class Config:
     read_bytes: int
     poll_seconds: float
     use_inotify: bool
+    follow_symlinks: bool  # the follower's Limits: see patterns/common/follower
+    max_files: int
     shutdown_timeout: float
 
 
@@ -99,6 +101,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
         read_bytes=env.int("ADAPTER_READ_BYTES", 1 << 20, min=4096),
         poll_seconds=env.float("ADAPTER_POLL_SECONDS", 0.25, min=0.01, max=60),
         use_inotify=env.bool("ADAPTER_INOTIFY", True),
+        follow_symlinks=env.bool("ADAPTER_FOLLOW_SYMLINKS", False),
+        max_files=env.int("ADAPTER_MAX_FILES", 256, min=1, max=1_000_000),
         shutdown_timeout=env.float("ADAPTER_SHUTDOWN_TIMEOUT", 10.0, min=0, max=3600),
     )
     env.check()
