@@ -93,12 +93,14 @@ class Adapter:
         return found
 
 
-def start_collector(service, tmp_path: Path, forward_port: int, http_port: int) -> None:
+def start_collector(
+    service, tmp_path: Path, forward_port: int, http_port: int, **env: str
+) -> None:
     """The real log-collector, storing under tmp_path/collector (no fsync: speed)."""
     service("patterns.sidecar.collector", {
         "COLLECTOR_FORWARD_HOST": "127.0.0.1", "COLLECTOR_FORWARD_PORT": str(forward_port),
         "COLLECTOR_HTTP_HOST": "127.0.0.1", "COLLECTOR_HTTP_PORT": str(http_port),
-        "COLLECTOR_DATA_DIR": str(tmp_path / "collector"), "COLLECTOR_FSYNC": "false",
+        "COLLECTOR_DATA_DIR": str(tmp_path / "collector"), "COLLECTOR_FSYNC": "false", **env,
     }, name="collector")
 
 

@@ -6,6 +6,13 @@ lines in order, updates `AdapterMetrics` (the caller holds `metrics.lock`) and, 
 parsed or rejected; a rejected line still becomes a record: `adapter.unparsed` set, the
 raw text as its body, no event timestamp.
 
+The app's files are not trusted. A value a line carries that does not fit the model
+(a number too large, non-finite, negative or out of range, a time outside 1970..2106, JSON
+nested too deep) rejects that line before any metric moves; and each decoder's loop
+decodes a line inside one guard, so an exception raised while decoding a line, whatever
+its cause, rejects that line (logged once per kind, `Context.faults`) and never leaves
+`feed`: the adapter goes on, and its checkpoint moves past the line.
+
 Formats:
   combined  NCSA combined (or common) log, optionally followed by Apache's %D (microseconds)
   legacy    `YYYY-MM-DD HH:MM:SS,mmm LEVEL [thread] logger - message` + continuation lines
@@ -17,11 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import time
 from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Protocol
 
@@ -35,7 +43,62 @@ from patterns.adapter.log_adapter.metrics import (
 )
 from patterns.adapter.log_adapter.otel import Record
 
+log = logging.getLogger(__name__)
+
 FORMATS = ("combined", "legacy", "json", "regex")
+
+# --- what a value may be -----------------------------------------------------------------
+# A size (bytes) or duration (microseconds) written as digits has at most MAX_DIGITS of
+# them: a length test before any int() (Python refuses to convert 4,300 digits or more),
+# and what passes fits OpenTelemetry's int64 attributes and msgpack, and sums to a finite
+# float in the exposition.
+MAX_DIGITS = 18
+MAX_VALUE = 10**MAX_DIGITS - 1
+_MAX_INT64 = 2**63 - 1
+# The numeric semantic-convention attributes and the values they may take (json and regex
+# formats; the combined format's are checked in its loop). A number outside its range
+# (NaN and infinities included) rejects the line; a value that is no number at all (a
+# string, a bool) stays an attribute as it is and counts for nothing in the metrics.
+NUMERIC_RANGES: dict[str, tuple[float, float]] = {
+    "http.response.status_code": (100, 599),
+    "http.response.body.size": (0, MAX_VALUE),
+    "http.server.request.duration": (0, MAX_VALUE / 1_000_000),  # seconds
+    "process.pid": (0, _MAX_INT64),
+    "thread.id": (0, _MAX_INT64),
+    "client.port": (0, 65535),
+    "server.port": (0, 65535),
+}
+_FLOAT_ATTRIBUTES = frozenset(("http.server.request.duration",))
+_INT_ATTRIBUTES = frozenset(NUMERIC_RANGES) - _FLOAT_ATTRIBUTES
+# A JSON line nested deeper than this is rejected: the outputs' encoders (orjson, msgpack)
+# and the recursion limit have their own limits, and no log record needs more.
+MAX_JSON_DEPTH = 64
+
+
+def fits(attributes: dict[str, Any]) -> bool:
+    """Whether every numeric semantic-convention attribute is a number its range holds."""
+    for name, (low, high) in NUMERIC_RANGES.items():
+        value = attributes.get(name)
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and not low <= value <= high  # False for NaN too
+        ):
+            return False
+    return True
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON data nests more than `limit` objects and arrays deep (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
 
 _QUOTED = r'[^"\\]*(?:\\.[^"\\]*)*'  # Apache escapes " and \ inside quoted fields
 # ASCII: Apache writes ASCII digits and spaces; a Unicode \d would take Arabic-Indic digits
@@ -51,9 +114,10 @@ COMBINED = re.compile(
     re.ASCII,
 )
 
+# ASCII digits, as the combined format: a Unicode digit would make a timestamp no reader takes.
 LEGACY_HEADER = re.compile(
-    r"(?P<date>\d{4}-\d\d-\d\d) "
-    r"(?P<time>(?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60))[,.](?P<ms>\d{3}) +"
+    r"(?P<date>[0-9]{4}-[0-9][0-9]-[0-9][0-9]) "
+    r"(?P<time>(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60))[,.](?P<ms>[0-9]{3}) +"
     r"(?P<level>[A-Za-z]+) +\[(?P<thread>[^\]]*)\] (?P<logger>\S+) - (?P<message>.*)",
     re.DOTALL,
 )
@@ -69,6 +133,38 @@ _MONTHS = {
     )
 }
 _CACHE_LIMIT = 4096
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+
+class Faults:
+    """Faults of a decoder's own code on a line (an exception the line caused): logged once
+    per kind (format, exception type) per LOG_INTERVAL seconds, with how many went unlogged,
+    so a flood of poison lines cannot flood the adapter's logs."""
+
+    LOG_INTERVAL = 60.0
+
+    def __init__(self) -> None:
+        self._next_log: dict[tuple[str, str], float] = {}
+        self._unlogged: dict[tuple[str, str], int] = {}
+
+    def __call__(self, input_name: str, fmt: str, exc: Exception) -> None:
+        kind = (fmt, type(exc).__name__)
+        now = time.monotonic()
+        if now < self._next_log.get(kind, 0.0):
+            self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+            return
+        self._next_log[kind] = now + self.LOG_INTERVAL
+        error = f"{type(exc).__name__}: {exc}"[:200]
+        log.warning(
+            "a line could not be decoded; it is rejected",
+            extra={
+                "input": input_name,
+                "format": fmt,
+                # The message may quote the line: printable ASCII only, in the logs.
+                "error": error.encode("ascii", "backslashreplace").decode(),
+                "unlogged_since_last": self._unlogged.pop(kind, 0),
+            },
+        )
 
 
 class Decoder(Protocol):
@@ -92,6 +188,10 @@ class Context:
     metrics: AdapterMetrics
     emit: bool
     resource: dict[str, Any]
+    faults: Faults = field(default_factory=Faults)
+
+    def fault(self, fmt: str, exc: Exception) -> None:
+        self.faults(self.input_name, fmt, exc)
 
 
 def unparsed(line: str, fmt: str, path: str, observed: str, resource: dict[str, Any]) -> Record:
@@ -145,7 +245,7 @@ class _AccessTime:
         if text[21] == "-":
             offset = -offset
         epoch = otel.utc_epoch(*moment.timetuple()[:6]) - offset
-        return otel.format_timestamp(epoch)
+        return otel.timestamp(epoch) or ""
 
 
 class CombinedDecoder:
@@ -160,7 +260,10 @@ class CombinedDecoder:
     def feed(self, lines: Sequence[str], observed: str) -> list[Record]:
         # One regex match per line and only dict/list bumps after it: this loop is the
         # adapter's throughput (see benchmarks/adapter_vs_mtail.py), so the cache lookups
-        # and the metric update of AdapterMetrics.observe_request are inlined here.
+        # and the metric update of AdapterMetrics.observe_request are inlined here. Every
+        # value is checked and the record built before any metric moves: a line that
+        # fails on the way (a value that does not fit, or an exception) leaves no trace
+        # but its rejection.
         ctx = self.context
         metrics = ctx.metrics
         emit = ctx.emit
@@ -174,71 +277,78 @@ class CombinedDecoder:
         buckets = metrics.duration_buckets
         bounds = DURATION_BOUNDS_US
         known = KNOWN_METHODS
+        max_digits = MAX_DIGITS
         records: list[Record] = []
         rejected = 0
         duration_sum = 0
-        timestamp: str | None = None
         for line in lines:
-            m = match(line)
-            if m is not None:
-                (
-                    client,
-                    user,
-                    time_text,
-                    method,
-                    target,
-                    proto,
-                    _request,
-                    status,
-                    size,
-                    referer,
-                    agent,
-                    duration,
-                ) = m.groups()
-                timestamp = time_get(time_text)
-                if timestamp is None:
-                    timestamp = access_time(time_text)
-            if m is None or not timestamp:
-                rejected += 1
-                if emit:
-                    records.append(unparsed(line, "combined", self.path, observed, ctx.resource))
-                continue
-            label_method = method if method in known else OTHER_METHOD
-            if target is None:
-                path = OTHER_PATH
-            else:
-                cached = path_get(target)
-                path = path_label(target) if cached is None else cached
-            key = (label_method, status, path)
-            entry = requests_get(key)
-            if entry is None:
-                entry = requests[key] = [0, 0]
-            entry[0] += 1
-            if size != "-":
-                entry[1] += int(size)
-            if duration is not None:
-                micros = int(duration)
-                buckets[bisect_left(bounds, micros)] += 1
-                duration_sum += micros
-            if emit:
-                records.append(
-                    self._record(
-                        line,
-                        observed,
-                        timestamp,
+            try:
+                m = match(line)
+                if m is not None:
+                    (
                         client,
                         user,
+                        time_text,
                         method,
-                        label_method,
                         target,
                         proto,
+                        _request,
                         status,
                         size,
                         referer,
                         agent,
                         duration,
-                    )
-                )
+                    ) = m.groups()
+                    timestamp = time_get(time_text)
+                    if timestamp is None:
+                        timestamp = access_time(time_text)
+                    if (
+                        timestamp
+                        and len(size) <= max_digits
+                        and (duration is None or len(duration) <= max_digits)
+                    ):
+                        nbytes = 0 if size == "-" else int(size)
+                        micros = None if duration is None else int(duration)
+                        label_method = method if method in known else OTHER_METHOD
+                        if target is None:
+                            path = OTHER_PATH
+                        else:
+                            cached = path_get(target)
+                            path = path_label(target) if cached is None else cached
+                        if emit:
+                            records.append(
+                                self._record(
+                                    line,
+                                    observed,
+                                    timestamp,
+                                    client,
+                                    user,
+                                    method,
+                                    label_method,
+                                    target,
+                                    proto,
+                                    status,
+                                    None if size == "-" else nbytes,
+                                    referer,
+                                    agent,
+                                    micros,
+                                )
+                            )
+                        key = (label_method, status, path)
+                        entry = requests_get(key)
+                        if entry is None:
+                            entry = requests[key] = [0, 0]
+                        entry[0] += 1
+                        entry[1] += nbytes
+                        if micros is not None:
+                            buckets[bisect_left(bounds, micros)] += 1
+                            duration_sum += micros
+                        continue
+            except Exception as exc:  # a fault on this line costs this line
+                ctx.fault("combined", exc)
+            rejected += 1
+            if emit:
+                records.append(unparsed(line, "combined", self.path, observed, ctx.resource))
         metrics.duration_sum_us += duration_sum
         metrics.count_lines(ctx.input_name, len(lines) - rejected, rejected)
         return records
@@ -255,10 +365,10 @@ class CombinedDecoder:
         target: str | None,
         proto: str | None,
         status: str,
-        size: str,
+        size: int | None,
         referer: str | None,
         agent: str | None,
-        duration: str | None,
+        micros: int | None,
     ) -> Record:
         status_code = int(status)
         severity_text, severity_number = otel.http_status_severity(status_code)
@@ -279,14 +389,14 @@ class CombinedDecoder:
             if version:
                 attributes["network.protocol.version"] = version
         attributes["http.response.status_code"] = status_code
-        if size != "-":
-            attributes["http.response.body.size"] = int(size)
+        if size is not None:
+            attributes["http.response.body.size"] = size
         if referer is not None and referer != "-":
             attributes["http.request.header.referer"] = [referer]
         if agent is not None and agent != "-":
             attributes["user_agent.original"] = agent
-        if duration is not None:
-            attributes["http.server.request.duration"] = int(duration) / 1_000_000
+        if micros is not None:
+            attributes["http.server.request.duration"] = micros / 1_000_000
         attributes["log.file.path"] = self.path
         return {
             "timestamp": timestamp,
@@ -307,6 +417,7 @@ class CombinedDecoder:
 
 @dataclass
 class _Pending:
+    header: str  # the raw first line, the body of its unparsed record if it fails
     timestamp: str
     level: str
     thread: str
@@ -321,7 +432,8 @@ class LegacyDecoder:
     (the adapter does that after a quiet period); until then its lines are `held_lines`,
     and the adapter's checkpoint stays at its first line, so a restart re-reads it whole.
     A continuation line with no record to join (start of a file, or past
-    `max_record_bytes`) is rejected."""
+    `max_record_bytes`) is rejected, and so is a header whose time the model cannot carry
+    (an impossible date, or outside 1970..2106)."""
 
     format = "legacy"
 
@@ -330,7 +442,7 @@ class LegacyDecoder:
         self.path = path
         self.max_record_bytes = max_record_bytes
         self._pending: _Pending | None = None
-        self._valid_dates: dict[str, bool] = {}
+        self._days: dict[str, int | None] = {}
 
     @property
     def held_lines(self) -> int:
@@ -341,76 +453,84 @@ class LegacyDecoder:
         parsed = rejected = 0
         match = LEGACY_HEADER.fullmatch
         for line in lines:
-            m = match(line)
-            if m is not None and not self._valid_date(m.group("date")):
-                m = None  # header-shaped but impossible: malformed, not a continuation
-                continuing = False
-            else:
-                continuing = True
-            if m is not None:
-                if self._pending is not None:
-                    parsed += self._finish(records, observed)
-                date_text, time_text, ms, level, thread, logger, message = m.groups()
-                self._pending = _Pending(
-                    f"{date_text}T{time_text}.{ms}Z",
-                    level,
-                    thread,
-                    logger,
-                    [message],
-                    len(message),
-                )
-            elif (
-                continuing
-                and self._pending is not None
-                and self._pending.size + len(line) <= self.max_record_bytes
-            ):
-                self._pending.lines.append(line)
-                self._pending.size += len(line) + 1
-            else:
-                if self._pending is not None:
-                    parsed += self._finish(records, observed)
-                rejected += 1
-                if self.context.emit:
-                    records.append(
-                        unparsed(line, "legacy", self.path, observed, self.context.resource)
+            try:
+                m = match(line)
+                if m is not None and not self._in_range(m.group("date"), m.group("time")):
+                    m = None  # header-shaped but impossible: malformed, not a continuation
+                    continuing = False
+                else:
+                    continuing = True
+                if m is not None:
+                    if self._pending is not None:
+                        parsed, rejected = self._finish(records, observed, parsed, rejected)
+                    date_text, time_text, ms, level, thread, logger, message = m.groups()
+                    self._pending = _Pending(
+                        line,
+                        f"{date_text}T{time_text}.{ms}Z",
+                        level,
+                        thread,
+                        logger,
+                        [message],
+                        len(message),
                     )
+                    continue
+                if (
+                    continuing
+                    and self._pending is not None
+                    and self._pending.size + len(line) <= self.max_record_bytes
+                ):
+                    self._pending.lines.append(line)
+                    self._pending.size += len(line) + 1
+                    continue
+                if self._pending is not None:
+                    parsed, rejected = self._finish(records, observed, parsed, rejected)
+            except Exception as exc:  # a fault on this line costs this line
+                self.context.fault("legacy", exc)
+            rejected += 1
+            if self.context.emit:
+                records.append(unparsed(line, "legacy", self.path, observed, self.context.resource))
         self.context.metrics.count_lines(self.context.input_name, parsed, rejected)
         return records
 
     def flush(self, observed: str) -> list[Record]:
         records: list[Record] = []
         if self._pending is not None:
-            parsed = self._finish(records, observed)
-            self.context.metrics.count_lines(self.context.input_name, parsed, 0)
+            parsed, rejected = self._finish(records, observed, 0, 0)
+            self.context.metrics.count_lines(self.context.input_name, parsed, rejected)
         return records
 
-    def _valid_date(self, text: str) -> bool:
-        valid = self._valid_dates.get(text)
-        if valid is None:
+    def _in_range(self, date_text: str, time_text: str) -> bool:
+        """Whether the header's date exists and its time is one the model carries."""
+        day = self._days.get(date_text, -1)
+        if day == -1:
             try:
-                date.fromisoformat(text)
-                valid = True
+                day = (date.fromisoformat(date_text).toordinal() - _EPOCH_DAY) * 86400
             except ValueError:
-                valid = False
-            if len(self._valid_dates) >= _CACHE_LIMIT:
-                self._valid_dates.clear()
-            self._valid_dates[text] = valid
-        return valid
+                day = None
+            if len(self._days) >= _CACHE_LIMIT:
+                self._days.clear()
+            self._days[date_text] = day
+        if day is None:
+            return False
+        seconds = int(time_text[0:2]) * 3600 + int(time_text[3:5]) * 60 + int(time_text[6:8])
+        return 0 <= day + seconds <= otel.MAX_EPOCH
 
-    def _finish(self, records: list[Record], observed: str) -> int:
-        """Complete the pending record; returns how many lines it consumed."""
+    def _finish(
+        self, records: list[Record], observed: str, parsed: int, rejected: int
+    ) -> tuple[int, int]:
+        """Complete the pending record: (parsed, rejected) plus the lines it consumed."""
         pending = self._pending
         assert pending is not None
         self._pending = None
-        number = otel.severity_number(pending.level)
-        self.context.metrics.observe_app_record(otel.severity_short_name(number))
-        if self.context.emit:
-            attributes: dict[str, Any] = {"thread.name": pending.thread}
-            if len(pending.lines) > 1:
-                attributes.update(_exception_attributes(pending.lines[1:]))
-            attributes["log.file.path"] = self.path
-            records.append(
-                {
+        try:
+            number = otel.severity_number(pending.level)
+            record: Record | None = None
+            if self.context.emit:
+                attributes: dict[str, Any] = {"thread.name": pending.thread}
+                if len(pending.lines) > 1:
+                    attributes.update(_exception_attributes(pending.lines[1:]))
+                attributes["log.file.path"] = self.path
+                record = {
                     "timestamp": pending.timestamp,
                     "observed_timestamp": observed,
                     "severity_text": pending.level,
@@ -420,8 +540,19 @@ class LegacyDecoder:
                     "instrumentation_scope": {"name": pending.logger},
                     "resource": self.context.resource,
                 }
-            )
-        return len(pending.lines)
+            self.context.metrics.observe_app_record(otel.severity_short_name(number))
+        except Exception as exc:  # a fault on this record costs its lines
+            self.context.fault("legacy", exc)
+            if self.context.emit:
+                raw = [pending.header, *pending.lines[1:]]
+                records += [
+                    unparsed(line, "legacy", self.path, observed, self.context.resource)
+                    for line in raw
+                ]
+            return parsed, rejected + len(pending.lines)
+        if record is not None:
+            records.append(record)
+        return parsed + len(pending.lines), rejected
 
 
 def _exception_attributes(continuation: list[str]) -> dict[str, str]:
@@ -447,22 +578,12 @@ def _exception_attributes(continuation: list[str]) -> dict[str, str]:
 _TIME_KEYS = ("timestamp", "time", "@timestamp", "ts")
 _LEVEL_KEYS = ("severity_text", "level", "severity", "levelname", "lvl")
 _BODY_KEYS = ("body", "message", "msg")
-_INT_ATTRIBUTES = frozenset(
-    (
-        "http.response.status_code",
-        "http.response.body.size",
-        "process.pid",
-        "thread.id",
-        "client.port",
-        "server.port",
-    )
-)
-_FLOAT_ATTRIBUTES = frozenset(("http.server.request.duration",))
 
 
 def _observe(metrics: AdapterMetrics, record: Record) -> None:
     """Metrics of a record from a generic format: an HTTP request if it carries a method
-    and a status code, otherwise an application log record."""
+    and a status code, otherwise an application log record. The record `fits`: its
+    numbers are in range."""
     attributes = record["attributes"]
     method = attributes.get("http.request.method")
     status = attributes.get("http.response.status_code")
@@ -473,10 +594,8 @@ def _observe(metrics: AdapterMetrics, record: Record) -> None:
             method,
             str(status),
             attributes.get("url.path") if isinstance(attributes.get("url.path"), str) else None,
-            size if isinstance(size, int) and size >= 0 else 0,
-            round(duration * 1_000_000)
-            if isinstance(duration, (int, float)) and duration >= 0
-            else None,
+            size if type(size) is int else 0,  # not a bool; `fits` checked the range
+            round(duration * 1_000_000) if type(duration) in (int, float) else None,
         )
     else:
         metrics.observe_app_record(otel.severity_short_name(record["severity_number"]))
@@ -485,15 +604,15 @@ def _observe(metrics: AdapterMetrics, record: Record) -> None:
 def _timestamp_value(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        seconds = value / 1000 if value > 1e11 else value  # epoch milliseconds are common
-        try:
-            return otel.format_timestamp(float(seconds))
-        except (OverflowError, ValueError, OSError):
+    if isinstance(value, int | float):
+        try:  # a huge integer overflows the float division or conversion
+            seconds = value / 1000 if value > 1e11 else value  # epoch milliseconds are common
+            return otel.timestamp(float(seconds))
+        except OverflowError:
             return None
     if isinstance(value, str):
         epoch = otel.parse_timestamp(value)
-        return None if epoch is None else otel.format_timestamp(epoch)
+        return None if epoch is None else otel.timestamp(epoch)
     return None
 
 
@@ -515,7 +634,8 @@ def _first(mapping: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, 
 
 class _OneLineDecoder:
     """A format whose every line is one record on its own (json, regex): `_record` parses
-    a line, None rejects it (still emitted, flagged unparsed, raw text kept)."""
+    a line, None rejects it (still emitted, flagged unparsed, raw text kept), and so does
+    a record whose numbers do not fit (`fits`) or an exception on the way."""
 
     format: str
     held_lines = 0
@@ -529,18 +649,21 @@ class _OneLineDecoder:
         records: list[Record] = []
         parsed = rejected = 0
         for line in lines:
-            record = self._record(line, observed)
-            if record is None:
-                rejected += 1
-                if self.context.emit:
-                    records.append(
-                        unparsed(line, self.format, self.path, observed, self.context.resource)
-                    )
-                continue
-            parsed += 1
-            _observe(self.context.metrics, record)
+            try:
+                record = self._record(line, observed)
+                if record is not None and fits(record["attributes"]):
+                    _observe(self.context.metrics, record)
+                    parsed += 1
+                    if self.context.emit:
+                        records.append(record)
+                    continue
+            except Exception as exc:  # a fault on this line costs this line
+                self.context.fault(self.format, exc)
+            rejected += 1
             if self.context.emit:
-                records.append(record)
+                records.append(
+                    unparsed(line, self.format, self.path, observed, self.context.resource)
+                )
         self.context.metrics.count_lines(self.context.input_name, parsed, rejected)
         return records
 
@@ -552,7 +675,8 @@ class JsonDecoder(_OneLineDecoder):
     """One JSON object per line. `timestamp`/`time`/`@timestamp`/`ts` (RFC 3339 or epoch
     seconds/milliseconds), `severity_text`/`level`/..., `body`/`message`/`msg` become the
     record's fields; an `attributes` object is merged and every other key becomes an
-    attribute as is. A line that is not a JSON object is rejected."""
+    attribute as is. A line that is not a JSON object, or nests deeper than
+    MAX_JSON_DEPTH, is rejected."""
 
     format = "json"
 
@@ -566,6 +690,10 @@ class JsonDecoder(_OneLineDecoder):
         except (ValueError, RecursionError):
             return None
         if not isinstance(data, dict):
+            return None
+        if line.count("{") + line.count("[") > MAX_JSON_DEPTH and _deeper_than(
+            data, MAX_JSON_DEPTH
+        ):
             return None
         time_key, time_value = _first(data, _TIME_KEYS)
         level_key, level_value = _first(data, _LEVEL_KEYS)
@@ -645,8 +773,11 @@ class RegexDecoder(_OneLineDecoder):
         if parsed.tzinfo is None:
             epoch = float(otel.utc_epoch(*parsed.timetuple()[:6])) + parsed.microsecond / 1e6
         else:
-            epoch = parsed.timestamp()
-        return otel.format_timestamp(epoch)
+            try:
+                epoch = parsed.timestamp()
+            except (OverflowError, ValueError):
+                return None
+        return otel.timestamp(epoch)
 
     def _record(self, line: str, observed: str) -> Record | None:
         m = self.regex.pattern.fullmatch(line)
@@ -671,7 +802,11 @@ class RegexDecoder(_OneLineDecoder):
             value: Any = groups[group]
             if value is None:
                 continue
-            if name in _INT_ATTRIBUTES and value.isdigit():
+            # Only ASCII digits make an integer (as in the combined format: int() reads
+            # Arabic-Indic digits and fails on a superscript two, which isdigit() accepts).
+            if name in _INT_ATTRIBUTES and value.isascii() and value.isdigit():
+                if len(value) > MAX_DIGITS:
+                    return None  # too large for the model (and for int(), at 4,300 digits)
                 value = int(value)
             elif name in _FLOAT_ATTRIBUTES:
                 with contextlib.suppress(ValueError):

@@ -41,6 +41,22 @@ OTHER_METHOD = "_OTHER"
 OTHER_PATH = "_other"
 
 _ID_SEGMENT = re.compile(r"\d+|[0-9a-fA-F-]{16,}|[0-9a-fA-F]{8}-[0-9a-fA-F-]{27}")
+# What a label value must not carry as is: C0 and C1 controls and DEL (a terminal escape in
+# a logged URL reaches whoever reads /metrics), and lone surrogates (from a JSON line's
+# "\ud800" escapes), which are not UTF-8 at all: the exposition could not be encoded.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if "\ud800" <= char <= "\udfff":
+        return "\ufffd"
+    return "".join(f"%{byte:02X}" for byte in char.encode())  # as a URL carries it
+
+
+def label_value(text: str) -> str:
+    """`text` made a safe label value: controls percent-encoded, lone surrogates U+FFFD."""
+    return _UNSAFE.sub(_escape, text) if _UNSAFE.search(text) else text
 
 
 def normalize_path(path: str) -> str:
@@ -53,13 +69,16 @@ def normalize_path(path: str) -> str:
 class PathLabels:
     """Request target -> bounded `path` label value.
 
-    Targets are normalised (query dropped, id-like segments folded); the first
-    `max_paths` distinct normalised paths get their own value and any later one becomes
-    `_other`, so a scanner probing random URLs cannot blow up Prometheus. The raw-target
-    cache is bounded too.
+    Targets are normalised (query dropped, id-like segments folded) and made safe
+    (`label_value`); the first `max_paths` distinct paths of at most MAX_LABEL_CHARS
+    characters get their own value and any other one becomes `_other`, so a scanner
+    probing random or huge URLs cannot blow up Prometheus. The raw-target cache is
+    bounded too, in entries and in the length of what it keeps.
     """
 
     CACHE_LIMIT = 10_000
+    CACHED_TARGET_CHARS = 512  # longer targets are labelled afresh each time, not kept
+    MAX_LABEL_CHARS = 256
 
     def __init__(self, max_paths: int) -> None:
         self.max_paths = max_paths
@@ -70,15 +89,20 @@ class PathLabels:
         label = self.cache.get(target)
         if label is not None:
             return label
-        label = normalize_path(target)
+        label = label_value(normalize_path(target))
         if label not in self._known:
-            if len(self._known) >= self.max_paths or not label.startswith("/"):
+            if (
+                len(self._known) >= self.max_paths
+                or not label.startswith("/")
+                or len(label) > self.MAX_LABEL_CHARS
+            ):
                 label = OTHER_PATH
             else:
                 self._known.add(label)
-        if len(self.cache) >= self.CACHE_LIMIT:
-            self.cache.clear()
-        self.cache[target] = label
+        if len(target) <= self.CACHED_TARGET_CHARS:
+            if len(self.cache) >= self.CACHE_LIMIT:
+                self.cache.clear()
+            self.cache[target] = label
         return label
 
 

@@ -74,6 +74,21 @@ def http_status_severity(status: int) -> tuple[str, int]:
     return "INFO", 9
 
 
+# Event times the model carries: OpenTelemetry's time_unix_nano is unsigned (nothing before
+# 1970) and the Forward protocol's EventTime holds its seconds in 32 unsigned bits (nothing
+# after 2106-02-07T06:28:15Z). A time outside is not an event time: every format treats it
+# as an unreadable one.
+MAX_EPOCH = 2**32 - 1
+
+
+def timestamp(epoch: float) -> str | None:
+    """RFC 3339 of an event time; None if the model cannot carry it (NaN, infinite, before
+    1970 or after MAX_EPOCH)."""
+    if not 0 <= epoch <= MAX_EPOCH:  # False for NaN too
+        return None
+    return format_timestamp(epoch)
+
+
 def format_timestamp(epoch: float) -> str:
     """RFC 3339 UTC with milliseconds, e.g. 2026-11-25T12:00:00.123Z."""
     whole = int(epoch)
@@ -87,18 +102,19 @@ def parse_timestamp(text: str) -> float | None:
     """Epoch seconds of an RFC 3339 / ISO 8601 timestamp; naive times are UTC."""
     try:
         parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
 
 
 def record_epoch(record: Record) -> float:
-    """The event time of a record as epoch seconds (the Forward protocol's EventTime)."""
-    text = record.get("timestamp") or record["observed_timestamp"]
-    value = parse_timestamp(text)
-    return time.time() if value is None else value
+    """The event time of a record as epoch seconds (the Forward protocol's EventTime);
+    now, if the record has none the protocol can carry."""
+    text = record.get("timestamp") or record.get("observed_timestamp")
+    value = parse_timestamp(text) if isinstance(text, str) else None
+    return value if value is not None and 0 <= value <= MAX_EPOCH else time.time()
 
 
 def utc_epoch(year: int, month: int, day: int, hour: int, minute: int, second: int) -> int:

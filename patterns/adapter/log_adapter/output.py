@@ -3,12 +3,19 @@ the Forward protocol (to the collector, acknowledged) or nowhere (metrics only).
 
 `write` returns only when the records are durably handed over; the adapter commits its
 checkpoint after that, so a crash re-sends rather than loses.
+
+Every record can be written, whatever its lines carried: what the fast encoders refuse
+(lone surrogates, integers beyond 64 bits) takes a slower path that writes it, JSON on
+stdout stays valid JSON (no NaN or Infinity), a Forward entry's EventTime is one the
+protocol holds, and Forward requests are cut at MAX_REQUEST_BYTES so that the collector
+takes them, however many records one read made.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -38,8 +45,20 @@ def dumps(record: Record) -> bytes:
         return orjson.dumps(record)
     except TypeError:
         # Input orjson refuses (integers beyond 64 bits, lone surrogates from a JSON
-        # line's escapes): the standard library writes them, escaped.
-        return json.dumps(record, separators=(",", ":"), default=str).encode()
+        # line's escapes): the standard library writes them, escaped. orjson writes NaN
+        # and infinities as null; so must this path (json.dumps would write NaN).
+        return json.dumps(_finite(record), separators=(",", ":"), default=str).encode()
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities (a JSON line's NaN, 1e999) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 class NullOutput:
@@ -94,7 +113,7 @@ def _sanitize(value: Any) -> Any:
 
 
 def encode_entry(record: Record) -> bytes:
-    epoch = record_epoch(record)
+    epoch = record_epoch(record)  # within EventTime's range whatever the record says
     try:
         return protocol.encode_entry(epoch, record)
     except (UnicodeEncodeError, OverflowError, TypeError, ValueError):
@@ -103,6 +122,11 @@ def encode_entry(record: Record) -> bytes:
 
 # How often a blocked ForwardOutput hands control back (heartbeat, polling the files).
 WAKE_SECONDS = 0.25
+# Bytes of entries per request at most, as the shipper's: a read's records (up to the adapter's
+# MAX_LINES_PER_READ, each far larger than its line) in one request could pass the
+# collector's frame limit (16 MiB by default, 2 MiB in its manifest), and a request the
+# collector refuses would be retried forever. A single larger record goes alone.
+MAX_REQUEST_BYTES = 1024 * 1024
 
 
 class ForwardOutput:
@@ -127,19 +151,31 @@ class ForwardOutput:
         self.failures = 0
 
     def write(self, records: list[Record]) -> None:
-        if not records:
-            return
-        entries = b"".join(map(encode_entry, records))
+        batch: list[bytes] = []
+        size = 0
+        for record in records:
+            entry = encode_entry(record)
+            if batch and size + len(entry) > MAX_REQUEST_BYTES:
+                self._send(batch)
+                batch, size = [], 0
+            batch.append(entry)
+            size += len(entry)
+        if batch:
+            self._send(batch)
+
+    def _send(self, batch: list[bytes]) -> None:
+        """One request, acknowledged; retried until it is (or Stopped)."""
+        entries = b"".join(batch)
         backoff = 0.1
         while True:
             try:
-                self.client.send_packed(self.tag, entries, len(records))
+                self.client.send_packed(self.tag, entries, len(batch))
                 return
             except ForwardError as exc:
                 self.failures += 1
                 log.warning(
                     "forward failed, retrying",
-                    extra={"error": str(exc), "retry_in": backoff, "records": len(records)},
+                    extra={"error": str(exc), "retry_in": backoff, "records": len(batch)},
                 )
             self._wait(backoff)
             backoff = min(backoff * 2, self.max_backoff)
