@@ -24,11 +24,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from patterns.adapter import loggen
 from patterns.adapter.log_adapter import formats, otel
-from patterns.adapter.log_adapter.adapter import Adapter
+from patterns.adapter.log_adapter.adapter import Adapter, FollowerCollector
 from patterns.adapter.log_adapter.config import load_config
 from patterns.adapter.log_adapter.formats import Context, RegexFormat, new_decoder
 from patterns.adapter.log_adapter.metrics import OTHER_PATH, AdapterMetrics, PathLabels
-from patterns.adapter.log_adapter.output import ForwardOutput, StdoutOutput, encode_entry
+from patterns.adapter.log_adapter.output import (
+    ForwardOutput,
+    NullOutput,
+    StdoutOutput,
+    encode_entry,
+)
 from tests.conftest import wait_until
 
 OBSERVED = "2026-11-25T12:30:00.000Z"
@@ -283,3 +288,54 @@ def test_stdout_writes_valid_json_whatever_the_numbers() -> None:
     StdoutOutput(stream).write([record])
     written = orjson.loads(stream.getvalue().replace(b"\\ud800", b"?"))
     assert written["attributes"] == {"nan": None, "inf": None, "big": 2**70}
+
+
+def run_adapter_until(config_env: dict[str, str], tmp_path: Path, done) -> Adapter:
+    """An in-process adapter (no output) run until `done(adapter)`, then stopped."""
+    (tmp_path / "state").mkdir(exist_ok=True)
+    config = load_config({"ADAPTER_STATE_DIR": str(tmp_path / "state"), "ADAPTER_OUTPUT": "none",
+                          "ADAPTER_POLL_SECONDS": "0.05", **config_env})
+    stopping = threading.Event()
+    adapter = Adapter(config, AdapterMetrics([s.name for s in config.inputs]),
+                      NullOutput(), stopping)
+    runner = threading.Thread(target=adapter.run)
+    runner.start()
+    try:
+        wait_until(lambda: done(adapter), timeout=20, what="the adapter's state")
+    finally:
+        stopping.set()
+        runner.join(30)
+    return adapter
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_a_link_the_app_plants_is_refused_counted_unless_links_are_followed(
+    tmp_path: Path, follow: bool
+) -> None:
+    """The adapter shares the follower: by default a link out of the shared volume is not
+    read, and adapter_files_refused_total{reason} says so; ADAPTER_FOLLOW_SYMLINKS=true
+    follows it (a node agent on /var/log/containers)."""
+    logs, outside = tmp_path / "logs", tmp_path / "outside"
+    logs.mkdir()
+    outside.mkdir()
+    (outside / "secret.log").write_text(loggen.good_after("combined", 0) + "\n")
+    (logs / "evil.log").symlink_to(outside / "secret.log")
+    (logs / "app.log").write_text(loggen.good_after("combined", 1) + "\n")
+    glob = f"{logs}/*.log"
+
+    def refused(adapter: Adapter) -> dict[str, float]:
+        registry = CollectorRegistry()
+        registry.register(FollowerCollector(adapter))
+        return {dict(labels)["reason"]: value
+                for (name, labels), value in samples(generate_latest(registry).decode()).items()
+                if name == "adapter_files_refused_total"}
+
+    expected = 2 if follow else 1
+    adapter = run_adapter_until(
+        {"ADAPTER_INPUTS": f"combined={glob}", "ADAPTER_FOLLOW_SYMLINKS": str(follow).lower()},
+        tmp_path,
+        lambda a: sum(a.metrics.lines_total(glob)) == expected
+        and (follow or refused(a).get("symlink") == 1),
+    )
+    assert adapter.metrics.lines_total(glob) == (expected, 0)
+    assert refused(adapter).get("symlink", 0) == (0 if follow else 1)

@@ -82,7 +82,8 @@ class Adapter:
             [spec.glob for spec in config.inputs],
             self.store,
             Limits(max_line_bytes=config.max_line_bytes, poll_interval=config.poll_seconds,
-                   use_inotify=config.use_inotify),
+                   use_inotify=config.use_inotify, follow_symlinks=config.follow_symlinks,
+                   max_files=config.max_files),
         )
         self.contexts = {
             spec.glob: Context(spec.name, metrics, self.emit, self.resource)
@@ -267,6 +268,15 @@ class FollowerCollector(Collector):
         for name in _FILE_EVENTS:
             events.add_metric([name], getattr(follower.stats, name))
         yield events
+        refused = CounterMetricFamily(
+            "adapter_files_refused",
+            "Files not read, once per path: symlink, outside (of the globs' directories),"
+            " not_regular, pseudo_file (/proc), unreadable, too_many_files.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(follower.stats.files_refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
         yield CounterMetricFamily(
             "adapter_lines_read", "Lines read from the inputs.", value=follower.stats.lines_read
         )
