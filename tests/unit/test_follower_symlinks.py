@@ -16,7 +16,7 @@ import pytest
 
 from patterns.common.follower import CheckpointStore, Follower, Limits
 
-FAST = {"rotate_wait": 0.2, "poll_interval": 0.05, "rescan_interval": 0.1}
+FAST: dict[str, object] = {"rotate_wait": 0.2, "poll_interval": 0.05, "rescan_interval": 0.1}
 SECRET = "SECRET-the-sidecar-must-never-ship-this"
 
 
@@ -52,6 +52,13 @@ def collect(follower: Follower, scans: int) -> list[tuple[str, str]]:
             scans_done += 1
             next_scan = follower._next_scan
     return got
+
+
+@pytest.fixture(params=["inotify", "polling"], autouse=True)
+def watching(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test with inotify (a new name is opened as its event arrives) and without (a
+    scan finds it): both paths must refuse the same files."""
+    monkeypatch.setitem(FAST, "use_inotify", request.param == "inotify")
 
 
 @pytest.fixture
@@ -256,4 +263,21 @@ def test_file_names_with_invalid_utf8_and_control_characters_are_followed(tmp_pa
     follower = make(tmp_path)  # its checkpoint (a surrogate-escaped name) is read back
     assert drain(follower) == []
     assert follower.stats.checkpoints_lost == 0
+    follower.close()
+
+
+def test_a_link_in_the_state_directory_does_not_redirect_the_checkpoint_write(
+    tmp_path, logs, outside
+):
+    # The state directory belongs on a volume of its own; if it is shared after all, a
+    # link planted at the temporary file's name must not make us overwrite its target.
+    (logs / "app.log").write_text("1\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / f".checkpoints.json.{os.getpid()}.tmp").symlink_to(outside / "secret.txt")
+    follower = make(tmp_path)
+    assert drain(follower) == [(str(logs / "app.log"), "1")]
+    assert (outside / "secret.txt").read_text() == SECRET + "\n"
+    ok, detail = follower.store.check_writable()
+    assert not ok and "cannot save checkpoints" in detail  # readiness says so
     follower.close()

@@ -77,7 +77,10 @@ class CheckpointStore:
         data = json.dumps(document, separators=(",", ":")).encode()
         tmp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            # O_NOFOLLOW: a link planted in the state directory (it must not be on the
+            # app's volume, but if it is) cannot redirect the write to another file.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+            fd = os.open(tmp, flags, 0o644)
             try:
                 os.write(fd, data)
                 if self.fsync:

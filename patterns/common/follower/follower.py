@@ -35,6 +35,9 @@ from patterns.common.follower.lines import LineBuffer, LineStats
 log = logging.getLogger(__name__)
 
 Ident = tuple[int, int]  # (st_dev, st_ino)
+# What a refused name named: an inode is reused at once for the next file, so its type and
+# change time tell a regular file written in place of a refused link from that link.
+Signature = tuple[int, int, int, int]  # (st_dev, st_ino, st_mode, st_ctime_ns)
 # Rotated files with these endings are compressed archives, never read as logs.
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".Z")
 
@@ -176,6 +179,10 @@ def _named_directory(pattern: str) -> str:
     return directory
 
 
+def _signature(st: os.stat_result) -> Signature:
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_ctime_ns)
+
+
 def _opened_path(fd: int, path: str) -> str:
     """Where the file open on `fd` really is, every link resolved. Asked of the descriptor
     (Linux), so nothing can be swapped between the check and the open."""
@@ -217,9 +224,9 @@ class Follower:
             {(_named_directory(p), os.path.realpath(_named_directory(p))) for p in self.globs},
             key=lambda pair: -len(pair[0]),
         )
-        # path -> (reason, ident seen then): refusals are logged and counted once per
+        # path -> (reason, what it named then): refusals are logged and counted once per
         # path; the path is looked at again when what it names changes.
-        self._refused: dict[str, tuple[str, Ident | None]] = {}
+        self._refused: dict[str, tuple[str, Signature | None]] = {}
         self._watcher: threading.Thread | None = None
         self._activity = threading.Event()
         self._closing = threading.Event()
@@ -709,9 +716,9 @@ class Follower:
         except OSError as exc:
             self._refuse(path, "unreadable", None, str(exc))
             return None
-        ident = (st.st_dev, st.st_ino)
+        seen = _signature(st)
         if not stat.S_ISREG(st.st_mode):
-            self._refuse(path, "symlink" if stat.S_ISLNK(st.st_mode) else "not_regular", ident)
+            self._refuse(path, "symlink" if stat.S_ISLNK(st.st_mode) else "not_regular", seen)
             return None
         try:
             # O_NONBLOCK: a FIFO swapped in since the stat must not hang the follower.
@@ -721,7 +728,7 @@ class Follower:
             return None
         except OSError as exc:
             reason = "symlink" if exc.errno == errno.ELOOP and not follow else "unreadable"
-            self._refuse(path, reason, ident, str(exc))
+            self._refuse(path, reason, seen, str(exc))
             return None
         try:
             st = os.fstat(fd)
@@ -733,7 +740,7 @@ class Follower:
             detail = ""
         if refusal is not None:
             os.close(fd)
-            self._refuse(path, refusal, ident, detail)
+            self._refuse(path, refusal, seen, detail)
             return None
         self._refused.pop(path, None)
         return fd, st
@@ -771,11 +778,11 @@ class Follower:
             real == root or real.startswith(root.rstrip("/") + "/") for _, root in self._named
         )
 
-    def _refuse(self, path: str, reason: str, ident: Ident | None, detail: str = "") -> None:
+    def _refuse(self, path: str, reason: str, seen: Signature | None, detail: str = "") -> None:
         """Do not read `path`: logged and counted once per path and reason, however often
         it is looked at again (a scan every few seconds)."""
         known = self._refused.get(path)
-        self._refused[path] = (reason, ident)
+        self._refused[path] = (reason, seen)
         if known is not None and known[0] == reason:
             return
         self.stats.files_refused[reason] += 1
@@ -784,13 +791,13 @@ class Follower:
             extra["error"] = detail
         log.warning("file refused", extra=extra)
 
-    def _refused_before(self, path: str, ident: Ident) -> bool:
+    def _refused_before(self, path: str, seen: Signature) -> bool:
         """Refused, and still the same thing: not worth opening again. A file refused for
         the count of files or its permissions is tried again at every scan."""
         known = self._refused.get(path)
         return (
             known is not None
-            and known[1] == ident
+            and known[1] == seen
             and known[0] not in ("unreadable", "too_many_files")
         )
 
@@ -889,7 +896,7 @@ class Follower:
                 seen.add(path)
                 if stat.S_ISREG(st.st_mode):
                     matches.setdefault(ident, path)
-                if not self._refused_before(path, ident):
+                if not self._refused_before(path, _signature(st)):
                     candidates.append((ident, path))
         # Forget refusals of names that are gone: memory stays bounded by what is there.
         self._refused = {p: known for p, known in self._refused.items() if p in seen}
