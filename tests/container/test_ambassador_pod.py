@@ -190,12 +190,17 @@ def test_the_ambassador_runs_hardened_and_reports_the_upstream(ambassador_pods):
     config = ambassador.attrs()
     assert config["Config"]["User"] == "10001:10001"
     assert config["HostConfig"]["ReadonlyRootfs"] is True
-    status, body = ambassador.http_get("http://127.0.0.1:9104/upstreams")
-    assert status == 200, body
-    view = json.loads(body)
-    assert [(u["role"], u["healthy"]) for u in view["upstreams"]] == [
-        ("primary", True), ("standby", True)
-    ]
+
+    def both_known() -> dict | None:
+        # Ready means one healthy upstream; the standby's role comes from its own check,
+        # which may land a round later.
+        status, body = ambassador.http_get("http://127.0.0.1:9104/upstreams")
+        assert status == 200, body
+        view = json.loads(body)
+        roles = [(u["role"], u["healthy"]) for u in view["upstreams"]]
+        return view if roles == [("primary", True), ("standby", True)] else None
+
+    view = ambassador_pods.pods.eventually(both_known, "both upstreams healthy with their roles")
     assert view["active_upstream"] == f"{ambassador_pods.db_pod.address}:5432"
 
 

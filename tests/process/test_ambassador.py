@@ -131,6 +131,9 @@ def ambassador(service):
                 "AMBASSADOR_HTTP_HOST": "127.0.0.1",
                 "AMBASSADOR_HTTP_PORT": str(admin_port),
                 "AMBASSADOR_HEALTH_INTERVAL": "0.3",
+                # Frequent checks, but not ones that a busy machine makes time out (the
+                # default is the interval): tests about timeouts set their own.
+                "AMBASSADOR_HEALTH_TIMEOUT": "2",
                 **env,
             },
         )
@@ -265,7 +268,10 @@ def test_a_rejected_health_login_keeps_routing_and_says_why(ambassador, primary)
     amb = ambassador(
         [primary.port], AMBASSADOR_HEALTH_USER="postgres", AMBASSADOR_HEALTH_PASSWORD="wrong"
     )
-    upstream = amb.json("/upstreams")["upstreams"][0]
+    upstream = wait_until(
+        lambda: view if (view := amb.json("/upstreams")["upstreams"][0])["last_error"] else None,
+        what="the health login's outcome",
+    )  # fmt: skip
     assert upstream["healthy"] is True
     assert upstream["role"] == "unknown"
     assert "28P01" in upstream["last_error"]  # invalid_password, from the server itself

@@ -94,6 +94,13 @@ def frozen(cluster: pg.Cluster, backends: bool) -> Iterator[None]:
                 os.kill(pid, signal.SIGCONT)
 
 
+def view_once(amb, condition, what: str, timeout: float = 10.0) -> dict:
+    """The ambassador's /upstreams view once `condition(view)` holds: what a test asserts
+    next comes from that one snapshot, not from a later one."""
+    return wait_until(lambda: view if condition(view := amb.json("/upstreams")) else None,
+                      timeout=timeout, what=what)  # fmt: skip
+
+
 def served_by(dsn: str) -> tuple[int, bool]:
     with psycopg.connect(dsn) as conn:
         port, in_recovery = conn.execute(
@@ -149,10 +156,11 @@ def test_with_health_credentials_the_promoted_standby_becomes_the_primary(ambass
         AMBASSADOR_HEALTH_USER="postgres",
         AMBASSADOR_HEALTH_PASSWORD=PASSWORD,
     )
-    wait_until(lambda: amb.json("/upstreams")["active_upstream"] == f"127.0.0.1:{primary.port}",
-               what="primary chosen")  # fmt: skip
-    roles = {u["upstream"]: u["role"] for u in amb.json("/upstreams")["upstreams"]}
-    assert roles == {f"127.0.0.1:{primary.port}": "primary", f"127.0.0.1:{standby.port}": "standby"}
+    expected = {f"127.0.0.1:{primary.port}": "primary", f"127.0.0.1:{standby.port}": "standby"}
+    # Each upstream's role comes from its own check: wait for both, not for the first.
+    view = view_once(amb, lambda v: {u["upstream"]: u["role"] for u in v["upstreams"]} == expected,
+                     "both roles known")  # fmt: skip
+    assert view["active_upstream"] == f"127.0.0.1:{primary.port}"
     assert served_by(amb.dsn()) == (primary.port, False)
 
     primary.stop("fast")
@@ -164,9 +172,10 @@ def test_with_health_credentials_the_promoted_standby_becomes_the_primary(ambass
         conn.commit()
         bodies = [r[0] for r in conn.execute("SELECT body FROM items ORDER BY id")]
     assert bodies == ["before failover", "after failover"]
-    wait_until(lambda: amb.json("/upstreams")["active_upstream"] == f"127.0.0.1:{standby.port}",
-               timeout=HEALTH_INTERVAL + 3, what="admin view updated")  # fmt: skip
-    view = amb.json("/upstreams")
+    # The promoted standby's role comes from its next check, not from the session above.
+    view = view_once(amb, lambda v: v["active_upstream"] == f"127.0.0.1:{standby.port}"
+                     and v["upstreams"][0]["role"] == "primary", "admin view updated",
+                     timeout=HEALTH_INTERVAL + 5)  # fmt: skip
     states = {u["upstream"]: u for u in view["upstreams"]}
     assert states[f"127.0.0.1:{standby.port}"]["role"] == "primary"
     assert states[f"127.0.0.1:{primary.port}"]["healthy"] is False
@@ -180,24 +189,18 @@ def test_a_stalled_server_is_tolerated_for_a_few_timeouts_then_marked_down(ambas
     strict = ambassador([primary.port], AMBASSADOR_HEALTH_TIMEOUTS="2", **common)
     for amb in (patient, strict):
         wait_until(lambda amb=amb: amb.json("/upstreams")["upstreams"][0]["healthy"], what="up")
-
-    def upstream_once(amb, condition, what: str) -> dict:
-        """The upstream's view once `condition` holds for it (healthy and the failure count
-        come from one snapshot)."""
-        return wait_until(
-            lambda: view if condition(view := amb.json("/upstreams")["upstreams"][0]) else None,
-            timeout=5, what=what,
-        )  # fmt: skip
-
     with frozen(primary, backends=False):  # accepts connections (kernel backlog), answers none
-        down = upstream_once(strict, lambda v: not v["healthy"], "strict ambassador marks it down")
+        down = view_once(strict, lambda v: not v["upstreams"][0]["healthy"],
+                         "strict ambassador marks it down", timeout=5)["upstreams"][0]  # fmt: skip
         assert down["last_error"] == "timed out"
         assert down["consecutive_failures"] >= 2  # not at the first timeout
         # The same stall, seen by an ambassador that tolerates timeouts. Each ambassador's
         # checks run on their own clock: wait for this one to have seen more timeouts than
         # made the other give up, and find it still healthy.
-        tolerated = upstream_once(patient, lambda v: v["consecutive_failures"] >= 3,
-                                  "patient ambassador sees 3 timeouts")  # fmt: skip
+        tolerated = view_once(
+            patient, lambda v: v["upstreams"][0]["consecutive_failures"] >= 3,
+            "patient ambassador sees 3 timeouts", timeout=5,
+        )["upstreams"][0]  # fmt: skip
         assert tolerated["healthy"] is True
         assert tolerated["last_error"] == "timed out"
     wait_until(lambda: strict.json("/upstreams")["upstreams"][0]["healthy"], what="back up")
