@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,8 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
     "asctime",
     "taskName",
 }
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,7 +41,15 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        text = json.dumps(entry, default=str, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A value decoded with surrogateescape (a file name that is not UTF-8) holds
+            # lone surrogates: written as they are, the line is invalid UTF-8 or lost to
+            # "--- Logging error ---". Each becomes U+FFFD; the rest of the line stays.
+            text = _LONE_SURROGATE.sub("\ufffd", text)
+        return text
 
 
 # What LOG_LEVEL expects, for error messages. Any name Python's logging knows is accepted,

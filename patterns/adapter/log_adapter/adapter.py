@@ -158,12 +158,13 @@ class Adapter:
         self._commit(state, chunk)
 
     def flush_quiet(self, now: float) -> None:
-        """Emit records whose file has been quiet for multiline_flush_seconds."""
-        for state in self.files.values():
-            if (
-                state.decoder.held_lines
-                and now - state.last_line >= self.config.multiline_flush_seconds
-            ):
+        """Emit records whose file has been quiet for multiline_flush_seconds, then forget
+        the file: its decoder holds nothing and is made again for its next line. Without
+        that, every file name the app ever wrote would stay in memory."""
+        for path, state in list(self.files.items()):
+            if now - state.last_line < self.config.multiline_flush_seconds:
+                continue
+            if state.decoder.held_lines:
                 observed = observed_now()
                 with self.metrics.lock:
                     records = state.decoder.flush(observed)
@@ -171,6 +172,7 @@ class Adapter:
                 for chunk in state.held:
                     self.follower.commit(chunk)
                 state.held.clear()
+            del self.files[path]
 
     # --- checkpoints ----------------------------------------------------------------------
 
