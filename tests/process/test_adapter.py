@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from collections import Counter
 from itertools import accumulate
 from pathlib import Path
@@ -608,9 +607,10 @@ def test_sigkill_loses_nothing_and_forward_waits_out_a_collector_outage(service,
         service, tmp_path, f"combined={access}", ADAPTER_OUTPUT="forward",
         FLUENT_HOST="127.0.0.1", FLUENT_PORT=str(forward_port),
     ).start()
-    time.sleep(1.0)  # no collector yet: the adapter retries, the lines stay in the file
+    # No collector yet: the adapter retries, the lines stay in the file.
+    wait_until(lambda: adapter.samples()[("adapter_backlog_bytes", ())] > 0,
+               what="a backlog while the collector is down")
     assert adapter.proc.alive()
-    assert adapter.samples()[("adapter_backlog_bytes", ())] > 0
 
     start_collector(service, tmp_path, forward_port, http_port)
 
@@ -624,7 +624,9 @@ def test_sigkill_loses_nothing_and_forward_waits_out_a_collector_outage(service,
     adapter.start()
     wait_until(lambda: len(stored()) == 600, timeout=30, what="lines after SIGKILL")
     assert set(stored()) == {f"n={n}" for n in range(600)}, "nothing lost"
-    assert adapter.samples()[("adapter_backlog_bytes", ())] == 0
+    # The collector stores before it acks: the adapter commits a moment later.
+    wait_until(lambda: adapter.samples()[("adapter_backlog_bytes", ())] == 0,
+               what="the backlog committed")
 
 
 def test_bad_settings_stop_the_adapter_at_start_with_their_names(service, tmp_path):
@@ -657,14 +659,19 @@ def test_without_inotify_files_rotated_during_a_collector_outage_are_not_lost(se
         FLUENT_HOST="127.0.0.1", FLUENT_PORT=str(forward_port), ADAPTER_INOTIFY="false",
     ).start()
     generations = 6
+
+    def followed() -> float:
+        return adapter.samples()[("adapter_files_followed", ())]
+
     for generation in range(1, generations):
-        # Longer than the adapter's wake interval while blocked, far shorter than the
-        # retry backoff it reaches: only the polling while blocked can see each file.
-        time.sleep(0.6)
+        # The adapter is blocked on the collector, far inside its retry backoff: only its
+        # polling while blocked can open each new file before the next rename. Every
+        # generation stays open (nothing is delivered yet), so the count says it was seen.
+        wait_until(lambda g=generation: followed() == g, what=f"generation {generation} open")
         access.rename(logs / f"access.log.{generation}")
         append(access, b"".join(good_line(n) for n in range(generation * 100,
                                                               (generation + 1) * 100)))
-    time.sleep(0.6)
+    wait_until(lambda: followed() == generations, what="the last generation open")
     assert adapter.proc.alive()
     start_collector(service, tmp_path, forward_port, http_port)
 
