@@ -7,15 +7,46 @@ import argparse
 import importlib
 import os
 import shutil
+import signal
+import subprocess
+import traceback
+from pathlib import Path
+from types import ModuleType
 
-from demo import containers
-from demo.local import say
+import requests
+
+from demo import ROOT, containers, lifecycle, ports, processes
+from demo.console import say, warn
+from demo.errors import DemoError, Stopped
 from demo.runtimes import RUNTIMES, choose
 
 PATTERNS = ("sidecar", "adapter", "ambassador")
+ERROR_LOG = ROOT / "build" / "demo-error.log"
 
 
-def main() -> None:
+def check_ports(module: ModuleType, pattern: str, runtime: str) -> None:
+    """Before anything is built or started: every port the demo will listen on is free
+    (on Compose, except those its own containers of an earlier run publish)."""
+    if runtime == "compose":
+        ports.check_free(containers.compose_ports(pattern), runtime,
+                         containers.own_published_ports(pattern))
+    else:
+        ports.check_free(module.ports(runtime), runtime)
+
+
+def clean() -> None:
+    # Local demos first (a running one is asked to stop and tears itself down), then a
+    # pattern's own leftovers (the ambassador's local servers), then the runtimes' (Compose
+    # projects, kind namespaces).
+    processes.clean()
+    for pattern in PATTERNS:
+        pattern_clean = getattr(importlib.import_module(f"demo.{pattern}"), "clean", None)
+        if pattern_clean is not None:
+            pattern_clean()
+    containers.clean(list(PATTERNS))
+
+
+def run(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
     parser.add_argument("pattern", nargs="?", choices=PATTERNS)
     parser.add_argument("--runtime", choices=RUNTIMES,
@@ -23,15 +54,9 @@ def main() -> None:
     parser.add_argument("--failover", action="store_true",
                         help="ambassador: stop the primary, promote the standby")
     parser.add_argument("--clean", action="store_true", help="remove what the demos left running")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.clean:
-        # A pattern's own leftovers first (the ambassador's local servers), then the
-        # runtimes' (Compose projects, kind namespaces, saved state).
-        for pattern in PATTERNS:
-            clean = getattr(importlib.import_module(f"demo.{pattern}"), "clean", None)
-            if clean is not None:
-                clean()
-        containers.clean(list(PATTERNS))
+        clean()
         return
     if args.pattern is None:
         parser.error("name a pattern: " + ", ".join(PATTERNS))
@@ -46,10 +71,73 @@ def main() -> None:
         return
     choice = choose(args.runtime)
     say(f"runtime: {choice.runtime} ({choice.reason}); set DEMO_RUNTIME to choose another")
+    check_ports(module, args.pattern, choice.runtime)
     if choice.runtime == "kind":
         containers.use_kind_cluster()
     getattr(module, f"run_{choice.runtime}")()
+    lifecycle.forget_aborts()
+
+
+def _failed_command(error: subprocess.CalledProcessError) -> str:
+    argv = error.cmd if isinstance(error.cmd, list) else [str(error.cmd)]
+    stderr = error.stderr.strip() if isinstance(error.stderr, str) else ""
+    said = stderr.splitlines()[-1] if stderr else "its output is above"
+    return f"`{' '.join(map(str, argv))}` failed with exit {error.returncode}: {said}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0, 1 for a failure (one line on stderr saying what to do), 128+N for
+    signal N. No traceback reaches the user: an unexpected error is one line too, naming
+    the log file its details went to."""
+    lifecycle.install_signal_handlers()
+    try:
+        run(argv)
+        return 0
+    except Stopped as stopped:
+        lifecycle.abort()
+        warn(f"demo: stopped by {signal.Signals(stopped.signum).name}; what it started is "
+             "stopped")
+        return 128 + stopped.signum
+    except KeyboardInterrupt:
+        lifecycle.abort()
+        warn("demo: interrupted (Ctrl-C); what it started is stopped")
+        return 128 + signal.SIGINT
+    except DemoError as error:
+        lifecycle.abort()
+        warn(f"demo: {error}")
+        return 1
+    except subprocess.CalledProcessError as error:
+        lifecycle.abort()
+        warn(f"demo: {_failed_command(error)}")
+        return 1
+    except requests.RequestException as error:
+        lifecycle.abort()
+        url = error.request.url if error.request is not None else "a service"
+        warn(f"demo: {url} did not answer ({type(error).__name__}); `make demo-clean` and "
+             "run the demo again")
+        return 1
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            lifecycle.abort()
+        raise
+    except Exception as error:
+        details = traceback.format_exc()
+        lifecycle.abort()
+        try:
+            ERROR_LOG.parent.mkdir(parents=True, exist_ok=True)
+            ERROR_LOG.write_text(details)
+            where = f"the details are in {_shown(ERROR_LOG)}"
+        except OSError as unwritable:
+            where = f"its details could not be written to {ERROR_LOG}: {unwritable}"
+        warn(f"demo: unexpected error: {type(error).__name__}: {error} ({where}; please "
+             "report it)")
+        return 1
+
+
+def _shown(path: Path) -> str:
+    """A path as the user, in the repository's root, would type it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,23 +5,40 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from demo import containers
+from demo.errors import DemoError
 from demo.local import LocalPod, demo_seconds, say, wait_http
+from demo.ports import Port
 
 NAMESPACE = "podpatterns-adapter"
-# 8082 on the host, as in docker-compose.yml: the sidecar demo's app has 8080.
-APP_URL = "http://127.0.0.1:8082"
-ADAPTER_ADMIN = "http://127.0.0.1:9103"
+PROFILE = "adapter"
+# Host ports, as docker-compose.yml publishes them (a unit test holds the two together):
+# the app on 8082, since the sidecar demo's app has 8080.
+PORTS = {"app": 8082, "adapter": 9103}
+SERVICES = ["adapter-main", "adapter-adapter"]
+
+
+def url(name: str) -> str:
+    return f"http://127.0.0.1:{PORTS[name]}"
+
+
+def ports(runtime: str) -> list[Port]:
+    """What the demo listens on in `runtime` (Compose: docker-compose.yml says)."""
+    if runtime == "kind":
+        return [Port(PORTS["app"], "kubectl port-forward to legacy-app"),
+                Port(PORTS["adapter"], "kubectl port-forward to the log-adapter's metrics")]
+    return [Port(PORTS["app"], "legacy-app"), Port(PORTS["adapter"], "log-adapter admin")]
 
 
 def tallies() -> dict[str, float]:
     """Sums of the series a learner looks at first."""
-    text = requests.get(f"{ADAPTER_ADMIN}/metrics", timeout=5).text
+    text = requests.get(f"{url('adapter')}/metrics", timeout=5).text
     found: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -35,15 +52,21 @@ def tallies() -> dict[str, float]:
     return found
 
 
-def exercise(seconds: float) -> None:
-    """Generate traffic and show the adapter's metrics growing (0 seconds: until Ctrl-C)."""
-    say(f"generating traffic; the adapter's metrics are at {ADAPTER_ADMIN}/metrics "
+def exercise(seconds: float, check: Callable[[], None]) -> None:
+    """Generate traffic and show the adapter's metrics growing (0 seconds: until Ctrl-C).
+    `check()` raises when something the demo started is gone: nothing else is counted."""
+    say(f"generating traffic; the adapter's metrics are at {url('adapter')}/metrics "
         + ("(Ctrl-C to stop)" if not seconds else f"for {seconds:.0f}s"))
     started = time.monotonic()
     try:
         while not seconds or time.monotonic() - started < seconds:
-            requests.get(f"{APP_URL}/traffic", params={"n": 30}, timeout=30)
-            t = tallies()
+            check()
+            try:
+                requests.get(f"{url('app')}/traffic", params={"n": 30}, timeout=30)
+                t = tallies()
+            except requests.RequestException as error:
+                check()  # the precise reason, if a process or container is gone
+                raise DemoError(f"the demo's services stopped answering: {error}") from None
             total = t.get("requests", 0) + t.get("5xx", 0)
             say(f"{time.monotonic() - started:5.0f}s  requests {total:>6.0f}"
                 f"  of which 5xx {t.get('5xx', 0):>5.0f}"
@@ -81,31 +104,28 @@ def show_twins(logs: Path, adapter_output: Path) -> None:
 
 
 def run_local() -> None:
-    pod = LocalPod("adapter")
-    logs = pod.path("shared-volume")
-    say(f"shared volume (the pod's emptyDir): {logs}")
-    try:
+    with LocalPod("adapter") as pod:
+        logs = pod.path("shared-volume")
+        say(f"shared volume (the pod's emptyDir): {logs}")
         # The adapter starts first, as its native sidecar does in Kubernetes.
         pod.start("log-adapter", "patterns.adapter.log_adapter", {
             "ADAPTER_INPUTS": f"combined={logs}/access.log,legacy={logs}/app.log",
             "ADAPTER_STATE_DIR": str(pod.path("adapter-state")),
-            "ADAPTER_HTTP_HOST": "127.0.0.1", "ADAPTER_HTTP_PORT": "9103",
+            "ADAPTER_HTTP_HOST": "127.0.0.1", "ADAPTER_HTTP_PORT": str(PORTS["adapter"]),
             "OTEL_SERVICE_NAME": "legacy-app",
-        })
-        pod.wait_ready("log-adapter", f"{ADAPTER_ADMIN}/readyz")
+        }, listens_on=[PORTS["adapter"]])
+        pod.wait_ready("log-adapter", f"{url('adapter')}/readyz")
         pod.start("legacy-app", "patterns.adapter.legacy_app", {
-            "LEGACY_APP_HOST": "127.0.0.1", "LEGACY_APP_PORT": "8082",
+            "LEGACY_APP_HOST": "127.0.0.1", "LEGACY_APP_PORT": str(PORTS["app"]),
             "LEGACY_APP_LOG_DIR": str(logs),
-        })
-        pod.wait_ready("legacy-app", f"{APP_URL}/healthz")
-        exercise(demo_seconds())
+        }, listens_on=[PORTS["app"]])
+        pod.wait_ready("legacy-app", f"{url('app')}/healthz")
+        exercise(demo_seconds(), pod.check_running)
         time.sleep(1.5)  # the last traceback is emitted after a quiet second
-        show_twins(logs, pod.workdir / "logs-of-processes" / "log-adapter.log")
-        say(f"error rate per path, from the adapter's metrics: {ADAPTER_ADMIN}/metrics "
+        pod.check_running()
+        show_twins(logs, pod.log_of("log-adapter"))
+        say(f"error rate per path, from the adapter's metrics: {url('adapter')}/metrics "
             "(series http_requests_by_path_total); the lab guide has the PromQL")
-    finally:
-        pod.stop_all()
-        say(f"everything the demo wrote is under {pod.workdir}")
 
 
 def explore(runtime: str) -> None:
@@ -122,21 +142,23 @@ def explore(runtime: str) -> None:
             "  docker ps --filter name=adapter\n"
             "  docker logs <adapter-adapter container> | tail -3          # JSON records\n"
             "  docker exec <adapter-main container> tail -3 /var/log/app/access.log\n"
-            f"  curl {ADAPTER_ADMIN}/metrics\n"
+            f"  curl {url('adapter')}/metrics\n"
             "  make demo-clean")
 
 
 def run_compose() -> None:
-    containers.compose_up("adapter")
-    for url in (f"{APP_URL}/healthz", f"{ADAPTER_ADMIN}/readyz"):
-        wait_http(url)
-    exercise(demo_seconds(30))
+    containers.compose_up(PROFILE)
+    for name, path in (("app", "/healthz"), ("adapter", "/readyz")):
+        wait_http(url(name) + path,
+                  check=lambda port=PORTS[name]: containers.check_compose_owner(PROFILE, port))
+    exercise(demo_seconds(30), lambda: containers.check_compose_running(PROFILE, SERVICES))
     explore("compose")
 
 
 def run_kind() -> None:
     containers.kind_up("adapter", [NAMESPACE])
-    with containers.port_forward(NAMESPACE, "svc/legacy-app", 8082, 8080), \
-            containers.port_forward(NAMESPACE, "svc/legacy-app-metrics", 9103, 9103):
-        exercise(demo_seconds(30))
+    with containers.port_forward(NAMESPACE, "svc/legacy-app", PORTS["app"], 8080) as app, \
+            containers.port_forward(NAMESPACE, "svc/legacy-app-metrics", PORTS["adapter"],
+                                    9103) as metrics:
+        exercise(demo_seconds(30), containers.check_all(app, metrics))
     explore("kind")

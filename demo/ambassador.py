@@ -13,27 +13,29 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 
 import requests
 
-from demo import containers
-from demo.local import ROOT, LocalPod, demo_seconds, say, wait_http
+from demo import STATE_DIR, containers, lifecycle
+from demo.errors import DemoError
+from demo.local import LocalPod, demo_seconds, say, wait_http
+from demo.ports import Port, in_use
+from demo.processes import alive, identity
 from tests import pg  # the same PostgreSQL cluster code the tests use
 
 DB_NAMESPACE = "podpatterns-db"
 APP_NAMESPACE = "podpatterns-ambassador"
-# 8084 on the host, as in docker-compose.yml (8080 to 8082 belong to the other demos).
-APP_PORT = 8084
-APP_URL = f"http://127.0.0.1:{APP_PORT}"
-ADMIN_URL = "http://127.0.0.1:9104"
-SECRETS = ROOT / ".demo" / "ambassador"
+PROFILE = "ambassador"
+# Host ports, as docker-compose.yml publishes them (a unit test holds the two together):
+# the app on 8084 (8080 to 8082 belong to the other demos), the ambassador's admin on 9104.
+PORTS = {"app": 8084, "admin": 9104}
+# The pod's containers: the databases are the outside world, whose failure is the lesson.
+SERVICES = ["ambassador-main", "ambassador-ambassador"]
+SECRETS = STATE_DIR / "ambassador"
 STATE = SECRETS / "state.json"
 PGDATA = "/var/lib/pgdata/data"
 # Every name a database server is reached by, in any runtime: the certificate covers all.
@@ -73,16 +75,31 @@ def load_state() -> dict[str, object]:
     return json.loads(STATE.read_text()) if STATE.exists() else {}
 
 
-def exercise(seconds: float) -> None:
-    """Write a note every second and show which server stored it (0 seconds: until Ctrl-C)."""
+def url(name: str) -> str:
+    return f"http://127.0.0.1:{PORTS[name]}"
+
+
+def ports(runtime: str) -> list[Port]:
+    """What the demo listens on in `runtime` (Compose: docker-compose.yml says)."""
+    if runtime == "kind":
+        return [Port(PORTS["app"], "kubectl port-forward to notes-app"),
+                Port(PORTS["admin"], "kubectl port-forward to the db-ambassador's admin")]
+    # Local: the ambassador's own listener is 5432 when free, else another (it says so).
+    return [Port(PORTS["app"], "notes-app"), Port(PORTS["admin"], "db-ambassador admin")]
+
+
+def exercise(seconds: float, check: Callable[[], None]) -> None:
+    """Write a note every second and show which server stored it (0 seconds: until Ctrl-C).
+    `check()` raises when something the demo started is gone."""
     say("the app writes a note every second through localhost:5432; in another terminal:")
     say("    make ambassador-failover      # stop the primary, promote the standby")
-    say(f"open {APP_URL}/ for the notes, {ADMIN_URL}/upstreams for the ambassador's view "
-        + ("(Ctrl-C to stop)" if not seconds else f"(for {seconds:.0f}s)"))
+    say(f"open {url('app')}/ for the notes, {url('admin')}/upstreams for the ambassador's "
+        "view " + ("(Ctrl-C to stop)" if not seconds else f"(for {seconds:.0f}s)"))
     started = time.monotonic()
     count = 0
     try:
         while not seconds or time.monotonic() - started < seconds:
+            check()
             count += 1
             say(f"{time.monotonic() - started:5.0f}s  {write_and_tell(count)}")
             time.sleep(1)
@@ -92,12 +109,12 @@ def exercise(seconds: float) -> None:
 
 def write_and_tell(count: int) -> str:
     try:
-        reply = requests.post(f"{APP_URL}/notes", json={"body": f"note {count}"}, timeout=10)
+        reply = requests.post(f"{url('app')}/notes", json={"body": f"note {count}"}, timeout=10)
         if reply.status_code != 201:
             detail = reply.json().get("detail", reply.text)
             return f"note {count}: HTTP {reply.status_code}: {detail}"
         note = reply.json()
-        server = requests.get(f"{APP_URL}/db", timeout=10).json()
+        server = requests.get(f"{url('app')}/db", timeout=10).json()
     except (requests.RequestException, ValueError) as exc:
         return f"note {count}: the app did not answer: {exc}"
     role = "standby, read-only" if server["in_recovery"] else "read-write"
@@ -106,7 +123,9 @@ def write_and_tell(count: int) -> str:
 
 
 def watch_failover(timeout: float = 60) -> None:
-    """After a failover: poll until the promoted standby stores the notes."""
+    """After a failover: poll until the promoted standby stores the notes (the demo's app
+    answers on its port: the runtime's checks before the failover made sure it is the
+    demo's)."""
     deadline = time.monotonic() + timeout
     count = 0
     while time.monotonic() < deadline:
@@ -117,75 +136,63 @@ def watch_failover(timeout: float = 60) -> None:
             say("failover done: the app never changed its configuration")
             return
         time.sleep(1)
-    say(f"no write on the promoted standby after {timeout:.0f}s; look at {ADMIN_URL}/upstreams")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+    raise DemoError(f"no write reached the promoted standby in {timeout:.0f}s; look at "
+                    f"{url('admin')}/upstreams")
 
 
 def _pick_port(preferred: int) -> int:
     for port in range(preferred, preferred + 100):
-        if _free(port):
+        if not in_use(port):
             return port
-    raise SystemExit(f"no free port from {preferred}")
+    raise DemoError(f"no free port from {preferred} to {preferred + 99}: free one")
 
 
 # --- local processes ------------------------------------------------------------------------
 
 
-def _exit_on(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def run_local() -> None:
     problem = pg.missing_prerequisite()
     if problem:
-        raise SystemExit(f"the local ambassador demo {problem}")
-    # A closed terminal or a `kill` must run the cleanup below as Ctrl-C does; otherwise
-    # both PostgreSQL servers and state.json outlive the demo.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _exit_on)
+        raise DemoError(f"the local ambassador demo {problem}")
     password, pki = prepare_secrets()
-    listen = 5432 if _free(5432) else _pick_port(15432)
+    listen = 5432 if not in_use(5432) else _pick_port(15432)
     if listen != 5432:
         say(f"localhost:5432 is taken on this machine; the ambassador listens on {listen}")
     workdir = pg.make_workdir("podpatterns-ambassador-")
     primary = pg.Cluster(workdir, "primary", _pick_port(55432), password)
     standby = pg.Cluster(workdir, "standby", _pick_port(primary.port + 1), password)
-    pod = LocalPod("ambassador")
+    # The servers' state first: `make demo-clean` stops them if this runner is killed.
+    save_state(runtime="local", workdir=str(workdir), password_file=str(SECRETS / "password"),
+               primary=primary.port, standby=standby.port,
+               runner=os.getpid(), runner_identity=identity(os.getpid()))  # fmt: skip
     try:
-        say(f"PostgreSQL primary on 127.0.0.1:{primary.port} (TLS on), data in {primary.data}")
-        primary.init(pki).start()
-        say(f"streaming standby on 127.0.0.1:{standby.port} (pg_basebackup -R)")
-        standby.init_standby_of(primary, pki).start()
-        save_state(runtime="local", workdir=str(workdir), password_file=str(SECRETS / "password"),
-                   primary=primary.port, standby=standby.port)  # fmt: skip
-        # The sidecar starts before the app, as a native sidecar does in Kubernetes.
-        pod.start("db-ambassador", "patterns.ambassador.db_ambassador", {
-            "AMBASSADOR_LISTEN": f"127.0.0.1:{listen}",
-            "AMBASSADOR_UPSTREAMS": f"127.0.0.1:{primary.port},127.0.0.1:{standby.port}",
-            "AMBASSADOR_HTTP_HOST": "127.0.0.1",
-            "AMBASSADOR_TLS_MODE": "verify-full", "AMBASSADOR_TLS_CA_FILE": str(pki.ca_cert),
-            "AMBASSADOR_HEALTH_USER": "postgres",
-            "AMBASSADOR_HEALTH_PASSWORD_FILE": str(SECRETS / "password"),
-        })  # fmt: skip
-        pod.wait_ready("db-ambassador", f"{ADMIN_URL}/readyz")
-        pod.start("notes-app", "patterns.ambassador.notes_app", {
-            "NOTES_APP_HOST": "127.0.0.1", "NOTES_APP_PORT": str(APP_PORT),
-            "DATABASE_URL": f"postgresql://postgres@localhost:{listen}/postgres",
-            "PGPASSWORD": password,
-        })  # fmt: skip
-        pod.wait_ready("notes-app", f"{APP_URL}/readyz")
-        exercise(demo_seconds())
+        with LocalPod("ambassador") as pod:
+            say(f"PostgreSQL primary on 127.0.0.1:{primary.port} (TLS on), data in "
+                f"{primary.data}")
+            primary.init(pki).start()
+            say(f"streaming standby on 127.0.0.1:{standby.port} (pg_basebackup -R)")
+            standby.init_standby_of(primary, pki).start()
+            # The sidecar starts before the app, as a native sidecar does in Kubernetes.
+            pod.start("db-ambassador", "patterns.ambassador.db_ambassador", {
+                "AMBASSADOR_LISTEN": f"127.0.0.1:{listen}",
+                "AMBASSADOR_UPSTREAMS": f"127.0.0.1:{primary.port},127.0.0.1:{standby.port}",
+                "AMBASSADOR_HTTP_HOST": "127.0.0.1",
+                "AMBASSADOR_HTTP_PORT": str(PORTS["admin"]),
+                "AMBASSADOR_TLS_MODE": "verify-full", "AMBASSADOR_TLS_CA_FILE": str(pki.ca_cert),
+                "AMBASSADOR_HEALTH_USER": "postgres",
+                "AMBASSADOR_HEALTH_PASSWORD_FILE": str(SECRETS / "password"),
+            }, listens_on=[listen, PORTS["admin"]])  # fmt: skip
+            pod.wait_ready("db-ambassador", f"{url('admin')}/readyz")
+            pod.start("notes-app", "patterns.ambassador.notes_app", {
+                "NOTES_APP_HOST": "127.0.0.1", "NOTES_APP_PORT": str(PORTS["app"]),
+                "DATABASE_URL": f"postgresql://postgres@localhost:{listen}/postgres",
+                "PGPASSWORD": password,
+            }, listens_on=[PORTS["app"]])  # fmt: skip
+            pod.wait_ready("notes-app", f"{url('app')}/readyz")
+            exercise(demo_seconds(), pod.check_running)
     finally:
-        pod.stop_all()
-        _remove_local_servers(workdir)
+        with lifecycle.shielded():
+            _remove_local_servers(workdir)
         say("stopped both PostgreSQL servers and removed their data")
 
 
@@ -207,19 +214,71 @@ def clean() -> None:
     STATE.unlink(missing_ok=True)
 
 
-def _failover_local(state: dict[str, object]) -> None:
+def _local_clusters(state: dict[str, object]) -> tuple[pg.Cluster, pg.Cluster]:
     workdir = Path(str(state["workdir"]))
     if not workdir.is_dir():
         STATE.unlink(missing_ok=True)
-        raise SystemExit(f"the local demo that wrote {STATE} is gone ({workdir} no longer "
-                         "exists); start `make demo-ambassador`")  # fmt: skip
+        raise DemoError(f"the local demo that wrote {STATE} is gone ({workdir} no longer "
+                        "exists); start `make demo-ambassador`")  # fmt: skip
+    runner = state.get("runner")
+    if runner is not None and not alive(int(str(runner)), str(state.get("runner_identity"))):
+        raise DemoError(f"the local ambassador demo (pid {runner}) is no longer running; "
+                        "`make demo-clean` removes what it left, then start "
+                        "`make demo-ambassador`")  # fmt: skip
     password = Path(str(state["password_file"])).read_text().strip()
-    primary = pg.Cluster(workdir, "primary", int(str(state["primary"])), password)
-    standby = pg.Cluster(workdir, "standby", int(str(state["standby"])), password)
-    say(f"$ pg_ctl stop -m immediate -D {primary.data}   # the primary crashes")
-    primary.stop("immediate")
+    return (pg.Cluster(workdir, "primary", int(str(state["primary"])), password),
+            pg.Cluster(workdir, "standby", int(str(state["standby"])), password))
+
+
+def _failover_local(state: dict[str, object]) -> None:
+    primary, standby = _local_clusters(state)
+    if primary.running():
+        say(f"$ pg_ctl stop -m immediate -D {primary.data}   # the primary crashes")
+        primary.stop("immediate")
     say(f"$ pg_ctl promote -D {standby.data}             # the standby takes over")
     standby.promote()
+
+
+# What `make ambassador-failover` needs and cannot do, in one line each.
+NOT_RUNNING = ("no {runtime} ambassador demo is running: start `make demo-ambassador` "
+               "(DEMO_RUNTIME={runtime}) in another terminal, then run "
+               "`make ambassador-failover` while it runs")  # fmt: skip
+ALREADY_PROMOTED = ("the standby was already promoted by an earlier failover and the old "
+                    "primary is gone, so no standby is left to take over (failing back "
+                    "would mean rebuilding the old primary as a standby of the new one); for "
+                    "another failover, start the demo again: `make demo-clean`, then "
+                    "`make demo-ambassador`")  # fmt: skip
+
+
+def _standby_status(runtime: str, state: dict[str, object]) -> str:
+    """"standby" (a failover can promote it), "promoted" (a failover already did) or
+    "absent" (no demo of that runtime runs)."""
+    if runtime == "local":
+        if not state:
+            return "absent"
+        _primary, standby = _local_clusters(state)
+        if not standby.running():
+            return "absent"
+        return "standby" if (standby.data / "standby.signal").exists() else "promoted"
+    is_standby = ["test", "-e", f"{PGDATA}/standby.signal"]
+    if runtime == "compose":
+        running = containers.compose_containers(PROFILE)
+        if not {"ambassador-main", "ambassador-db-standby"} <= running.keys():
+            return "absent"
+        argv = ["docker", "exec", running["ambassador-db-standby"], *is_standby]
+    else:
+        if not containers.use_kind_cluster(create=False):
+            return "absent"
+        found = subprocess.run(["kubectl", "-n", DB_NAMESPACE, "get", "deployment/db-standby"],
+                               capture_output=True, check=False)  # fmt: skip
+        if found.returncode != 0:
+            return "absent"
+        argv = ["kubectl", "-n", DB_NAMESPACE, "exec", "deploy/db-standby", "--", *is_standby]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode not in (0, 1):
+        raise DemoError(f"could not ask the standby whether it is one: `{' '.join(argv)}` "
+                        f"failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    return "standby" if result.returncode == 0 else "promoted"
 
 
 # --- Compose and kind -----------------------------------------------------------------------
@@ -236,17 +295,18 @@ def explore(runtime: str) -> None:
     else:
         say("explore:\n"
             "  docker ps --filter name=ambassador\n"
-            f"  curl -s {ADMIN_URL}/upstreams ; curl -s {APP_URL}/db\n"
+            f"  curl -s {url('admin')}/upstreams ; curl -s {url('app')}/db\n"
             "  make ambassador-failover ; make demo-clean")  # fmt: skip
 
 
 def run_compose() -> None:
     password, _pki = prepare_secrets()
     os.environ["AMBASSADOR_DB_PASSWORD"] = password  # docker-compose.yml passes it as PGPASSWORD
-    tag = containers.compose_up("ambassador")
+    tag = containers.compose_up(PROFILE)
     save_state(runtime="compose", tag=tag)
-    wait_http(f"{APP_URL}/readyz", timeout=180)
-    exercise(demo_seconds(60))
+    wait_http(f"{url('app')}/readyz", timeout=180,
+              check=lambda: containers.check_compose_owner(PROFILE, PORTS["app"]))
+    exercise(demo_seconds(60), lambda: containers.check_compose_running(PROFILE, SERVICES))
     explore("compose")
 
 
@@ -271,22 +331,23 @@ def create_k8s_secrets() -> None:
 
 
 def run_kind() -> None:
-    if not containers.kind_cluster_exists():
-        containers.run(["make", "--no-print-directory", "kind-up"])
+    # The namespaces and Secrets come first: an abnormal end deletes them too.
+    containers.kind_teardown_on_abort(PROFILE)
     create_k8s_secrets()
-    containers.kind_up("ambassador", [DB_NAMESPACE, APP_NAMESPACE])
+    containers.kind_up(PROFILE, [DB_NAMESPACE, APP_NAMESPACE])
     save_state(runtime="kind")
-    with _kind_forward():
-        wait_http(f"{APP_URL}/readyz", timeout=180)
-        exercise(demo_seconds(60))
+    with _kind_forward() as check:
+        wait_http(f"{url('app')}/readyz", timeout=180, check=check)
+        exercise(demo_seconds(60), check)
     explore("kind")
 
 
 @contextlib.contextmanager
-def _kind_forward() -> Iterator[None]:
-    with containers.port_forward(APP_NAMESPACE, "svc/notes-app", APP_PORT, 8080), \
-            containers.port_forward(APP_NAMESPACE, "svc/notes-app", 9104, 9104):  # fmt: skip
-        yield
+def _kind_forward() -> Iterator[Callable[[], None]]:
+    with containers.port_forward(APP_NAMESPACE, "svc/notes-app", PORTS["app"], 8080) as app, \
+            containers.port_forward(APP_NAMESPACE, "svc/notes-app", PORTS["admin"],
+                                    9104) as admin:  # fmt: skip
+        yield containers.check_all(app, admin)
 
 
 def failover(runtime: str, requested: str | None = None) -> None:
@@ -298,10 +359,13 @@ def failover(runtime: str, requested: str | None = None) -> None:
         say(f"{STATE} is a {saved.get('runtime')} demo's; {requested} was asked for")
     runtime = requested or str(saved.get("runtime", runtime))
     state = saved if saved.get("runtime") == runtime else {}
+    status = _standby_status(runtime, state)
+    if status == "absent":
+        raise DemoError(NOT_RUNNING.format(runtime=runtime))
+    if status == "promoted":
+        raise DemoError(ALREADY_PROMOTED)
     say(f"failover on the running {runtime} demo")
     if runtime == "local":
-        if not state:
-            raise SystemExit("no local ambassador demo is running: start `make demo-ambassador`")
         _failover_local(state)
         watch_failover()
     elif runtime == "compose":

@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from demo.errors import DemoError
+
 RUNTIMES = ("kind", "compose", "local")
 
 
@@ -44,7 +46,7 @@ def choose(requested: str | None = None) -> Choice:
     """The best runtime available, or the one the user asked for with DEMO_RUNTIME."""
     requested = requested or os.environ.get("DEMO_RUNTIME") or None
     if requested is not None and requested not in RUNTIMES:
-        raise SystemExit(f"DEMO_RUNTIME={requested!r}: expected one of {', '.join(RUNTIMES)}")
+        raise DemoError(f"DEMO_RUNTIME={requested!r}: expected one of {', '.join(RUNTIMES)}")
     docker_problem = docker_engine_problem()
     missing_kind = [tool for tool in ("kind", "kubectl") if shutil.which(tool) is None]
     compose = compose_command() if docker_problem is None else None
@@ -57,10 +59,10 @@ def choose(requested: str | None = None) -> Choice:
         f"{' and '.join(missing_kind)} not on PATH" if missing_kind else docker_problem or ""
     )
     if requested == "kind":
-        raise SystemExit(f"DEMO_RUNTIME=kind, but {why_not_kind}")
+        raise DemoError(f"DEMO_RUNTIME=kind, but {why_not_kind}")
     if requested in (None, "compose") and docker_problem is None and compose is not None:
         return Choice("compose", f"no kind ({why_not_kind}); Docker engine and Compose found")
     why_not_compose = docker_problem or "neither `docker compose` nor `docker-compose` found"
     if requested == "compose":
-        raise SystemExit(f"DEMO_RUNTIME=compose, but {why_not_compose}")
+        raise DemoError(f"DEMO_RUNTIME=compose, but {why_not_compose}")
     return Choice("local", f"no kind ({why_not_kind}); no Compose ({why_not_compose})")

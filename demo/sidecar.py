@@ -3,41 +3,65 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import requests
 
 from demo import containers
+from demo.errors import DemoError
 from demo.local import LocalPod, demo_seconds, say, wait_http
+from demo.ports import Port
 
 NAMESPACE = "podpatterns-sidecar"
-APP_URL = "http://127.0.0.1:8080"
-COLLECTOR_URL = "http://127.0.0.1:8081"
-SHIPPER_ADMIN = "http://127.0.0.1:9102"
+PROFILE = "sidecar"
+# Host ports, as docker-compose.yml publishes them (a unit test holds the two together).
+PORTS = {"app": 8080, "collector": 8081, "forward": 24224, "shipper": 9102}
 TAG = "app.access"
+
+
+def url(name: str) -> str:
+    return f"http://127.0.0.1:{PORTS[name]}"
+
+
+def ports(runtime: str) -> list[Port]:
+    """What the demo listens on in `runtime` (Compose: docker-compose.yml says)."""
+    if runtime == "kind":
+        return [Port(PORTS["app"], "kubectl port-forward to web-app"),
+                Port(PORTS["collector"], "kubectl port-forward to log-collector")]
+    return [Port(PORTS["app"], "web-app"), Port(PORTS["collector"], "log-collector HTTP"),
+            Port(PORTS["forward"], "log-collector Forward"),
+            Port(PORTS["shipper"], "log-shipper admin")]
 
 
 def lines_written() -> int:
     # The sequence number, not the process's own count: it continues across app restarts.
     # /api/stats answers with the last seq before its own request's line, which the app
     # writes right after: that line counts too.
-    return int(requests.get(f"{APP_URL}/api/stats", timeout=5).json()["last_seq"]) + 1
+    return int(requests.get(f"{url('app')}/api/stats", timeout=5).json()["last_seq"]) + 1
 
 
 def lines_received() -> int:
-    counts = requests.get(f"{COLLECTOR_URL}/api/counts", timeout=5).json()
+    counts = requests.get(f"{url('collector')}/api/counts", timeout=5).json()
     return int(counts["tags"].get(TAG, 0))
 
 
-def exercise(seconds: float) -> None:
-    """Generate traffic and show lines arriving until `seconds` pass (0: until Ctrl-C)."""
-    say(f"generating traffic; watch the collector live at {COLLECTOR_URL}/ "
+def exercise(seconds: float, check: Callable[[], None]) -> None:
+    """Generate traffic and show lines arriving until `seconds` pass (0: until Ctrl-C).
+    `check()` raises when something the demo started is gone: nothing else is counted."""
+    say(f"generating traffic; watch the collector live at {url('collector')}/ "
         + ("(Ctrl-C to stop)" if not seconds else f"for {seconds:.0f}s"))
     started = time.monotonic()
     try:
         while not seconds or time.monotonic() - started < seconds:
-            requests.get(f"{APP_URL}/traffic", params={"n": 2000}, timeout=10)
-            say(f"{time.monotonic() - started:5.0f}s  app wrote {lines_written():>8} lines"
-                f"  collector has {lines_received():>8}")
+            check()
+            try:
+                requests.get(f"{url('app')}/traffic", params={"n": 2000}, timeout=10)
+                written, received = lines_written(), lines_received()
+            except requests.RequestException as error:
+                check()  # the precise reason, if a process or container is gone
+                raise DemoError(f"the demo's services stopped answering: {error}") from None
+            say(f"{time.monotonic() - started:5.0f}s  app wrote {written:>8} lines"
+                f"  collector has {received:>8}")
             time.sleep(1)
     except KeyboardInterrupt:
         say("Ctrl-C: stopping")
@@ -52,42 +76,45 @@ def wait_for_collector(expected: int, timeout: float = 30) -> int:
     return received
 
 
-def report(written: int) -> None:
+def report(written: int, check: Callable[[], None]) -> None:
+    """The verdict, only about the collector this demo started and checked."""
     received = wait_for_collector(written)
+    check()
     verdict = "nothing lost" if received >= written else f"{written - received} missing"
     say(f"{received} records reached the collector for {written} lines written ({verdict})")
 
 
 def run_local() -> None:
-    pod = LocalPod("sidecar")
-    logs = pod.path("shared-volume")
-    say(f"shared volume (the pod's emptyDir): {logs}")
-    try:
+    with LocalPod("sidecar") as pod:
+        logs = pod.path("shared-volume")
+        say(f"shared volume (the pod's emptyDir): {logs}")
         pod.start("log-collector", "patterns.sidecar.collector", {
             "COLLECTOR_FORWARD_HOST": "127.0.0.1", "COLLECTOR_HTTP_HOST": "127.0.0.1",
+            "COLLECTOR_FORWARD_PORT": str(PORTS["forward"]),
+            "COLLECTOR_HTTP_PORT": str(PORTS["collector"]),
             "COLLECTOR_DATA_DIR": str(pod.path("collector-data")),
-        })
-        pod.wait_ready("log-collector", f"{COLLECTOR_URL}/readyz")
+        }, listens_on=[PORTS["collector"], PORTS["forward"]])
+        pod.wait_ready("log-collector", f"{url('collector')}/readyz")
         # The sidecar starts before the app, as a native sidecar does in Kubernetes.
         pod.start("log-shipper", "patterns.sidecar.shipper", {
             "SHIPPER_PATHS": f"{logs}/*.log", "SHIPPER_TAG": TAG,
             "SHIPPER_STATE_DIR": str(pod.path("shipper-state")),
-            "SHIPPER_HTTP_HOST": "127.0.0.1", "FLUENT_HOST": "127.0.0.1",
-        })
-        pod.wait_ready("log-shipper", f"{SHIPPER_ADMIN}/readyz")
+            "SHIPPER_HTTP_HOST": "127.0.0.1", "SHIPPER_HTTP_PORT": str(PORTS["shipper"]),
+            "FLUENT_HOST": "127.0.0.1", "FLUENT_PORT": str(PORTS["forward"]),
+        }, listens_on=[PORTS["shipper"]])
+        pod.wait_ready("log-shipper", f"{url('shipper')}/readyz")
         pod.start("web-app", "patterns.sidecar.web_app", {
-            "WEB_APP_HOST": "127.0.0.1", "WEB_APP_LOG_DIR": str(logs),
-        })
-        pod.wait_ready("web-app", f"{APP_URL}/readyz")
-        exercise(demo_seconds())
+            "WEB_APP_HOST": "127.0.0.1", "WEB_APP_PORT": str(PORTS["app"]),
+            "WEB_APP_LOG_DIR": str(logs),
+        }, listens_on=[PORTS["app"]])
+        pod.wait_ready("web-app", f"{url('app')}/readyz")
+        exercise(demo_seconds(), pod.check_running)
         written = lines_written()
+        pod.check_running()
         say("stopping the app first; the sidecar ships its last lines")
         pod.stop("web-app")
-        report(written)
+        report(written, pod.check_running)
         say(f"rotated files in the shared volume: {sorted(p.name for p in logs.iterdir())}")
-    finally:
-        pod.stop_all()
-        say(f"everything the demo wrote is under {pod.workdir}")
 
 
 def explore(runtime: str) -> None:
@@ -97,29 +124,38 @@ def explore(runtime: str) -> None:
             f"  kubectl -n {NAMESPACE} exec deploy/web-app -c main -- ls -l /var/log/app\n"
             f"  kubectl -n {NAMESPACE} exec deploy/web-app -c sidecar -- ls -l /var/log/app\n"
             f"  kubectl -n {NAMESPACE} port-forward svc/log-collector 8081"
-            f"  # then open {COLLECTOR_URL}/\n"
+            f"  # then open {url('collector')}/\n"
             "  make demo-clean")
     else:
         say("explore:\n"
             "  docker ps --filter name=sidecar\n"
             "  docker exec <sidecar-main container> ls -l /var/log/app\n"
-            f"  open {COLLECTOR_URL}/ (live records), {SHIPPER_ADMIN}/metrics (the shipper)\n"
+            f"  open {url('collector')}/ (live records), {url('shipper')}/metrics (the shipper)\n"
             "  make demo-clean")
 
 
+SERVICES = ["sidecar-main", "sidecar-shipper", "sidecar-collector"]
+
+
 def run_compose() -> None:
-    containers.compose_up("sidecar")
-    for url in (f"{APP_URL}/readyz", f"{COLLECTOR_URL}/readyz", f"{SHIPPER_ADMIN}/readyz"):
-        wait_http(url)
-    exercise(demo_seconds(30))
-    report(lines_written())
+    containers.compose_up(PROFILE)
+    for name in ("app", "collector", "shipper"):
+        wait_http(f"{url(name)}/readyz",
+                  check=lambda port=PORTS[name]: containers.check_compose_owner(PROFILE, port))
+    def check() -> None:
+        containers.check_compose_running(PROFILE, SERVICES)
+
+    exercise(demo_seconds(30), check)
+    report(lines_written(), check)
     explore("compose")
 
 
 def run_kind() -> None:
     containers.kind_up("sidecar", [NAMESPACE])
-    with containers.port_forward(NAMESPACE, "svc/web-app", 8080, 8080), \
-            containers.port_forward(NAMESPACE, "svc/log-collector", 8081, 8081):
-        exercise(demo_seconds(30))
-        report(lines_written())
+    with containers.port_forward(NAMESPACE, "svc/web-app", PORTS["app"], 8080) as app, \
+            containers.port_forward(NAMESPACE, "svc/log-collector", PORTS["collector"],
+                                    8081) as collector:
+        check = containers.check_all(app, collector)
+        exercise(demo_seconds(30), check)
+        report(lines_written(), check)
     explore("kind")

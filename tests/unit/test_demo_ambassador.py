@@ -1,13 +1,17 @@
 """`make ambassador-failover` acts on the runtime the user asked for, else on the demo that
-is running (.demo/ambassador/state.json), and a local demo that is gone is said to be gone,
-not a traceback."""
+is running (.demo/ambassador/state.json); with no demo running, or a second time, it says in
+one line what it needs and exits non-zero, never a traceback."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+from pathlib import Path
 
 import pytest
+
+from demo.errors import DemoError
 
 
 @pytest.fixture
@@ -20,6 +24,7 @@ def demo_failover(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "STATE", tmp_path / "state.json")
     monkeypatch.setattr(demo, "say", lambda _message: None)
     monkeypatch.setattr(demo, "watch_failover", lambda: None)
+    monkeypatch.setattr(demo, "_standby_status", lambda _runtime, _state: "standby")
     monkeypatch.setattr(demo, "_kind_forward", contextlib.nullcontext)
     monkeypatch.setattr(demo, "_failover_local", lambda state: actions.append(("local", state)))
     monkeypatch.setattr(demo.containers, "compose",
@@ -64,6 +69,93 @@ def test_failover_on_a_local_demo_that_is_gone_says_so_and_forgets_it(monkeypatc
     monkeypatch.setattr(demo, "STATE", tmp_path / "state.json")
     gone = {**LOCAL_STATE, "workdir": str(tmp_path / "gone"), "password_file": "/dev/null"}
     demo.STATE.write_text(json.dumps(gone))
-    with pytest.raises(SystemExit, match="is gone"):
+    with pytest.raises(DemoError, match="is gone"):
         demo._failover_local(gone)  # not a traceback from pg_ctl
     assert not demo.STATE.exists()
+
+
+# --- with no demo running, or a second time: one line, non-zero ------------------------------
+
+
+def tool(directory: Path, name: str, script: str) -> None:
+    """A stand-in command: a shell `case` on its arguments."""
+    path = directory / name
+    path.write_text(f'#!/bin/sh\ncase "$*" in\n{script}\nesac\n')
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def no_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A machine with Docker, Compose, kind and kubectl, and no ambassador demo on any of
+    them; the demo's state file in tmp_path (none there)."""
+    from demo import ambassador
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool(bin_dir, "docker", '  info*) exit 0 ;;\n'
+                            '  *) echo "Error: No such container" >&2; exit 1 ;;')
+    tool(bin_dir, "docker-compose", '  *" ps -q") exit 0 ;;\n'
+                                    '  *" stop "*) exit 0 ;;\n'
+                                    '  *) echo "ERROR: No container found" >&2; exit 1 ;;')
+    tool(bin_dir, "kind", '  "get clusters") exit 0 ;;\n  *) exit 1 ;;')
+    tool(bin_dir, "kubectl", '  *) echo "Error from server (NotFound)" >&2; exit 1 ;;')
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("DEMO_RUNTIME", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setattr(ambassador, "STATE", tmp_path / "state.json")
+    return bin_dir
+
+
+@pytest.mark.parametrize("runtime", ["local", "compose", "kind"])
+def test_failover_without_a_demo_says_what_it_needs_in_one_line(
+        no_demo: Path, runtime: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import demo.__main__ as runner
+
+    assert runner.main(["ambassador", "--failover", "--runtime", runtime]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"demo: no {runtime} ambassador demo is running: start `make demo-ambassador` "
+        f"(DEMO_RUNTIME={runtime}) in another terminal, then run `make ambassador-failover` "
+        "while it runs"]
+
+
+def promoted_local_demo(tmp_path: Path) -> dict[str, object]:
+    """The state of a running local demo whose standby a failover already promoted: the
+    standby runs (postmaster.pid) without standby.signal, the primary is stopped."""
+    from demo.processes import identity
+
+    workdir = tmp_path / "servers"
+    (workdir / "standby").mkdir(parents=True)
+    (workdir / "primary").mkdir()
+    (workdir / "standby" / "postmaster.pid").write_text("1\n")
+    (tmp_path / "password").write_text("secret\n")
+    return {"runtime": "local", "workdir": str(workdir),
+            "password_file": str(tmp_path / "password"), "primary": 1, "standby": 2,
+            "runner": os.getpid(), "runner_identity": identity(os.getpid())}
+
+
+@pytest.mark.parametrize("runtime", ["local", "compose", "kind"])
+def test_a_second_failover_says_why_it_cannot(
+        no_demo: Path, runtime: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import demo.__main__ as runner
+    from demo import ambassador
+
+    if runtime == "local":
+        ambassador.STATE.write_text(json.dumps(promoted_local_demo(tmp_path)))
+    elif runtime == "compose":
+        tool(no_demo, "docker-compose", '  *" ps -q") echo c1; echo c2 ;;\n  *) exit 1 ;;')
+        tool(no_demo, "docker", '  info*) exit 0 ;;\n'
+                                '  inspect*) echo "c1 true ambassador-main";'
+                                ' echo "c2 true ambassador-db-standby" ;;\n'
+                                '  "exec c2 test -e "*) exit 1 ;;\n'  # no standby.signal
+                                '  *) exit 1 ;;')
+    else:
+        monkeypatch.setattr(ambassador.containers, "use_kind_cluster", lambda create=True: True)
+        tool(no_demo, "kubectl", '  *" get deployment/db-standby") exit 0 ;;\n'
+                                 '  *" exec deploy/db-standby -- test -e "*) exit 1 ;;\n'
+                                 '  *) exit 1 ;;')
+    assert runner.main(["ambassador", "--failover", "--runtime", runtime]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("demo: the standby was already promoted by an earlier failover")
+    assert line.endswith("`make demo-clean`, then `make demo-ambassador`")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from demo.errors import DemoError
 from demo.runtimes import choose
 
 
@@ -63,8 +64,8 @@ def test_demo_runtime_forces_a_choice_and_refuses_an_impossible_one(path_of, mon
     assert choose().runtime == "local"
     path_of()
     monkeypatch.setenv("DEMO_RUNTIME", "kind")
-    with pytest.raises(SystemExit, match="DEMO_RUNTIME=kind, but kind and kubectl not on PATH"):
+    with pytest.raises(DemoError, match="DEMO_RUNTIME=kind, but kind and kubectl not on PATH"):
         choose()
     monkeypatch.setenv("DEMO_RUNTIME", "podman")
-    with pytest.raises(SystemExit, match="expected one of kind, compose, local"):
+    with pytest.raises(DemoError, match="expected one of kind, compose, local"):
         choose()
