@@ -48,19 +48,26 @@ $(VENV)/.installed: pyproject.toml
 
 # --- images and kind ----------------------------------------------------------------------
 
-images: venv ## build every service image (python:3.12-slim, else a Debian-packaged base)
-	$(PY) images/build.py --json build/images.json
+images: venv ## build the service images this tag lacks (REBUILD=1: all); also tagged :dev
+	@$(PY) images/build.py --json build/images.json $(if $(REBUILD),--rebuild)
 
 print-image-tag: ## print the tag `make images` gives the images
 	@echo $(IMAGE_TAG)
 
-prune-images: ## remove podpatterns images of other commits (keeps IMAGE_TAG and the base)
+# Dangling images: those of our builds carry the label podpatterns.build (older builds'
+# final images only the vendor label); other dangling images are not ours to remove.
+prune-images: ## remove podpatterns images of other commits and dangling ones of our builds
 	@old=$$(docker images --format '{{.Repository}}:{{.Tag}}' \
 	        | grep -E '^$(IMAGE_PREFIX)/' | grep -v '^$(IMAGE_PREFIX)/debian-python:' \
-	        | grep -v ':$(IMAGE_TAG)$$' || true); \
+	        | grep -vE ':($(IMAGE_TAG)|dev|cache-[a-z0-9_.-]+)$$' || true); \
 	if [ -n "$$old" ]; then docker rmi $$old >/dev/null 2>&1 || echo "(images a container still uses were kept)"; \
-	    echo "pruned $$(echo $$old | wc -w) image tags of other commits"; \
-	else echo "nothing to remove"; fi
+	    echo "removed $$(echo $$old | wc -w) image tags of other commits"; \
+	else echo "no image tags of other commits"; fi
+	@for label in podpatterns.build org.opencontainers.image.vendor=podpatterns; do \
+	    docker image prune --force --filter label=$$label | tail -n1; \
+	done
+	@left=$$(docker images --quiet --filter dangling=true | wc -l); \
+	if [ "$$left" -gt 0 ]; then echo "$$left other dangling images are left (not labelled as ours; \`docker image prune\` removes every dangling image)"; fi
 
 kind-up: ## create the kind cluster (node image pinned by digest in k8s/kind-cluster.yaml)
 	@if kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then \
@@ -72,10 +79,14 @@ kind-up: ## create the kind cluster (node image pinned by digest in k8s/kind-clu
 kind-down: ## delete the kind cluster
 	kind delete cluster --name $(KIND_CLUSTER)
 
-kind-load: ## load the images (tag IMAGE_TAG, default: this commit's) into the kind cluster
+# The kind overlays name :dev, so `kubectl apply -k k8s/<pattern>/kind` deploys what was
+# loaded last.
+kind-load: ## load the images (tag IMAGE_TAG, default: this commit's) into kind, also as :dev
 	@for service in $(SERVICES); do \
-	    echo "kind load docker-image $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG)"; \
-	    kind load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG); \
+	    docker tag $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG) $(IMAGE_PREFIX)/$$service:dev; \
+	    echo "kind load docker-image $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG) (also :dev)"; \
+	    kind load docker-image --name $(KIND_CLUSTER) \
+	        $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG) $(IMAGE_PREFIX)/$$service:dev >/dev/null; \
 	done
 
 # --- demos --------------------------------------------------------------------------------

@@ -2,17 +2,25 @@
 """Build every service image of the suite: the one build path used by `make images` and by
 the container tests (tests/container/conftest.py).
 
-1. Choose the base: $BASE_IMAGE if set; otherwise python:3.12-slim if it is present or can
+1. Reuse: an image whose reference (podpatterns/<service>:<version>-<git short sha>, plus
+   -dirty-<digest> for uncommitted changes: a tag names one content) exists is not built
+   again, unless --rebuild (or $BASE_IMAGE names another base than it was built on).
+2. Choose the base: $BASE_IMAGE if set; otherwise python:3.12-slim if it is present or can
    be pulled; otherwise say so and build the Debian-packaged base (images/base/build.sh).
-2. Write a fresh build context with the paths the Dockerfiles COPY from: images/ (entrypoint
-   scripts) and build/docker/ (the project wheel from `pip wheel --no-deps`, the pinned
-   requirements of each extras set a Dockerfile asks for, and the optional CA bundle for
-   pip in the build stage: $PIP_CA_BUNDLE, else $PIP_CERT, else none).
-3. `docker build` every images/<pattern>/<service>.Dockerfile as
-   podpatterns/<service>:<version>-<git short sha>, and print what was built.
+3. Write a fresh build context with the paths the Dockerfiles COPY from: images/ (entrypoint
+   scripts) and build/docker/ (the project wheel from `pip wheel --no-deps`, reproducible,
+   the pinned requirements of each extras set a Dockerfile asks for, and the optional CA
+   bundle for pip in the build stage: $PIP_CA_BUNDLE, else $PIP_CERT, else none).
+4. `docker build` each missing images/<pattern>/<service>.Dockerfile: one progress line per
+   image, the tools' full output in build/images.log (its tail is shown on a failure).
+5. Tag every image also podpatterns/<service>:dev, the stable tag the kind overlays name,
+   and remove the dangling images earlier builds left (every image and build stage built
+   here carries the label podpatterns.build; a build stage is kept, tagged
+   <service>:cache-<stage>, so that a code change does not reinstall the dependencies).
 
     python images/build.py                   # all images
     python images/build.py log-collector     # just these
+    python images/build.py --rebuild         # even those that exist
     python images/build.py --json build/images.json
     python images/build.py --print-tag       # just the tag, build nothing
 
@@ -22,6 +30,7 @@ The last line of stdout is the image tag; --json writes {"base", "tag", "images"
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -30,9 +39,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "images"
@@ -44,6 +56,17 @@ PULL_TIMEOUT_S = 120
 # What goes into an image: a change here, committed or not, changes the tag.
 IMAGE_INPUTS = ("patterns", "images", "pyproject.toml")
 REQUIREMENTS_REF = re.compile(r"build/docker/requirements/([a-z0-9-]+)\.txt")
+# Named stages before the last one (`FROM ... AS build`): built and tagged on their own.
+STAGE_RE = re.compile(r"^FROM\s+\S+\s+AS\s+(\S+)\s*$", re.MULTILINE | re.IGNORECASE)
+# The tag the kind overlays name: the images last built (or reused) here.
+STABLE_TAG = "dev"
+# On every image and build stage built here: `docker image prune --filter label=...`
+# removes the dangling ones, and only those.
+BUILD_LABEL = "podpatterns.build"
+LOG = ROOT / "build" / "images.log"
+# A reproducible wheel (its zip entries' times): the same code, the same layer, so a
+# rebuild of unchanged code is all cache hits and leaves no dangling image.
+SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip entry can carry
 
 
 @dataclass(frozen=True)
@@ -61,8 +84,39 @@ def say(message: str) -> None:
     print(f"images: {message}", file=sys.stderr, flush=True)
 
 
-def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, text=True, check=False, **kwargs)
+
+
+class BuildLog:
+    """Where the build tools' output goes instead of the terminal: `path`, written as
+    <path>.<pid> and moved into place when the run ends, so concurrent runs (a demo and
+    the tests) never mix their output."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._partial = path.with_name(f"{path.name}.{os.getpid()}")
+        self.file: TextIO = open(self._partial, "w")  # noqa: SIM115 (closed by close())
+
+    def run(self, cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        self.file.write("\n$ " + " ".join(cmd) + "\n")
+        self.file.flush()
+        return run(cmd, stdout=kwargs.pop("stdout", self.file), stderr=self.file, **kwargs)
+
+    def tail(self, lines: int = 25) -> str:
+        self.file.flush()
+        text = self._partial.read_text(errors="replace").rstrip().splitlines()
+        return "\n".join("  | " + line for line in text[-lines:])
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+            self._partial.replace(self.path)
+
+    def relative(self) -> str:
+        path = self.path.resolve()
+        return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def image_specs() -> list[ImageSpec]:
@@ -118,7 +172,16 @@ def image_exists(ref: str) -> bool:
     return run(["docker", "image", "inspect", ref], capture_output=True).returncode == 0
 
 
-def choose_base() -> str:
+def image_labels(ref: str) -> dict[str, str] | None:
+    """The image's labels; None when there is no such image."""
+    result = run(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", ref],
+                 capture_output=True)
+    if result.returncode != 0:
+        return None
+    return json.loads(result.stdout or "null") or {}
+
+
+def choose_base(log: BuildLog) -> str:
     explicit = os.environ.get("BASE_IMAGE")
     if explicit:
         say(f"base image {explicit} (from $BASE_IMAGE)")
@@ -127,19 +190,19 @@ def choose_base() -> str:
         say(f"base image {PUBLIC_BASE} (present)")
         return PUBLIC_BASE
     try:
-        pulled = run(["docker", "pull", PUBLIC_BASE], capture_output=True,
-                     timeout=PULL_TIMEOUT_S)
-        reason = (pulled.stderr.strip().splitlines() or ["unknown error"])[-1]
+        pulled = log.run(["docker", "pull", PUBLIC_BASE], timeout=PULL_TIMEOUT_S)
         if pulled.returncode == 0:
             say(f"base image {PUBLIC_BASE} (pulled)")
             return PUBLIC_BASE
+        reason = log.tail(1).removeprefix("  | ").strip() or "unknown error"
     except subprocess.TimeoutExpired:
         reason = f"pull timed out after {PULL_TIMEOUT_S}s"
     say(f"{PUBLIC_BASE} is not available ({reason})")
-    say("building the Debian-packaged base image instead (images/base/build.sh)")
-    built = run([str(IMAGES / "base" / "build.sh")], stdout=subprocess.PIPE)
+    say("building the Debian-packaged base image instead (images/base/build.sh; a few "
+        "minutes the first time)")
+    built = log.run([str(IMAGES / "base" / "build.sh")], stdout=subprocess.PIPE)
     if built.returncode != 0 or not built.stdout.strip():
-        raise BuildError("images/base/build.sh failed (see its output above)")
+        raise BuildError("images/base/build.sh failed")
     return built.stdout.strip().splitlines()[-1]
 
 
@@ -182,28 +245,38 @@ def write_ca_bundle(context: Path) -> None:
         target.write_bytes(b"")
 
 
-def build_wheel(context: Path) -> None:
+def build_wheel(context: Path, log: BuildLog) -> None:
     wheels = context / "wheels"
     wheels.mkdir(parents=True)
     say("building the project wheel")
-    result = run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                  "--wheel-dir", str(wheels), str(ROOT)])
+    result = log.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                      "--wheel-dir", str(wheels), str(ROOT)],
+                     env={**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH})
     if result.returncode != 0:
-        raise BuildError("pip wheel failed (see its output above)")
+        raise BuildError("pip wheel failed")
+
+
+def prefix() -> str:
+    return os.environ.get("IMAGE_PREFIX", "podpatterns")
 
 
 def build_image(spec: ImageSpec, base: str, tag: str, version: str, revision: str,
-                run_dir: Path) -> str:
-    ref = f"{os.environ.get('IMAGE_PREFIX', 'podpatterns')}/{spec.service}:{tag}"
-    say(f"building {ref} from {spec.dockerfile.relative_to(ROOT)}")
-    result = run(["docker", "build", "--file", str(spec.dockerfile),
-                  "--build-arg", f"BASE_IMAGE={base}",
-                  "--build-arg", f"VERSION={version}",
-                  "--build-arg", f"VCS_REF={revision}",
-                  "--tag", ref, str(run_dir)],
-                 stdout=sys.stderr)
-    if result.returncode != 0:
-        raise BuildError(f"docker build of {ref} failed (see its output above)")
+                run_dir: Path, log: BuildLog) -> str:
+    """docker build, its output in the log: first each named stage before the last, tagged
+    <service>:cache-<stage> (a build stage left untagged would dangle, and removing it
+    would take the dependency layers, the slow part, with it), then the image."""
+    ref = f"{prefix()}/{spec.service}:{tag}"
+    common = ["docker", "build", "--file", str(spec.dockerfile),
+              "--build-arg", f"BASE_IMAGE={base}",
+              "--build-arg", f"VERSION={version}",
+              "--build-arg", f"VCS_REF={revision}",
+              "--label", f"{BUILD_LABEL}=images/build.py"]
+    stages = STAGE_RE.findall(spec.dockerfile.read_text())
+    targets = [(["--target", stage], f"{prefix()}/{spec.service}:cache-{stage}")
+               for stage in stages] + [([], ref)]
+    for target, name in targets:
+        if log.run([*common, *target, "--tag", name, str(run_dir)]).returncode != 0:
+            raise BuildError(f"docker build of {name} failed")
     return ref
 
 
@@ -213,21 +286,43 @@ def image_size_mb(ref: str) -> float:
     return int(result.stdout.strip() or 0) / 1e6
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("services", nargs="*", help="only these services (default: all)")
-    parser.add_argument("--json", type=Path, help="write the built references here")
-    parser.add_argument("--print-tag", action="store_true",
-                        help="print the tag the images get and exit: <version>-<git short sha>,"
-                             " plus -dirty-<digest> for uncommitted changes")
-    args = parser.parse_args(argv)
-    if args.print_tag:
-        print(image_tag())
-        return 0
-
+def docker_problem() -> str | None:
     if shutil.which("docker") is None:
-        say("needs docker: apt-get install docker.io")
-        return 1
+        return "needs docker: apt-get install docker.io"
+    info = run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True)
+    if info.returncode != 0:
+        reason = (info.stderr.strip().splitlines() or ["no answer"])[-1]
+        return f"needs a running Docker engine (`docker info`: {reason})"
+    return None
+
+
+def reusable(ref: str, rebuild: bool) -> bool:
+    """The image exists and may stand for this build: not --rebuild, and built on the base
+    $BASE_IMAGE names when that is set."""
+    if rebuild:
+        return False
+    labels = image_labels(ref)
+    if labels is None:
+        return False
+    explicit = os.environ.get("BASE_IMAGE")
+    return not explicit or labels.get("org.opencontainers.image.base.name") == explicit
+
+
+def prune_dangling() -> None:
+    """The dangling images of earlier builds (a tag moved to a new build of its image or
+    stage): only those carrying our label."""
+    pruned = run(["docker", "image", "prune", "--force", "--filter", f"label={BUILD_LABEL}"],
+                 capture_output=True)
+    deleted = pruned.stdout.count("deleted: ")
+    if deleted:
+        reclaimed = (pruned.stdout.strip().splitlines() or [""])[-1]
+        say(f"removed {deleted} dangling layers of earlier builds ({reclaimed})")
+
+
+def build(args: argparse.Namespace, log: BuildLog) -> int:
+    problem = docker_problem()
+    if problem:
+        raise BuildError(problem)
     specs = image_specs()
     unknown = set(args.services) - {spec.service for spec in specs}
     if unknown:
@@ -236,33 +331,95 @@ def main(argv: list[str] | None = None) -> int:
     if args.services:
         specs = [spec for spec in specs if spec.service in args.services]
 
-    try:
-        base = choose_base()
-        CONTEXT_PARENT.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=CONTEXT_PARENT) as run_dir:
-            context = Path(run_dir) / "build" / "docker"
+    version, revision, tag = project_metadata()["version"], git_short_sha(), image_tag()
+    refs = {spec.service: f"{prefix()}/{spec.service}:{tag}" for spec in specs}
+    missing = [spec for spec in specs if not reusable(refs[spec.service], args.rebuild)]
+    base = ""
+    run_dir: Path | None = None
+    with contextlib.ExitStack() as stack:
+        if missing:
+            base = choose_base(log)
+            CONTEXT_PARENT.mkdir(parents=True, exist_ok=True)
+            run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=CONTEXT_PARENT)))
+            context = run_dir / "build" / "docker"
             context.mkdir(parents=True)
             # Scripts an image copies in (entrypoints) live beside its Dockerfile.
-            shutil.copytree(IMAGES, Path(run_dir) / "images",
+            shutil.copytree(IMAGES, run_dir / "images",
                             ignore=shutil.ignore_patterns("__pycache__", "*.py", "base"))
-            write_requirements(context, requirement_sets(specs))
+            write_requirements(context, requirement_sets(missing))
             write_ca_bundle(context)
-            build_wheel(context)
-            version, revision, tag = project_metadata()["version"], git_short_sha(), image_tag()
-            built = {spec.service: build_image(spec, base, tag, version, revision, Path(run_dir))
-                     for spec in specs}
-    except BuildError as error:
-        say(str(error))
-        return 1
+            build_wheel(context, log)
+        for number, spec in enumerate(specs, 1):
+            ref = refs[spec.service]
+            # One line per image: started now, finished when the image is there.
+            print(f"images: [{number}/{len(specs)}] {ref}  ", end="", file=sys.stderr,
+                  flush=True)
+            started = time.monotonic()
+            try:
+                if spec in missing:
+                    assert run_dir is not None
+                    print("building ...", end="", file=sys.stderr, flush=True)
+                    build_image(spec, base, tag, version, revision, run_dir, log)
+                    outcome = f" built in {time.monotonic() - started:.0f}s"
+                else:
+                    outcome = "reused (it exists; --rebuild builds it again)"
+                stable = f"{prefix()}/{spec.service}:{STABLE_TAG}"
+                if log.run(["docker", "tag", ref, stable]).returncode != 0:
+                    raise BuildError(f"docker tag {ref} {stable} failed")
+            except BaseException:
+                print(" failed", file=sys.stderr, flush=True)
+                raise
+            print(f"{outcome}, {image_size_mb(ref):.1f} MB", file=sys.stderr, flush=True)
+    if missing:
+        prune_dangling()
+    if not base:
+        labels = image_labels(next(iter(refs.values()))) or {}
+        base = labels.get("org.opencontainers.image.base.name", "unknown")
 
-    say(f"built {len(built)} images on {base}:")
-    for ref in built.values():
-        say(f"  {ref:55} {image_size_mb(ref):7.1f} MB")
+    say(f"{len(refs)} images of tag {tag}, also tagged :{STABLE_TAG}, on {base}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"base": base, "tag": tag, "images": built}, indent=2))
+        args.json.write_text(json.dumps({"base": base, "tag": tag, "images": refs}, indent=2))
     print(tag)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, 1 on a failure: one line saying what to do (and the log's tail when
+    a tool failed), never a traceback; 130 on Ctrl-C."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("services", nargs="*", help="only these services (default: all)")
+    parser.add_argument("--json", type=Path, help="write the built references here")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="build the images even if this tag's exist")
+    parser.add_argument("--log", type=Path, default=LOG,
+                        help=f"the build tools' output (default: {LOG.relative_to(ROOT)})")
+    parser.add_argument("--print-tag", action="store_true",
+                        help="print the tag the images get and exit: <version>-<git short sha>,"
+                             " plus -dirty-<digest> for uncommitted changes")
+    args = parser.parse_args(argv)
+    if args.print_tag:
+        print(image_tag())
+        return 0
+
+    log = BuildLog(args.log)
+    try:
+        return build(args, log)
+    except BuildError as error:
+        if log.file.tell():
+            print(log.tail(), file=sys.stderr)
+        say(f"{error}; the full output is in {log.relative()}")
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    except Exception as error:
+        log.file.write("\n" + traceback.format_exc())
+        say(f"unexpected error: {type(error).__name__}: {error} (the details are in "
+            f"{log.relative()}; please report it)")
+        return 1
+    finally:
+        log.close()
 
 
 if __name__ == "__main__":
