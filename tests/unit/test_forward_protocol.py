@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import struct
 import time
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -21,12 +22,14 @@ T = 1_700_000_000.123456  # a time with sub-second precision
 
 
 def decode(data: bytes, limits: Limits = protocol.DEFAULT_LIMITS) -> list[Request | None]:
-    """Decode every request in `data` the way the server does."""
-    unpacker = protocol.new_unpacker(limits.max_frame_bytes)
-    protocol.feed(unpacker, data, limits.max_frame_bytes)
+    """Decode every request in `data` the way the server does: cut by a Framer, each
+    complete request decoded on its own."""
+    framer = protocol.Framer(limits.max_frame_bytes)
+    framer.feed(data)
     requests = []
-    while (obj := protocol.next_object(unpacker)) is not protocol.NOTHING_YET:
-        requests.append(protocol.decode_request(obj, limits))
+    while (frame := framer.next_frame()) is not None:
+        requests.append(protocol.decode_frame(frame, limits))
+    assert not framer.receiving, "data ends in the middle of a request"
     return requests
 
 
@@ -205,6 +208,21 @@ def test_username_and_password_are_checked_when_the_server_sends_an_auth_salt() 
     assert check(stranger) == "username/password mismatch"
 
 
+def test_a_ping_or_pong_that_is_not_utf8_is_a_handshake_error_not_a_crash() -> None:
+    # The Forward decoder keeps invalid UTF-8 as lone surrogates; comparing such a digest
+    # used to raise UnicodeEncodeError out of the server.
+    ping = b"\x96\xa4PING\xa1c\xc4\x01s\xa2\xff\xfe\xa0\xa0"  # digest: 0xff 0xfe
+    unpacked = protocol.unpack(ping)
+    with pytest.raises(ProtocolError) as raised:
+        protocol.decode_ping(unpacked)
+    assert raised.value.reason == "bad_handshake"
+    pong = b"\x95\xa4PONG\xc3\xa0\xa1h\xa2\xff\xfe"
+    with pytest.raises(ProtocolError) as raised:
+        protocol.decode_pong(protocol.unpack(pong))
+    assert raised.value.reason == "bad_handshake"
+    assert protocol.hmac_equal("abc", "\udcff") is False
+
+
 @pytest.mark.parametrize(
     "message, decoder",
     [
@@ -234,10 +252,14 @@ def deep(levels: int) -> bytes:
 
 
 def bomb() -> bytes:
-    return gzip.compress(b"\x00" * (4 * 1024 * 1024), compresslevel=9)
+    """4 MiB of one valid entry (a string of NULs), gzipped to a few KiB."""
+    entry = protocol.encode_entry(T, {"log": "\x00" * (4 * 1024 * 1024)})
+    return gzip.compress(entry, compresslevel=9)
 
 
-SMALL = Limits(max_frame_bytes=64 * 1024, max_decompressed_bytes=1024 * 1024, max_entries=10)
+SMALL = Limits(
+    max_frame_bytes=64 * 1024, max_decompressed_bytes=1024 * 1024, max_entries=10, max_values=500
+)
 
 MALFORMED = {
     "not msgpack": (b"\xc1", "bad_msgpack"),
@@ -276,10 +298,6 @@ MALFORMED = {
     "packed entries over the limit": (packb(["t", entries(11)]), "too_many_entries"),
     "packed entries deeply nested": (packb(["t", deep(10_000)]), "bad_msgpack"),
     "request deeply nested": (deep(10_000), "bad_msgpack"),
-    "declared array length beyond the frame limit": (
-        b"\x93\xa1t\xdd" + struct.pack(">I", 2**31),
-        "bad_msgpack",
-    ),
     "map with a non-string key": (packb(["t", 1, {1: 2}]), "bad_msgpack"),
     "not gzip": (packb(["t", b"not gzip at all", {"compressed": "gzip"}]), "bad_gzip"),
     "truncated gzip": (
@@ -287,6 +305,25 @@ MALFORMED = {
         "bad_gzip",
     ),
     "gzip bomb": (packb(["t", bomb(), {"compressed": "gzip"}]), "too_large"),
+    "too many values": (packb(["t", 1, {"m": [[]] * 300}]), "too_many_values"),
+    "too many values in packed entries": (
+        packb(["t", protocol.encode_entry(T, {"m": [{}] * 300})]),
+        "too_many_values",
+    ),
+    "too many values in gzipped entries": (
+        packb(
+            ["t", gzip.compress(protocol.encode_entry(T, {"m": [0] * 600})), {"compressed": "gzip"}]
+        ),
+        "too_many_values",
+    ),
+    "too many values in forward entries": (
+        packb(["t", [[1, {"a": [1] * 600}]]]),
+        "too_many_values",
+    ),
+    "chunk that is not UTF-8": (
+        b"\x94\xa1t\x01\x80\x81\xa5chunk\xa2\xff\xfe",
+        "bad_option",
+    ),
 }
 
 
@@ -310,3 +347,98 @@ def test_gunzip_stops_at_the_limit() -> None:
         protocol.gunzip(bomb(), 1024 * 1024)
     assert raised.value.reason == "too_large"
     assert protocol.gunzip(gzip.compress(b"abc"), 3) == b"abc"
+
+
+def test_gunzip_counts_each_piece_before_it_exists() -> None:
+    # A bomb is stopped having produced at most the limit plus one byte, a piece at a time:
+    # never the whole output in memory.
+    produced = []
+    with pytest.raises(ProtocolError) as raised:
+        for piece in protocol.gunzip_pieces(bomb(), 1024 * 1024):
+            produced.append(len(piece))
+    assert raised.value.reason == "too_large"
+    assert sum(produced) <= 1024 * 1024 and max(produced) <= 64 * 1024
+    members = gzip.compress(b"a" * 100_000) + gzip.compress(b"b" * 100_000)
+    assert b"".join(protocol.gunzip_pieces(members, 200_000)) == b"a" * 100_000 + b"b" * 100_000
+
+
+def peak_memory(work: Any) -> int:
+    """Peak bytes Python allocated while running `work()` (msgpack allocates through it)."""
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_partial_request_costs_its_bytes_not_the_objects_they_describe() -> None:
+    # 1 MiB of empty maps inside a Forward request, not yet complete: msgpack's decoder
+    # would build a 72-byte dict per byte as it arrives (~80 MiB). The framer holds bytes.
+    size = 1024 * 1024
+    data = b"\x93\xa1t\xdd" + struct.pack(">I", size) + b"\x80" * size
+
+    def receive() -> None:
+        framer = protocol.Framer(2 * size)
+        for start in range(0, len(data) - 1, 65536):
+            framer.feed(data[start : min(start + 65536, len(data) - 1)])
+        assert framer.receiving and framer.next_frame() is None
+        assert framer.held == len(data) - 1
+
+    assert peak_memory(receive) < 4 * size
+
+
+def test_decoding_stops_at_the_value_limit_before_building_the_rest() -> None:
+    frame = packb(["t", 1, {"m": [{}] * 1_000_000}])  # 1 MiB of empty maps, complete
+    limits = Limits(max_values=10_000)
+
+    def decode_it() -> None:
+        with pytest.raises(ProtocolError) as raised:
+            protocol.decode_frame(frame, limits)
+        assert raised.value.reason == "too_many_values"
+
+    assert peak_memory(decode_it) < 8 * len(frame)
+
+
+def test_the_framer_cuts_requests_wherever_the_bytes_are_split() -> None:
+    requests = [
+        protocol.encode_message("a", T, {"x": 1}, chunk="c1"),
+        protocol.encode_packed_forward("b", entries(50), 50, "c2", compressed=True),
+        packb(None),
+        protocol.encode_forward("c", [(T, {"y": [1, 2, {"z": "w"}]})]),
+    ]
+    stream = b"".join(requests)
+    for step in (1, 7, 100, len(stream)):
+        framer = protocol.Framer(64 * 1024)
+        frames = []
+        for start in range(0, len(stream), step):
+            framer.feed(stream[start : start + step])
+            while (frame := framer.next_frame()) is not None:
+                frames.append(frame)
+        assert frames == requests, step
+        assert framer.held == 0 and not framer.receiving
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"\xc1", "bad_msgpack"),
+        (deep(10_000), "bad_msgpack"),
+        (b"\x93\xa1t\xc6" + struct.pack(">I", 2**31) + b"x" * 70_000, "too_large"),
+        (b"\x93\xa1t\xdd" + struct.pack(">I", 2**31) + b"\xc0" * 70_000, "too_large"),
+        (packb(["t", b"x" * 70_000]), "too_large"),
+    ],
+    ids=["bad byte", "deep nesting", "huge bin", "huge array", "complete but too large"],
+)
+def test_the_framer_refuses_malformed_or_oversized_requests(data: bytes, reason: str) -> None:
+    framer = protocol.Framer(64 * 1024)
+    with pytest.raises(ProtocolError) as raised:
+        framer.feed(data)
+    assert raised.value.reason == reason
+
+
+def test_a_declared_length_that_never_arrives_waits_within_the_size_limit() -> None:
+    # Nothing is allocated for the declared 2**31 elements; the server's deadline ends it.
+    framer = protocol.Framer(64 * 1024)
+    framer.feed(b"\x93\xa1t\xdd" + struct.pack(">I", 2**31))
+    assert framer.receiving and framer.next_frame() is None

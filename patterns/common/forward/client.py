@@ -19,7 +19,9 @@ import msgpack
 
 from patterns.common.forward import protocol
 
-_RESPONSE_BUFFER = 1024 * 1024  # acks and handshake messages are tiny
+# Acks and handshake messages are tiny; a server sending more is not one to trust with
+# memory (a partial msgpack object is built as it arrives).
+_RESPONSE_BUFFER = 64 * 1024
 
 
 class ForwardError(Exception):

@@ -8,6 +8,13 @@ the HELO / PING / PONG handshake with SHA-512 hex digests.
 Everything here is pure: no sockets. Malformed input raises `ProtocolError(reason,
 detail)`, where `reason` is one of a small fixed set of words (used as a metrics label)
 and `detail` says what exactly was wrong.
+
+Input is untrusted, and msgpack turns a byte into a Python object of up to ~80 bytes (an
+empty map), so nothing here builds objects from bytes that have not been bounded first:
+`Framer` finds where each request ends without building anything, a request is decoded
+only once it is complete, and decoding counts every map, array and element against
+`Limits.max_values` and every decompressed byte against `Limits.max_decompressed_bytes`
+as it goes, stopping at the limit instead of after the allocation.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import os
 import struct
 import time
 import zlib
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,13 +56,23 @@ class ProtocolError(Exception):
         self.detail = detail
 
 
+_MIB = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Bounds that keep one hostile frame from exhausting memory."""
+    """Bounds that keep one hostile request from exhausting memory. The defaults fit a
+    small pod (see the log-collector's README for the sums); a log-shipper request is at
+    most 1 MiB of entries and 50,000 events."""
 
-    max_frame_bytes: int = 16 * 1024 * 1024  # one msgpack request on the wire
-    max_decompressed_bytes: int = 64 * 1024 * 1024  # gzip output of one request
+    max_frame_bytes: int = 2 * _MIB  # one msgpack request on the wire
+    max_decompressed_bytes: int = 2 * _MIB  # gzip output of one request
     max_entries: int = 100_000  # events in one request
+    # Maps, arrays and their elements (a map's keys and values) in one request, at any
+    # depth: what bounds the Python objects a request decodes to (up to ~100 bytes each).
+    # A shipper's event ([time, {"log", "file"}]) counts 8, so its largest request (1 MiB
+    # of entries of 26 bytes or more) counts at most ~323,000.
+    max_values: int = 400_000
 
 
 DEFAULT_LIMITS = Limits()
@@ -123,6 +142,53 @@ def encode_ack(chunk: str) -> bytes:
 
 # --- decoding -----------------------------------------------------------------------------
 
+# Bytes handed to msgpack at a time, so that its buffer holds a piece, not a whole request.
+_PIECE = 64 * 1024
+
+
+class _Values:
+    """Counts maps, arrays and their elements as msgpack builds them (its list_hook and
+    object_hook); past the limit the decoding stops and what it built is freed."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.limit = limit
+
+    def array(self, value: list[Any]) -> list[Any]:
+        self.left -= 1 + len(value)
+        if self.left < 0:
+            self._exceeded()
+        return value
+
+    def map(self, value: dict[Any, Any]) -> dict[Any, Any]:
+        self.left -= 1 + 2 * len(value)
+        if self.left < 0:
+            self._exceeded()
+        return value
+
+    def _exceeded(self) -> None:
+        raise ProtocolError(
+            "too_many_values", f"more than {self.limit} maps, arrays and elements in one request"
+        )
+
+    def options(self) -> dict[str, Any]:
+        """msgpack keyword arguments: the hooks, and no single container past the limit
+        (msgpack allocates a container's declared length up front)."""
+        return {
+            "list_hook": self.array,
+            "object_hook": self.map,
+            "max_array_len": self.limit,
+            "max_map_len": self.limit // 2,
+        }
+
+
+def _decode_error(exc: Exception, where: str) -> ProtocolError:
+    # msgpack's own check of one container against max_array_len / max_map_len.
+    reason = "too_many_values" if "exceeds max_" in str(exc) else "bad_msgpack"
+    return ProtocolError(reason, f"{where}{type(exc).__name__}: {exc}")
+
 
 def ext_hook(code: int, data: bytes) -> float:
     """msgpack ext hook: EventTime (type 0, 8 bytes) becomes float seconds."""
@@ -176,6 +242,115 @@ def feed(unpacker: msgpack.Unpacker, data: bytes, max_frame_bytes: int) -> None:
         raise ProtocolError("too_large", f"request exceeds {max_frame_bytes} bytes") from None
 
 
+class Framer:
+    """Cuts one connection's byte stream into requests without decoding them.
+
+    msgpack's parser skips over what arrives (in C, building no Python object) to find
+    where each request ends; the bytes are kept here until the request is complete. A
+    partial request therefore costs its bytes, twice at most (the parser's buffer also
+    holds the unparsed part of a str or bin being received), however it is built. A
+    request past `max_frame_bytes` and malformed msgpack raise ProtocolError; a declared
+    length that can never arrive just waits, bounded by the size limit and by the
+    caller's deadline."""
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._raw = bytearray()
+        self._ends: deque[int] = deque()  # lengths of the complete requests at the front
+        self._fed = 0  # bytes given to the skipper since it was created
+        self._end = 0  # where, in those, the last complete request ends
+        self._skipper = self._new_skipper()
+
+    def _new_skipper(self) -> msgpack.Unpacker:
+        # Room for a whole request plus the piece that completes it.
+        size = self.max_frame_bytes + _PIECE
+        return msgpack.Unpacker(max_buffer_size=size, read_size=min(_PIECE, size))
+
+    @property
+    def held(self) -> int:
+        """Bytes held: complete requests not yet taken, and the partial one."""
+        return len(self._raw)
+
+    @property
+    def receiving(self) -> bool:
+        """True while part of a request has arrived and the rest has not."""
+        return self._fed > self._end
+
+    def feed(self, data: bytes) -> None:
+        self._raw += data
+        view = memoryview(data)
+        for start in range(0, len(view), _PIECE):
+            try:
+                self._skipper.feed(view[start : start + _PIECE])
+            except msgpack.BufferFull:
+                self._too_large()
+            self._fed += min(_PIECE, len(view) - start)
+            self._skip()
+
+    def _skip(self) -> None:
+        while True:
+            try:
+                self._skipper.skip()
+            except msgpack.OutOfData:
+                break
+            except (ValueError, msgpack.UnpackException) as exc:
+                raise ProtocolError("bad_msgpack", f"{type(exc).__name__}: {exc}") from None
+            end = self._skipper.tell()
+            if end - self._end > self.max_frame_bytes:
+                self._too_large()
+            self._ends.append(end - self._end)
+            self._end = end
+        if self._fed - self._end > self.max_frame_bytes:
+            self._too_large()
+
+    def _too_large(self) -> None:
+        raise ProtocolError("too_large", f"request exceeds {self.max_frame_bytes} bytes")
+
+    def next_frame(self) -> bytes | None:
+        """The next complete request's bytes, or None until one has arrived."""
+        if not self._ends:
+            return None
+        length = self._ends.popleft()
+        if length == len(self._raw):
+            frame = bytes(self._raw)
+            # Nothing pending: start afresh, so that a large request's buffers go with it.
+            self._raw = bytearray()
+            self._ends.clear()
+            self._fed = self._end = 0
+            self._skipper = self._new_skipper()
+            return frame
+        with memoryview(self._raw) as view:
+            frame = bytes(view[:length])
+        del self._raw[:length]
+        return frame
+
+
+def unpack(frame: bytes, limits: Limits = DEFAULT_LIMITS, values: _Values | None = None) -> Any:
+    """One complete msgpack object (a request or a handshake message) -> Python, counting
+    its maps, arrays and elements against `limits.max_values`."""
+    if values is None:
+        values = _Values(limits.max_values)
+    try:
+        return msgpack.unpackb(
+            frame,
+            raw=False,
+            unicode_errors="surrogateescape",
+            ext_hook=ext_hook,
+            strict_map_key=True,
+            **values.options(),
+        )
+    except ProtocolError:
+        raise
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise _decode_error(exc, "") from None
+
+
+def decode_frame(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | None:
+    """A complete request's bytes (from Framer) -> Request; None for a heartbeat."""
+    values = _Values(limits.max_values)
+    return decode_request(unpack(frame, limits, values), limits, values)
+
+
 @dataclass(frozen=True)
 class Request:
     """One decoded transport-phase request."""
@@ -220,6 +395,9 @@ def _check_option(option: Any) -> tuple[str | None, bool]:
     chunk = option.get("chunk")
     if chunk is not None and (not isinstance(chunk, str) or not 0 < len(chunk) <= 128):
         raise ProtocolError("bad_option", "chunk must be a string of at most 128 characters")
+    if chunk is not None and not _is_utf8(chunk):
+        # It goes back in the ack: refuse it before the events are stored, not after.
+        raise ProtocolError("bad_option", "chunk must be valid UTF-8")
     size = option.get("size")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise ProtocolError("bad_option", "size must be a non-negative integer")
@@ -237,63 +415,93 @@ def _check_entry(entry: Any) -> Event:
     return _check_time(entry[0]), _check_record(entry[1])
 
 
-def gunzip(data: bytes, max_bytes: int) -> bytes:
-    """Decompress one or more concatenated gzip members, never producing more than
-    `max_bytes` (a gzip bomb stops at the limit instead of filling memory)."""
-    out = bytearray()
-    remaining = data
+def gunzip_pieces(data: bytes, max_bytes: int) -> Iterator[bytes]:
+    """Decompress one or more concatenated gzip members a piece at a time. Every piece is
+    counted before it is produced (zlib's max_length): past `max_bytes` it stops with
+    ProtocolError("too_large"), having never held more than one piece."""
+    produced = 0
+    remaining: bytes = data
     while remaining:
         inflater = zlib.decompressobj(wbits=31)
         try:
-            while remaining:
-                piece = inflater.decompress(remaining, max_bytes - len(out) + 1)
-                out += piece
-                if len(out) > max_bytes:
+            while True:
+                piece = inflater.decompress(remaining, min(_PIECE, max_bytes - produced + 1))
+                produced += len(piece)
+                if produced > max_bytes:
                     raise ProtocolError(
                         "too_large", f"decompressed entries exceed {max_bytes} bytes"
                     )
-                remaining = inflater.unconsumed_tail
+                if piece:
+                    yield piece
                 if inflater.eof:
-                    break
-                if not piece and not remaining:
-                    break
+                    break  # the next member, if any, is in unused_data
+                tail = inflater.unconsumed_tail
+                if not piece and len(tail) == len(remaining):
+                    break  # zlib needs input it will not get: truncated
+                remaining = tail
         except zlib.error as exc:
             raise ProtocolError("bad_gzip", str(exc)) from None
         if not inflater.eof:
             raise ProtocolError("bad_gzip", "truncated gzip stream")
         remaining = inflater.unused_data
-    return bytes(out)
 
 
-def decode_entries(stream: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Event]:
-    """A MessagePackEventStream (concatenated raw entries) -> events."""
+def gunzip(data: bytes, max_bytes: int) -> bytes:
+    """All of gunzip_pieces at once (a gzip bomb stops at the limit)."""
+    return b"".join(gunzip_pieces(data, max_bytes))
+
+
+def _pieces(data: bytes) -> Iterator[memoryview]:
+    view = memoryview(data)
+    for start in range(0, len(view), _PIECE):
+        yield view[start : start + _PIECE]
+
+
+def decode_entries(
+    stream: bytes | Iterable[bytes | memoryview],
+    limits: Limits = DEFAULT_LIMITS,
+    values: _Values | None = None,
+) -> list[Event]:
+    """A MessagePackEventStream (concatenated raw entries, or the pieces of one) -> events.
+
+    Fed to msgpack a piece at a time: its buffer holds a piece and the entry being
+    decoded, not a copy of the whole stream."""
+    if values is None:
+        values = _Values(limits.max_values)
+    pieces = _pieces(stream) if isinstance(stream, bytes | bytearray) else stream
+    largest = max(limits.max_frame_bytes, limits.max_decompressed_bytes) + _PIECE
     unpacker = msgpack.Unpacker(
         raw=False,
         unicode_errors="surrogateescape",
         ext_hook=ext_hook,
-        max_buffer_size=len(stream) + 1,
+        max_buffer_size=largest,
+        read_size=_PIECE,
         strict_map_key=True,
+        **values.options(),
     )
-    unpacker.feed(stream)
     events: list[Event] = []
     append = events.append
     max_entries = limits.max_entries
     try:
-        for entry in unpacker:
-            if len(events) >= max_entries:
-                raise ProtocolError("too_many_entries", f"more than {max_entries} entries")
-            # Fast path for the usual entry ([EventTime, map]); anything else gets the
-            # full check, which normalises integer times or raises.
-            if type(entry) is list and len(entry) == 2:
-                timestamp, record = entry
-                if type(timestamp) is float and type(record) is dict and 0 < timestamp < 2**32:
-                    append((timestamp, record))
-                    continue
-            append(_check_entry(entry))
+        for piece in pieces:
+            unpacker.feed(piece)
+            for entry in unpacker:
+                if len(events) >= max_entries:
+                    raise ProtocolError("too_many_entries", f"more than {max_entries} entries")
+                # Fast path for the usual entry ([EventTime, map]); anything else gets the
+                # full check, which normalises integer times or raises.
+                if type(entry) is list and len(entry) == 2:
+                    timestamp, record = entry
+                    if type(timestamp) is float and type(record) is dict and 0 < timestamp < 2**32:
+                        append((timestamp, record))
+                        continue
+                append(_check_entry(entry))
     except ProtocolError:
         raise
+    except msgpack.BufferFull:
+        raise ProtocolError("too_large", f"an entry exceeds {largest} bytes") from None
     except (ValueError, msgpack.UnpackException) as exc:
-        raise ProtocolError("bad_msgpack", f"entries: {type(exc).__name__}: {exc}") from None
+        raise _decode_error(exc, "entries: ") from None
     # Is the stream cut in the middle of an entry? Feed a nil: a clean unpacker returns
     # exactly that nil, one holding a partial entry swallows it into that entry instead.
     unpacker.feed(b"\xc0")
@@ -314,7 +522,9 @@ def _as_bytes(value: Any, what: str) -> bytes:
     raise ProtocolError("bad_entries", f"{what} must be bin or str, got {_kind(value)}")
 
 
-def decode_request(obj: Any, limits: Limits = DEFAULT_LIMITS) -> Request | None:
+def decode_request(
+    obj: Any, limits: Limits = DEFAULT_LIMITS, values: _Values | None = None
+) -> Request | None:
     """One unpacked request -> Request; None for the spec's `nil` heartbeat.
 
     The mode is detected, as the spec says, by the type of the second element."""
@@ -339,12 +549,11 @@ def decode_request(obj: Any, limits: Limits = DEFAULT_LIMITS) -> Request | None:
             raise ProtocolError("bad_request", "PackedForward request has more than 3 elements")
         chunk, compressed = _check_option(obj[2] if len(obj) == 3 else None)
         stream = _as_bytes(second, "entries")
-        mode = PACKED_FORWARD
         if compressed:
-            stream = gunzip(stream, limits.max_decompressed_bytes)
-            mode = COMPRESSED_PACKED_FORWARD
-        events = decode_entries(stream, limits)
-        return Request(tag, mode, events, chunk)
+            pieces = gunzip_pieces(stream, limits.max_decompressed_bytes)
+            events = decode_entries(pieces, limits, values)
+            return Request(tag, COMPRESSED_PACKED_FORWARD, events, chunk)
+        return Request(tag, PACKED_FORWARD, decode_entries(stream, limits, values), chunk)
     # Message: [tag, time, record, option?]
     if len(obj) < 3:
         raise ProtocolError("bad_request", "Message request needs tag, time and record")
@@ -458,21 +667,32 @@ def decode_helo(obj: Any) -> Helo:
     return Helo(_b(nonce), _b(auth), keepalive)
 
 
+def _is_utf8(text: str) -> bool:
+    """False for a str the decoder built from invalid UTF-8 (kept as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def decode_ping(obj: Any) -> Ping:
     _, hostname, salt, digest, username, password = _message(obj, "PING", 6)
-    if not isinstance(salt, bytes | str) or not all(
-        isinstance(v, str) for v in (hostname, digest, username, password)
-    ):
+    texts = (hostname, digest, username, password)
+    if not isinstance(salt, bytes | str) or not all(isinstance(v, str) for v in texts):
         raise ProtocolError("bad_handshake", "PING fields have the wrong types")
+    if not all(_is_utf8(v) for v in texts):
+        raise ProtocolError("bad_handshake", "PING fields must be valid UTF-8")
     return Ping(hostname, _b(salt), digest, username, password)
 
 
 def decode_pong(obj: Any) -> Pong:
     _, auth_result, reason, hostname, digest = _message(obj, "PONG", 5)
-    if not isinstance(auth_result, bool) or not all(
-        isinstance(v, str) for v in (reason, hostname, digest)
-    ):
+    texts = (reason, hostname, digest)
+    if not isinstance(auth_result, bool) or not all(isinstance(v, str) for v in texts):
         raise ProtocolError("bad_handshake", "PONG fields have the wrong types")
+    if not all(_is_utf8(v) for v in texts):
+        raise ProtocolError("bad_handshake", "PONG fields must be valid UTF-8")
     return Pong(auth_result, reason, hostname, digest)
 
 
@@ -497,4 +717,5 @@ def check_ping(
 
 
 def hmac_equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
+    # Total: a str decoded from invalid UTF-8 compares unequal instead of raising.
+    return hmac.compare_digest(_b(a), _b(b))
