@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from importlib import resources
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from patterns.common.admin import json_response
 from patterns.common.forward.server import ForwardMetrics, ForwardServer
 from patterns.common.service import Runtime
-from patterns.sidecar.collector.config import Config
+from patterns.sidecar.collector.config import Config, max_stored_request_bytes
 from patterns.sidecar.collector.store import RecordStore
 
 log = logging.getLogger(__name__)
 
 _PAGE = resources.files(__package__).joinpath("live.html")
+_COUNTS_TAGS = 100  # tags listed by /api/counts; the others are summed in "other"
 
 
 def run(config: Config, runtime: Runtime) -> None:
@@ -38,6 +40,10 @@ def run(config: Config, runtime: Runtime) -> None:
         segment_bytes=config.segment_bytes,
         recent=config.recent_records,
         recent_bytes=config.recent_bytes,
+        retention_bytes=config.retention_bytes,
+        retention_seconds=config.retention_seconds,
+        max_tags=config.max_tags,
+        max_request_bytes=max_stored_request_bytes(config.limits),
     )
     store.open()
     try:
@@ -74,10 +80,32 @@ def _add_metrics(store: RecordStore, runtime: Runtime) -> None:
         commit_seconds.observe(seconds)
 
     store.on_written.append(on_written)
+    Gauge(
+        "collector_store_bytes",
+        "Bytes the data files take now (retention keeps this under COLLECTOR_RETENTION_BYTES).",
+        registry=runtime.registry,
+    ).set_function(store.stored_bytes)
+    dropped = {
+        what: Counter(
+            f"collector_retention_dropped_{what}_total",
+            f"{what.capitalize()} deleted by retention, by reason: size or age.",
+            ["reason"],
+            registry=runtime.registry,
+        )
+        for what in ("segments", "records", "bytes")
+    }
+
+    def on_dropped(segments: int, records: int, size: int, reason: str) -> None:
+        dropped["segments"].labels(reason=reason).inc(segments)
+        dropped["records"].labels(reason=reason).inc(records)
+        dropped["bytes"].labels(reason=reason).inc(size)
+
+    store.on_dropped.append(on_dropped)
 
 
 def _add_routes(store: RecordStore, config: Config, runtime: Runtime) -> None:
     page = _PAGE.read_bytes()
+    answering = threading.Lock()
 
     def index(_query: dict[str, list[str]]) -> tuple[int, str, bytes]:
         return 200, "text/html; charset=utf-8", page
@@ -89,11 +117,14 @@ def _add_routes(store: RecordStore, config: Config, runtime: Runtime) -> None:
             return json_response(
                 {"error": f"limit must be an integer in [1, {config.recent_records}]"}, 400
             )
-        return json_response({"records": store.recent(tag, int(raw_limit))})
+        # One answer assembled at a time: each holds up to 8 MiB of records, twice.
+        with answering:
+            lines = store.recent_lines(tag, int(raw_limit))
+            return 200, "application/json", b'{"records":[' + b",".join(lines) + b"]}"
 
     def counts(_query: dict[str, list[str]]) -> tuple[int, str, bytes]:
-        tags = store.counts()
-        return json_response({"tags": dict(sorted(tags.items())), "total": sum(tags.values())})
+        # The page polls this every second: at most _COUNTS_TAGS tags, however many exist.
+        return json_response(store.counts(_COUNTS_TAGS))
 
     runtime.admin.route("/", index)
     runtime.admin.route("/api/records", records)
@@ -111,7 +142,10 @@ def _forward_server(config: Config, runtime: Runtime, store: RecordStore) -> For
         server_hostname=config.server_hostname,
         limits=config.limits,
         idle_timeout=config.idle_timeout,
+        handshake_timeout=config.handshake_timeout,
+        frame_timeout=config.frame_timeout,
         max_connections=config.max_connections,
+        max_buffered_bytes=config.max_buffered_bytes,
         max_inflight_requests=config.max_inflight_requests,
         metrics=ForwardMetrics(runtime.registry, prefix="collector"),
     )
@@ -134,6 +168,8 @@ async def _serve(config: Config, runtime: Runtime, server: ForwardServer) -> Non
             "data_dir": str(config.data_dir),
             "shared_key": config.shared_key is not None,
             "fsync": config.fsync,
+            "retention_bytes": config.retention_bytes,
+            "retention_seconds": config.retention_seconds,
         },
     )
     if not runtime.stopping.is_set():

@@ -18,15 +18,21 @@ class Config:
     forward_host: str
     forward_port: int
     data_dir: Path
-    shared_key: str | None
+    shared_key: str | None = field(repr=False)
     users: dict[str, str] = field(repr=False)
     server_hostname: str
     fsync: bool
     limits: Limits
     idle_timeout: float
+    handshake_timeout: float
+    frame_timeout: float
     max_connections: int
+    max_buffered_bytes: int
     max_inflight_requests: int
     segment_bytes: int
+    retention_bytes: int
+    retention_seconds: float
+    max_tags: int
     recent_records: int
     recent_bytes: int
     shutdown_grace: float
@@ -44,6 +50,13 @@ def _users(env: Env, name: str) -> dict[str, str]:
     return users
 
 
+def max_stored_request_bytes(limits: Limits) -> int:
+    """The most one request may take as JSON lines in the data files: 4 times its
+    largest decoded form. A shipper's request (1 MiB of entries) takes ~1.3 to 3 MiB;
+    control characters are escaped to 6 bytes each."""
+    return 4 * max(limits.max_frame_bytes, limits.max_decompressed_bytes)
+
+
 def load_config(environ: Mapping[str, str]) -> Config:
     env = Env(environ)
     mib = 1024 * 1024
@@ -53,6 +66,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
         env.problems.append(
             "COLLECTOR_USERS needs COLLECTOR_SHARED_KEY (the handshake carries them)"
         )
+    # The defaults fit the pod of k8s/sidecar/base/log-collector.yaml (256Mi of memory,
+    # a 1Gi data volume); README.md has the sums.
     config = Config(
         admin_host=env.str("COLLECTOR_HTTP_HOST", "0.0.0.0"),
         admin_port=env.port("COLLECTOR_HTTP_PORT", 8081),
@@ -64,17 +79,41 @@ def load_config(environ: Mapping[str, str]) -> Config:
         server_hostname=env.str("COLLECTOR_HOSTNAME", socket.gethostname()),
         fsync=env.bool("COLLECTOR_FSYNC", True),
         limits=Limits(
-            max_frame_bytes=env.int("COLLECTOR_MAX_FRAME_BYTES", 16 * mib, min=1024),
-            max_decompressed_bytes=env.int("COLLECTOR_MAX_DECOMPRESSED_BYTES", 64 * mib, min=1024),
+            max_frame_bytes=env.int("COLLECTOR_MAX_FRAME_BYTES", 2 * mib, min=1024),
+            max_decompressed_bytes=env.int("COLLECTOR_MAX_DECOMPRESSED_BYTES", 2 * mib, min=1024),
             max_entries=env.int("COLLECTOR_MAX_ENTRIES", 100_000, min=1),
+            max_values=env.int("COLLECTOR_MAX_VALUES", 400_000, min=16),
         ),
         idle_timeout=env.float("COLLECTOR_IDLE_TIMEOUT", 600.0, min=0.1),
-        max_connections=env.int("COLLECTOR_MAX_CONNECTIONS", 256, min=1),
-        max_inflight_requests=env.int("COLLECTOR_MAX_INFLIGHT_REQUESTS", 8, min=1, max=1024),
-        segment_bytes=env.int("COLLECTOR_SEGMENT_BYTES", 64 * mib, min=4096),
+        handshake_timeout=env.float("COLLECTOR_HANDSHAKE_TIMEOUT", 10.0, min=0.1),
+        frame_timeout=env.float("COLLECTOR_FRAME_TIMEOUT", 10.0, min=0.1),
+        max_connections=env.int("COLLECTOR_MAX_CONNECTIONS", 64, min=1),
+        max_buffered_bytes=env.int("COLLECTOR_MAX_BUFFERED_BYTES", 16 * mib, min=1024),
+        max_inflight_requests=env.int("COLLECTOR_MAX_INFLIGHT_REQUESTS", 2, min=1, max=1024),
+        segment_bytes=env.int("COLLECTOR_SEGMENT_BYTES", 16 * mib, min=4096),
+        retention_bytes=env.int("COLLECTOR_RETENTION_BYTES", 768 * mib, min=0),
+        retention_seconds=env.float("COLLECTOR_RETENTION_SECONDS", 7 * 86400.0, min=0.0),
+        max_tags=env.int("COLLECTOR_MAX_TAGS", 1000, min=1, max=1_000_000),
         recent_records=env.int("COLLECTOR_RECENT_RECORDS", 1000, min=1, max=100_000),
         recent_bytes=env.int("COLLECTOR_RECENT_BYTES", 8 * mib, min=64 * 1024),
         shutdown_grace=env.float("COLLECTOR_SHUTDOWN_GRACE", 10.0, min=0.0),
     )
+    if config.max_buffered_bytes < config.limits.max_frame_bytes:
+        env.problems.append(
+            "COLLECTOR_MAX_BUFFERED_BYTES must be at least COLLECTOR_MAX_FRAME_BYTES "
+            "(one whole request)"
+        )
+    # Retention drops whole closed segments before each write, so the store stays under
+    # it if it holds two segments and what one write can add (every request in flight).
+    least = 2 * config.segment_bytes + config.max_inflight_requests * max_stored_request_bytes(
+        config.limits
+    )
+    if config.retention_bytes and config.retention_bytes < least:
+        env.problems.append(
+            f"COLLECTOR_RETENTION_BYTES must be 0 (no limit) or at least {least}: twice "
+            "COLLECTOR_SEGMENT_BYTES plus what COLLECTOR_MAX_INFLIGHT_REQUESTS requests "
+            "write at once (4 x the larger of COLLECTOR_MAX_FRAME_BYTES and "
+            "COLLECTOR_MAX_DECOMPRESSED_BYTES each)"
+        )
     env.check()
     return config
