@@ -245,12 +245,31 @@ def write_ca_bundle(context: Path) -> None:
         target.write_bytes(b"")
 
 
+def wheel_source(target: Path) -> Path:
+    """A copy of what the wheel is built from, and of nothing else: the tag's inputs
+    (patterns/, pyproject.toml) as they are, and the README pyproject.toml names as
+    committed (an uncommitted edit does not change the tag, so it must not change the
+    image). A build in the repository itself would share setuptools' build/ and
+    *.egg-info with every concurrent build and carry their leftovers into the wheel."""
+    shutil.copytree(ROOT / "patterns", target / "patterns",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    shutil.copyfile(ROOT / "pyproject.toml", target / "pyproject.toml")
+    readme = str(project_metadata().get("readme", "README.md"))
+    committed = run(["git", "-C", str(ROOT), "show", f"HEAD:{readme}"], capture_output=True)
+    if committed.returncode == 0:
+        (target / readme).write_text(committed.stdout)
+    else:
+        shutil.copyfile(ROOT / readme, target / readme)
+    return target
+
+
 def build_wheel(context: Path, log: BuildLog) -> None:
     wheels = context / "wheels"
     wheels.mkdir(parents=True)
     say("building the project wheel")
+    source = wheel_source(context.parent.parent / "wheel-source")
     result = log.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                      "--wheel-dir", str(wheels), str(ROOT)],
+                      "--wheel-dir", str(wheels), str(source)],
                      env={**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH})
     if result.returncode != 0:
         raise BuildError("pip wheel failed")
