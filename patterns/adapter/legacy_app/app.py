@@ -13,6 +13,7 @@ import requests
 from flask import Flask, Response, jsonify, request
 
 from patterns.adapter.legacy_app.config import Config
+from patterns.common.http_headers import secure_flask_app
 
 APP_LOG_FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s - %(message)s"
 KNOWN_ORDERS = 1000
@@ -43,6 +44,7 @@ def _charge(order_id: int, amount: int) -> None:
 
 def create_app(config: Config) -> Flask:
     app = Flask(__name__)
+    secure_flask_app(app)  # no page of its own: every response gets the strict policy
     orders_log = logging.getLogger("shop.orders")
     checkout_log = logging.getLogger("shop.checkout")
     traffic_log = logging.getLogger("shop.traffic")

@@ -10,6 +10,8 @@ from typing import Any
 import psycopg
 from flask import Flask, Response, jsonify, request
 
+from patterns.common.http_headers import page_policy, secure_flask_app
+
 from .config import Config
 from .db import DatabaseUnavailable, Notes
 
@@ -28,6 +30,9 @@ _PAGE = """<!doctype html>
 {content}
 </body></html>
 """
+# Its inline style by hash (computed from the code's own template, never from a page with
+# notes in it), and its form posts back to this app.
+_PAGE_POLICY = page_policy(_PAGE.format(host="", content=""), forms=True)
 
 
 def _error(exc: Exception) -> tuple[Response, int]:
@@ -39,6 +44,7 @@ def _error(exc: Exception) -> tuple[Response, int]:
 
 def create_app(config: Config, notes: Notes | None = None) -> Flask:
     app = Flask(__name__)
+    secure_flask_app(app, _PAGE_POLICY)
     store = notes or Notes(config.database_url, config.pool_size, config.db_timeout)
     store.open()
     app.extensions[NOTES_KEY] = store

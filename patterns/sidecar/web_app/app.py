@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import time
+from importlib import resources
 
 from flask import Flask, Response, jsonify, render_template, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
+from patterns.common.http_headers import page_policy, secure_flask_app
 from patterns.common.service import new_registry
 from patterns.sidecar.web_app.access_log import AccessLog, Request
 from patterns.sidecar.web_app.config import Config
 
 STATE_KEY = "web_app.access_log"
+# The page's policy admits its inline style by hash, computed from the template's source
+# (not from a rendered page): the style block holds no template variables.
+PAGE_POLICY = page_policy(resources.files(__package__).joinpath("index.html").read_text())
 
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> Flask:
@@ -25,6 +30,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Fla
     # Templates sit next to the code so the package data stays one flat folder.
     app = Flask(__name__, template_folder=".")
     app.extensions[STATE_KEY] = access_log
+    secure_flask_app(app, PAGE_POLICY)
 
     @app.after_request
     def write_access_line(response: Response) -> Response:
