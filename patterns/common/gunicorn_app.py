@@ -3,7 +3,17 @@ BaseApplication), so an image's ENTRYPOINT is just the service's name and every 
 comes from its environment variables. Every HTTP app of the suite runs this way: ONE
 worker with threads, because each app owns files (its logs) that only one process may
 write, and the app built in the worker, after the fork, so a worker gunicorn replaces
-reopens them. Needs the `web` extra (Flask, gunicorn)."""
+reopens them. Needs the `web` extra (Flask, gunicorn).
+
+What a client may hold of such an app: a request line of 4 KiB and 100 header fields of
+8 KiB each at most (pinned below), so a head costs at most about 800 KiB per thread, and a
+kept-alive connection closes after 2 s without a request. What gthread does NOT bound: a
+new connection holds a thread for up to 5 s waiting for its first byte, and a request
+trickled a byte at a time holds its thread with no deadline, so `threads` such peers keep
+every other client, probes included, out. These servers are the patterns' demo apps, in
+the place of a team's own app; an app served this way that untrusted clients reach belongs
+behind a buffering proxy (gunicorn's own advice) or on a worker with a request deadline.
+The sidecars' admin server (patterns/common/admin.py) is not gunicorn and has one."""
 
 from __future__ import annotations
 
@@ -39,6 +49,12 @@ class GunicornServer(BaseApplication):
             "worker_class": "gthread",
             "threads": threads,
             "graceful_timeout": graceful_timeout,
+            # gunicorn's defaults, pinned: what one request head and one idle connection
+            # may hold (see the module's docstring for what they do not bound).
+            "limit_request_line": 4094,
+            "limit_request_fields": 100,
+            "limit_request_field_size": 8190,
+            "keepalive": 2,
             "preload_app": False,
             # Apps write their access log themselves (or set it here): none on stdout.
             "accesslog": None,
