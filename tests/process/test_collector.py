@@ -545,6 +545,8 @@ def test_http_page_api_errors_and_graceful_stop(collector: Callable[..., Collect
     page = requests.get(c.url("/"), timeout=5)
     assert page.status_code == 200
     assert page.headers["Content-Type"].startswith("text/html")
+    # Served as a page: its policy admits its own inline script (the APIs' admits none).
+    assert "script-src 'sha256-" in page.headers["Content-Security-Policy"]
     assert "api/records" in page.text and "api/counts" in page.text
     bad = requests.get(c.url("/api/records?limit=zero"), timeout=5)
     assert bad.status_code == 400 and "limit" in bad.json()["error"]
