@@ -69,6 +69,7 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -715,10 +716,13 @@ def address_of(pod: str) -> str:
 def down(plan: Plan) -> None:
     """Remove the plan's pods (each given its grace period), volumes and secrets, if any."""
     existing = set(podman("pod", "ps", "--format", "{{.Name}}").stdout.split())
-    for pod in reversed(plan.pods):
-        if pod.pod in existing:
-            podman("pod", "rm", "--force", "--time", str(pod.grace_seconds), pod.pod,
-                   timeout=pod.grace_seconds + 120)
+    leaving = [pod for pod in plan.pods if pod.pod in existing]
+    # All at once, as Kubernetes deletes a namespace's pods: each waits its own grace.
+    with ThreadPoolExecutor(max_workers=max(1, len(leaving))) as pool:
+        for done in [pool.submit(podman, "pod", "rm", "--force", "--time",
+                                 str(pod.grace_seconds), pod.pod,
+                                 timeout=pod.grace_seconds + 120) for pod in leaving]:
+            done.result()
     volumes = [v for pod in plan.pods for v in pod.emptydir_volumes]
     volumes += [v.volume for pod in plan.pods for v in pod.secret_volumes]
     present = set(podman("volume", "ls", "--format", "{{.Name}}").stdout.split())
@@ -732,6 +736,35 @@ def down(plan: Plan) -> None:
 def clean(pattern: str) -> None:
     """Remove whatever a run of `pattern` left on podman (for `make demo-clean`)."""
     down(adapt(pattern, render(pattern)))
+
+
+def start(pattern: str, images: Mapping[str, str], publish: Mapping[tuple[str, int], int],
+          secrets: Iterable[dict[str, Any]] = (), say: Callable[[str], None] = print) -> Played:
+    """What the demo's podman runtime does before it shows the pattern: give podman the
+    images, adapt the manifests, say what podman changes and why, play them, and wait
+    until every container is ready."""
+    load_images(images, say)
+    plan = adapt(pattern, render(pattern, images), secrets, publish)
+    say("what podman changes, and why:")
+    for line in plan.describe():
+        say("  " + line)
+    played = up(plan, say)
+    wait_ready(plan, say=say)
+    return played
+
+
+def check_running(plan: Plan) -> Callable[[], None]:
+    """A check that raises DemoError once a Deployment's container is no longer running."""
+    def check() -> None:
+        for pod in plan.pods:
+            if pod.kind != "Deployment":
+                continue
+            for item in pod.containers:
+                status, code = state(item.container)
+                if status != "running":
+                    raise DemoError(f"{item.container} ({pod.subject}) is {status} (exit "
+                                    f"{code}); `podman logs {item.container}` says why")
+    return check
 
 
 # --- inside the pods --------------------------------------------------------------------------
