@@ -260,6 +260,11 @@ class AdminServer:
             reason = "request_timeout"
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the peer went away
+        except asyncio.CancelledError:
+            # Aborted (evicted, or the server stops). The task ends normally: on Python
+            # 3.11 asyncio's stream callback calls exception() on a cancelled task and
+            # logs a CancelledError traceback for every connection open at shutdown.
+            pass
         finally:
             self._forget(connection, reason)
             connection.abort()  # whatever is left unsent after a limit is dropped

@@ -378,3 +378,20 @@ def test_a_large_response_is_sent_whole_before_a_requested_close(admin):
     while chunk := sock.recv(1024 * 1024):
         received += chunk
     assert received.endswith(b"\r\n\r\n" + body)
+
+
+def test_stopping_with_connections_open_logs_no_traceback(admin, caplog):
+    """A service's shutdown with a scraper kept alive and a half-sent request open must
+    not print an asyncio traceback per connection (Python 3.11 logs one for every
+    cancelled connection task)."""
+    server = admin()
+    kept_alive, half_sent = connect(server), connect(server)
+    kept_alive.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    read_response(kept_alive)
+    half_sent.sendall(b"GET /met")
+    wait_until(lambda: len(server._connections) == 2, what="both connections admitted")
+    with caplog.at_level("DEBUG", logger="asyncio"):
+        server.stop()
+    assert closed_by_server(kept_alive) and closed_by_server(half_sent)
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert errors == [], [r.getMessage() for r in errors]
