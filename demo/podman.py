@@ -224,8 +224,9 @@ class Plan:
 
     @property
     def secret_names(self) -> set[str]:
-        """Every podman secret the pods may read, given or not (down() removes them)."""
-        return set(self.secrets) | {name for pod in self.pods for name in pod.secret_refs}
+        """The podman secrets the pods' env reads (secretKeyRef), given or not: up() creates
+        those given, down() removes them all."""
+        return {name for pod in self.pods for name in pod.secret_refs}
 
     def pod(self, name: str) -> PlannedPod:
         """The planned pod of the workload (Deployment or Job) called `name`."""
@@ -414,7 +415,7 @@ def _plan_workload(doc: dict[str, Any], secrets: Mapping[tuple[str, str], dict[s
                                       f"{', '.join(probes_dropped)} removed"))
 
     # 6. emptyDir volumes; 7. Secrets.
-    planned = PlannedPod(kind, name, namespace, _podman_pod_name(kind, name),
+    planned = PlannedPod(kind, name, namespace, pod_name(kind, name),
                          dict(template["metadata"].get("labels", {})), {}, [],
                          int(spec.get("terminationGracePeriodSeconds", 30)))
     _adapt_volumes(planned, spec, secrets, adaptations)
@@ -441,7 +442,7 @@ def _plan_workload(doc: dict[str, Any], secrets: Mapping[tuple[str, str], dict[s
     return planned
 
 
-def _podman_pod_name(kind: str, name: str) -> str:
+def pod_name(kind: str, name: str) -> str:
     """podman 4.3 names a Deployment's pod <name>-pod-0, and a Pod by its name."""
     return f"{name}-pod-0" if kind == "Deployment" else name
 
@@ -659,9 +660,11 @@ def up(plan: Plan, say: Callable[[str], None] = print) -> Played:
     down(plan)
     if podman("network", "exists", NETWORK, check=False).returncode != 0:
         podman("network", "create", NETWORK)
-    for name, files in plan.secrets.items():
-        flat = {key: base64.b64encode(value).decode() for key, value in files.items()}
-        podman("secret", "create", name, "-", input=json.dumps(flat))
+    for name in sorted(plan.secret_names & set(plan.secrets)):
+        flat = {key: base64.b64encode(value).decode()
+                for key, value in plan.secrets[name].items()}
+        podman("secret", "create", "--label", f"podpatterns.io/pattern={plan.pattern}", name,
+               "-", input=json.dumps(flat))
     addresses: dict[str, str] = {}
     for pod in plan.pods:
         for volume in pod.secret_volumes:
