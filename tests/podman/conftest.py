@@ -100,6 +100,11 @@ class PlayedPattern:
         _, pod, by_service = max(candidates, key=lambda candidate: candidate[0])
         return [Running(pod, by_service[service]) for service in services]
 
+    def running(self) -> list[Running]:
+        """Every container of every played pod that is running now."""
+        return [Running(pod, item) for pod in self.plan.pods for item in pod.containers
+                if pm.state(item.container)[0] == "running"]
+
     def first_container(self, workload: str) -> Running:
         pod = self.plan.pod(workload)
         return Running(pod, pod.containers[0])

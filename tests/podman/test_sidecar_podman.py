@@ -107,6 +107,10 @@ def test_the_batch_pods_lines_all_reach_the_collector(sidecar: PlayedPattern, po
                    f"the collector to hold exactly {lines} records of tag {tag}", timeout=120)
 
 
-def test_every_container_runs_as_uid_10001_on_a_read_only_root(pod) -> None:
-    for where in (pod["app"], pod["shipper"], pod["collector"]):
+def test_every_container_runs_as_uid_10001_on_a_read_only_root(sidecar: PlayedPattern,
+                                                               pod) -> None:
+    running = sidecar.running()
+    assert {pod["app"].name, pod["shipper"].name, pod["collector"].name} <= \
+        {where.name for where in running}
+    for where in running:  # the classic variant's and the Job's too
         check.assert_hardened(where.exec, where.name)
