@@ -269,7 +269,9 @@ def test_forward_client_reconnects_when_the_collector_closed_an_idle_connection(
     c = collector(COLLECTOR_IDLE_TIMEOUT="0.3", COLLECTOR_SHARED_KEY="k")
     with c.client(shared_key="k") as client:
         client.send_packed("idle", packed(["first"]), 1)
-        time.sleep(1.0)  # the collector closes the silent connection meanwhile
+        # The collector closes the silent connection; wait until it has, so the next
+        # send really meets a closed connection (not one a late sweep closes mid-send).
+        wait_until(lambda: c.metric("collector_connections") == 0, what="idle connection closed")
         client.send_packed("idle", packed(["second"]), 1)  # no error: a fresh connection
     assert [r["record"]["log"] for r in c.stored()] == ["first", "second"]
 

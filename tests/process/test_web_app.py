@@ -216,8 +216,9 @@ def test_batch_stops_promptly_on_sigterm_with_what_it_wrote_intact(web_app, tmp_
     batch = web_app(
         {"WEB_APP_LOG_DIR": str(log_dir)}, "batch", "--lines", "1000000", "--rate", "500"
     )
-    wait_until(lambda: (log_dir / "access.log").exists(), timeout=15, what="first lines")
-    time.sleep(0.5)
+    wait_until(lambda: (log_dir / "access.log").exists()
+               and (log_dir / "access.log").read_bytes().count(b"\n") >= 100,
+               timeout=15, what="100 lines written")
 
     started = time.monotonic()
     batch.proc.send_signal(signal.SIGTERM)
