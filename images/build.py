@@ -294,9 +294,19 @@ def build_image(spec: ImageSpec, base: str, tag: str, version: str, revision: st
     targets = [(["--target", stage], f"{prefix()}/{spec.service}:cache-{stage}")
                for stage in stages] + [([], ref)]
     for target, name in targets:
-        if log.run([*common, *target, "--tag", name, str(run_dir)]).returncode != 0:
+        result = log.run([*common, *target, "--tag", name, str(run_dir)], env=build_env())
+        if result.returncode != 0:
             raise BuildError(f"docker build of {name} failed")
     return ref
+
+
+def build_env() -> dict[str, str]:
+    """`docker build`'s environment. Where it is BuildKit (Docker >= 23 with buildx), it
+    attaches a provenance attestation to each image by default; with Docker's containerd
+    image store, `docker save` then names an attestation manifest it does not include, and
+    `kind load docker-image` fails ("ctr: content digest ...: not found", kind#3795). The
+    legacy builder makes none and ignores the variable; a value set by the user wins."""
+    return {"BUILDX_NO_DEFAULT_ATTESTATIONS": "1", **os.environ}
 
 
 def image_size_mb(ref: str) -> float:

@@ -28,6 +28,13 @@ ENV PATH=/usr/local/lib/pgbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:
 # initdb needs the uid to have a passwd entry: pgserver, created above.
 USER 10001:10001
 EXPOSE 5432
+# Stopping the container (`docker stop`, `podman pod stop`, a Deployment scaled to zero) is
+# a fast shutdown: sessions are ended at once, and the standby is sent the WAL up to the
+# shutdown checkpoint before the server exits. SIGTERM is a smart shutdown, which waits
+# for every client to disconnect: the ambassador's pooled connections never do, so the
+# server was killed at the end of the grace period instead, and a standby promoted then
+# lacked what had not been sent yet. The entrypoint execs postgres: the signal reaches it.
+STOPSIGNAL SIGINT
 ENTRYPOINT ["pg-entrypoint"]
 
 ARG BASE_IMAGE
