@@ -2,9 +2,16 @@
 run real service processes.
 
 A test's tier is its folder (`tests/unit`, `tests/process`, `tests/container`,
-`tests/kind`) and becomes its pytest marker, so `pytest -m unit` selects a tier. A missing
-prerequisite skips with a reason that names it and says how to get it; `.ci/run` then
-fails on any skip outside `tests/kind`.
+`tests/kind`, `tests/podman`) and becomes its pytest marker, so `pytest -m unit` selects a
+tier. A missing prerequisite skips with a reason that names it and says how to get it;
+`.ci/run` then fails on any skip outside `tests/kind`.
+
+The per-test `timeout` (pyproject.toml, pytest-timeout) counts the whole test, its fixtures'
+set-up and teardown included, except in the tiers whose set-up builds images, creates a
+cluster or plays pods (SLOW_SETUP_TIERS): there it counts the test's own body, and set-up
+and teardown get SETUP_TIMEOUT of their own. The first test of such a session pays for
+all of it on a cold machine; timed with its body, it, and every test sharing its
+fixtures, would fail for a slow build.
 """
 
 from __future__ import annotations
@@ -25,14 +32,56 @@ import requests
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-TIERS = ("unit", "process", "container", "kind")
+TIERS = ("unit", "process", "container", "kind", "podman")
+SLOW_SETUP_TIERS = ("container", "kind", "podman")
+# Creating a kind cluster, building every image, loading them and rolling a pattern out.
+SETUP_TIMEOUT = 3600.0
+_SETUP_BUDGET = pytest.StashKey[bool]()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    timed = config.pluginmanager.hasplugin("timeout")
     for item in items:
         parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
         if parts and parts[0] in TIERS:
             item.add_marker(getattr(pytest.mark, parts[0]))
+            if timed and parts[0] in SLOW_SETUP_TIERS and not item.get_closest_marker("timeout"):
+                item.add_marker(pytest.mark.timeout(func_only=True))
+                item.stash[_SETUP_BUDGET] = True
+
+
+@contextlib.contextmanager
+def _setup_budget(item: pytest.Item) -> Iterator[None]:
+    """SETUP_TIMEOUT for the set-up or teardown of a test whose timeout counts its body
+    only, with pytest-timeout's own timer (when a timeout is configured at all)."""
+    if not item.stash.get(_SETUP_BUDGET, False):
+        yield
+        return
+    import pytest_timeout
+
+    settings = pytest_timeout.get_env_settings(item.config)
+    if not settings.timeout:
+        yield
+        return
+    hook = item.config.hook
+    hook.pytest_timeout_set_timer(
+        item=item, settings=settings._replace(timeout=SETUP_TIMEOUT, func_only=False))
+    try:
+        yield
+    finally:
+        hook.pytest_timeout_cancel_timer(item=item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _setup_budget(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    with _setup_budget(item):
+        return (yield)
 
 
 def require_tool(name: str, how: str) -> str:

@@ -15,7 +15,6 @@ import pytest
 from tests import pod_assertions as check
 from tests.podman.conftest import PlayedPattern, Running, eventually
 
-pytestmark = pytest.mark.podman
 TRAFFIC_REQUESTS = 60
 FAILED_CHECKOUTS = 2
 

@@ -22,8 +22,6 @@ from tests import pod_assertions as check
 from tests.conftest import require_tool
 from tests.podman.conftest import PlayedPattern, Running, eventually
 
-pytestmark = pytest.mark.podman
-
 
 @dataclass
 class AmbassadorOnPodman:
@@ -102,6 +100,11 @@ def test_failover_to_the_promoted_standby_with_the_app_unchanged(ambassador_pod)
     primary = pod.played.plan.pod("db-primary")
     pm.podman("pod", "stop", "--time", str(primary.grace_seconds), primary.pod,
               timeout=primary.grace_seconds + 60)
+    # The image's STOPSIGNAL: a fast shutdown, which ends the app's sessions at once and
+    # sends the standby the WAL up to its last checkpoint, not a smart one waiting for
+    # them until the grace period ends in SIGKILL.
+    stopped = pm.logs(pod.played.first_container("db-primary").name)
+    assert "received fast shutdown request" in stopped, stopped[-2000:]
     standby = pod.played.first_container("db-standby")
     exit_code, output = standby.exec("pg_ctl", "promote", "-w", "-D", PGDATA)
     assert exit_code == 0, output
