@@ -113,6 +113,19 @@ def collector_tags(exec: Exec, url: str) -> dict[str, int]:
     return {tag: int(count) for tag, count in json.loads(body)["tags"].items()}
 
 
+def every_line_collected_once(app: Exec, log_glob: str, collector: Exec, counts_url: str,
+                              tag: str, at_least: int) -> bool:
+    """True once the collector (its /api/counts at `counts_url`, fetched from inside
+    `collector`) holds exactly as many records under the app's shipper's own `tag` as the
+    app's log files (`log_glob`: the log and its rotated copies) have lines, and at least
+    `at_least`: none lost, none twice. The collector's total would not do: other shippers
+    (the classic variant, the Job) ship to it too. Reads the files first: a line the app
+    writes between the two reads (a probe's request) makes it False, and the caller polls
+    again."""
+    logged = count_lines(app, log_glob)
+    return logged >= at_least and collector_tags(collector, counts_url).get(tag) == logged
+
+
 def every_access_line_counted(app: Exec, access_log: str, metrics_from: Exec,
                               metrics_url: str, adapter_path: str, at_least: int) -> bool:
     """True once the adapter's metrics (fetched at `metrics_url` from inside

@@ -8,6 +8,10 @@ k8s/kind-cluster.yaml and deleted again after the session (KEEP_KIND_CLUSTER=1 k
 Images are built by images/build.py (the same path as `make images`), loaded with
 `kind load docker-image`, and the rendered overlay is applied with its image tags replaced
 by the ones just built.
+
+What a test asserts inside a pod, it asserts with tests/pod_assertions.py, handing it a
+`kubectl exec` for each container (`Cluster.exec_in`): the podman tier asserts the same
+with the same code.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import pod_assertions as check
 from tests.conftest import ROOT, require_tool, wait_until
 from tests.container.conftest import build_suite_images
 from tests.in_pod import http_get_script, parse_http_response
+from tests.pod_assertions import Exec
 
 KIND_CLUSTER = os.environ.get("KIND_CLUSTER", "podpatterns")
 IMAGE_REF = re.compile(r"(image:\s*['\"]?)(podpatterns/([a-z0-9-]+)):[A-Za-z0-9_.-]+")
@@ -74,6 +80,22 @@ class Cluster:
                  timeout: float = 5.0) -> tuple[int, str]:
         return parse_http_response(*self.python(namespace, pod, container,
                                            http_get_script(url, timeout)))
+
+    def exec_in(self, where: RunningContainer) -> Exec:
+        """`kubectl exec` into one container, as tests/pod_assertions.py takes it: (0,
+        stdout) when the command succeeded (kubectl's own warnings go to stderr), else
+        (exit code, stdout and stderr)."""
+        def run_in(*argv: str) -> tuple[int, str]:
+            result = self.kubectl("-n", where.namespace, "exec", where.pod, "-c", where.name,
+                                  "--", *argv, timeout=60, check=False)
+            if result.returncode == 0:
+                return 0, result.stdout
+            return result.returncode, result.stdout + result.stderr
+        return run_in
+
+    def logs(self, where: RunningContainer) -> str:
+        return self.kubectl("-n", where.namespace, "logs", where.pod, "-c", where.name,
+                            timeout=60).stdout
 
 
 @pytest.fixture(scope="session")
@@ -234,21 +256,8 @@ def eventually(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -
 
 
 def assert_hardened(cluster: Cluster, where: RunningContainer) -> None:
-    """What the restricted profile and the manifests promise, seen from inside the running
-    container: uid 10001 for every id, no effective capability, no_new_privs, and a root
-    filesystem mounted read-only."""
-    exit_code, status = cluster.exec(where.namespace, where.pod, where.name,
-                                     "cat", "/proc/1/status")
-    assert exit_code == 0, status
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    assert fields["Uid"].split() == ["10001"] * 4, (where.name, fields["Uid"])
-    assert int(fields["CapEff"].strip(), 16) == 0, (where.name, fields["CapEff"])
-    assert fields["NoNewPrivs"].strip() == "1", where.name
-    exit_code, mounts = cluster.exec(where.namespace, where.pod, where.name,
-                                     "cat", "/proc/1/mounts")
-    assert exit_code == 0, mounts
-    root = [line.split() for line in mounts.splitlines() if line.split()[1:2] == ["/"]]
-    assert root and root[-1][3].split(",")[0] == "ro", (where.name, root)
+    """uid 10001, no capability, no_new_privs, a read-only root (tests/pod_assertions.py)."""
+    check.assert_hardened(cluster.exec_in(where), where.name)
 
 
 def container_of(cluster: Cluster, deployed: Deployed, deployment: str) -> RunningContainer:

@@ -1,26 +1,25 @@
 """The adapter pattern on a real cluster: k8s/adapter/kind applied with kustomize, then the
-promises of the container tier (tests/container/test_adapter_pod.py), checked with
-`kubectl exec` inside the pod: one file seen by both containers, the adapter's metrics on
-the app container's localhost, every access-log line accounted for, tracebacks as single
-records on the adapter's stdout, and the hardening.
+promises the podman tier checks too, with the same code (tests/pod_assertions.py), through
+`kubectl exec` inside the pod: one file seen by both containers, read-only for the
+adapter, the adapter's metrics on the app container's localhost, every access-log line
+accounted for, tracebacks as single records on the adapter's stdout, and the hardening.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests import pod_assertions as check
 from tests.kind.conftest import (
     Cluster,
     Deployed,
     RunningContainer,
-    assert_hardened,
     eventually,
     find,
 )
+from tests.pod_assertions import Exec
 
 TRAFFIC_REQUESTS = 60
 FAILED_CHECKOUTS = 2
@@ -35,9 +34,13 @@ class AdapterOnKind:
     adapter_access_log: str  # the same file, where the adapter mounts it
     app_log: str
 
-    def app_get(self, url: str, timeout: float = 10.0) -> tuple[int, str]:
-        return self.cluster.http_get(self.app.namespace, self.app.pod, self.app.name, url,
-                                     timeout=timeout)
+    def exec(self, where: RunningContainer) -> Exec:
+        return self.cluster.exec_in(where)
+
+    @property
+    def metrics_url(self) -> str:
+        """The adapter's metrics, as the APP container reaches them: on its localhost."""
+        return f"http://localhost:{self.adapter.env('ADAPTER_HTTP_PORT', '9103')}/metrics"
 
 
 def inputs_of(adapter: RunningContainer) -> dict[str, str]:
@@ -63,41 +66,24 @@ def adapter_pod(kind_cluster: Cluster, deploy) -> AdapterOnKind:
                         adapter_access_log=inputs["combined"],
                         app_log=inputs["legacy"])
     port = app.env("LEGACY_APP_PORT", "8080")
-    status, body = pod.app_get(f"http://127.0.0.1:{port}/traffic?n={TRAFFIC_REQUESTS}",
-                               timeout=60)
+    status, body = check.http_get(pod.exec(app), f"http://127.0.0.1:{port}/traffic?n="
+                                  f"{TRAFFIC_REQUESTS}", timeout=60)
     assert status == 200, body
     for _ in range(FAILED_CHECKOUTS):
-        status, body = pod.app_get(f"http://127.0.0.1:{port}/checkout?fail=1")
+        status, body = check.http_get(pod.exec(app), f"http://127.0.0.1:{port}/checkout?fail=1",
+                                      timeout=10)
         assert status == 500, body
     return pod
 
 
-def samples(pod: AdapterOnKind) -> dict[tuple[str, tuple], float]:
-    """The adapter's metrics, fetched from the APP container: the adapter is on its
-    localhost."""
-    port = pod.adapter.env("ADAPTER_HTTP_PORT", "9103")
-    status, body = pod.app_get(f"http://localhost:{port}/metrics")
-    assert status == 200, body
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body) for s in family.samples}
-
-
 def test_app_and_adapter_see_the_same_file_on_the_shared_volume(adapter_pod) -> None:
-    identities = []
-    for where, path in ((adapter_pod.app, adapter_pod.access_log),
-                        (adapter_pod.adapter, adapter_pod.adapter_access_log)):
-        exit_code, output = adapter_pod.cluster.python(
-            where.namespace, where.pod, where.name,
-            f"import os; st = os.stat({path!r}); print(st.st_dev, st.st_ino, st.st_size)")
-        assert exit_code == 0, output
-        identities.append(output.split())
-    (app_dev, app_ino, app_size), (adapter_dev, adapter_ino, _) = identities
-    assert (app_dev, app_ino) == (adapter_dev, adapter_ino)
-    assert int(app_size) > 0
+    pod = adapter_pod
+    check.assert_same_file(pod.exec(pod.app), pod.access_log, pod.exec(pod.adapter),
+                           pod.adapter_access_log)
 
 
 def test_the_app_reaches_the_adapters_metrics_on_localhost(adapter_pod) -> None:
-    found = samples(adapter_pod)
+    found = check.metric_samples(adapter_pod.exec(adapter_pod.app), adapter_pod.metrics_url)
     parsed = ("adapter_lines_total",
               (("input", adapter_pod.adapter_access_log), ("result", "parsed")))
     assert parsed in found, sorted(name for name, _ in found)
@@ -105,64 +91,38 @@ def test_the_app_reaches_the_adapters_metrics_on_localhost(adapter_pod) -> None:
 
 
 def test_every_line_of_the_apps_access_log_is_accounted_for(adapter_pod) -> None:
-    app = adapter_pod.app
-    path = adapter_pod.adapter_access_log
-
-    def written() -> int:
-        exit_code, output = adapter_pod.cluster.python(
-            app.namespace, app.pod, app.name,
-            f"print(open({adapter_pod.access_log!r}, 'rb').read().count(b'\\n'))")
-        assert exit_code == 0, output
-        return int(output)
-
-    def all_counted() -> bool:
-        # The kubelet's probes are requests too and keep adding lines: read the count
-        # first, and retry until no line arrived between the two reads.
-        lines = written()
-        found = samples(adapter_pod)
-        parsed = found.get(("adapter_lines_total", (("input", path), ("result", "parsed"))))
-        rejected = found.get(("adapter_lines_total", (("input", path), ("result", "rejected"))))
-        requests = sum(v for (name, _), v in found.items() if name == "http_requests_total")
-        return (lines >= TRAFFIC_REQUESTS + FAILED_CHECKOUTS and parsed == lines == requests
-                and rejected == 0)
-
-    eventually(all_counted, "the adapter to count every access-log line")
-    found = samples(adapter_pod)
+    # The kubelet's probes are requests too and keep adding lines: the check reads the
+    # count first, and is polled until no line arrived between its two reads.
+    pod = adapter_pod
+    app = pod.exec(pod.app)
+    eventually(lambda: check.every_access_line_counted(
+        app, pod.access_log, app, pod.metrics_url, pod.adapter_access_log,
+        at_least=TRAFFIC_REQUESTS + FAILED_CHECKOUTS),
+        "the adapter to count every access-log line")
+    found = check.metric_samples(app, pod.metrics_url)
     checkout_5xx = ("http_requests_by_path_total",
                     (("path", "/checkout"), ("status_class", "5xx")))
     assert found[checkout_5xx] >= FAILED_CHECKOUTS
 
 
 def test_tracebacks_become_one_record_each_on_the_adapters_stdout(adapter_pod) -> None:
-    adapter = adapter_pod.adapter
-
-    def error_records() -> list[dict]:
-        logs = adapter_pod.cluster.kubectl("-n", adapter.namespace, "logs", adapter.pod,
-                                           "-c", adapter.name, timeout=60).stdout
-        records = [json.loads(line) for line in logs.splitlines()
-                   if line.startswith("{") and '"observed_timestamp"' in line]
-        return [r for r in records if "exception.type" in r["attributes"]]
-
-    errors = eventually(lambda: len(error_records()) >= FAILED_CHECKOUTS and error_records(),
-                        f"{FAILED_CHECKOUTS} traceback records")
-    assert all(r["attributes"]["exception.type"].endswith("PaymentDeclined") for r in errors)
-    service_name = adapter.env("OTEL_SERVICE_NAME", "legacy-app")
-    assert all(r["resource"] == {"service.name": service_name} for r in errors)
-    assert all(r["attributes"]["log.file.path"] == adapter_pod.app_log for r in errors)
-    found = samples(adapter_pod)
+    pod = adapter_pod
+    errors = eventually(
+        lambda: (found := check.traceback_records(pod.cluster.logs(pod.adapter)))
+        and len(found) >= FAILED_CHECKOUTS and found,
+        f"{FAILED_CHECKOUTS} traceback records")
+    check.assert_tracebacks_are_single_records(
+        errors, FAILED_CHECKOUTS, pod.adapter.env("OTEL_SERVICE_NAME", "legacy-app"),
+        pod.app_log)
+    found = check.metric_samples(pod.exec(pod.app), pod.metrics_url)
     assert found[("app_log_records_total", (("severity", "ERROR"),))] >= FAILED_CHECKOUTS
 
 
 def test_the_adapter_reads_the_apps_logs_but_cannot_change_them(adapter_pod) -> None:
-    adapter, path = adapter_pod.adapter, adapter_pod.adapter_access_log
-    exit_code, output = adapter_pod.cluster.python(
-        adapter.namespace, adapter.pod, adapter.name,
-        f"import os; print(len(open({path!r}).read()) > 0)\n"
-        f"try:\n    open({path!r}, 'a')\nexcept OSError as e:\n    print('denied', e.errno)")
-    assert exit_code == 0, output
-    assert output.split() == ["True", "denied", "30"]  # EROFS
+    check.assert_reads_but_cannot_write(adapter_pod.exec(adapter_pod.adapter),
+                                        adapter_pod.adapter_access_log)
 
 
 def test_every_container_runs_as_uid_10001_on_a_read_only_root(adapter_pod) -> None:
     for where in (adapter_pod.app, adapter_pod.adapter):
-        assert_hardened(adapter_pod.cluster, where)
+        check.assert_hardened(adapter_pod.exec(where), where.name)

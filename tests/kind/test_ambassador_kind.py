@@ -1,7 +1,8 @@
 """The ambassador pattern on a real cluster: the Secrets the manifests expect (a password
 and a test CA with the servers' certificate, made here, never committed), then
 k8s/ambassador/kind applied with kustomize, and the promises of the container tier
-(tests/container/test_ambassador_pod.py), checked with `kubectl exec`: the app reaches the
+(tests/container/test_ambassador_pod.py), checked with `kubectl exec` and the podman tier's
+code (tests/pod_assertions.py): the app reaches the
 database only through localhost:5432, over TLS that the ambassador verified; the ambassador
 knows which server is the primary; and when the primary's Deployment is scaled to zero and
 the standby promoted, the unchanged app writes to the new primary.
@@ -18,17 +19,17 @@ import pytest
 
 from demo.ambassador import APP_NAMESPACE, DB_NAMESPACE, PGDATA, SERVER_NAMES
 from tests import pg
+from tests import pod_assertions as check
 from tests.conftest import require_tool
-from tests.in_pod import ESTABLISHED_TCP_SCRIPT, http_post_json_script, parse_http_response
 from tests.kind.conftest import (
     Cluster,
     Deployed,
     RunningContainer,
-    assert_hardened,
     container_of,
     eventually,
     find,
 )
+from tests.pod_assertions import Exec
 
 
 @dataclass
@@ -38,15 +39,16 @@ class AmbassadorOnKind:
     app: RunningContainer
     ambassador: RunningContainer
 
+    def exec(self, where: RunningContainer) -> Exec:
+        return self.cluster.exec_in(where)
+
     def app_get(self, path: str, timeout: float = 10.0) -> tuple[int, str]:
-        return self.cluster.http_get(self.app.namespace, self.app.pod, self.app.name,
-                                     f"http://127.0.0.1:{self.app_port}{path}", timeout=timeout)
+        return check.http_get(self.exec(self.app), f"http://127.0.0.1:{self.app_port}{path}",
+                              timeout=timeout)
 
     def post_note(self, body: str) -> tuple[int, str]:
-        script = http_post_json_script(f"http://127.0.0.1:{self.app_port}/notes",
-                                       {"body": body}, timeout=10)
-        return parse_http_response(*self.cluster.python(self.app.namespace, self.app.pod,
-                                                        self.app.name, script))
+        return check.http_post_json(self.exec(self.app),
+                                    f"http://127.0.0.1:{self.app_port}/notes", {"body": body})
 
     @property
     def app_port(self) -> str:
@@ -97,8 +99,7 @@ def ambassador_pod(kind_cluster: Cluster, deploy,
 def upstreams(pod: AmbassadorOnKind) -> dict:
     """The ambassador's /upstreams, fetched from the APP container: on its localhost."""
     port = pod.ambassador.env("AMBASSADOR_HTTP_PORT", "9104")
-    status, body = pod.cluster.http_get(pod.app.namespace, pod.app.pod, pod.app.name,
-                                        f"http://localhost:{port}/upstreams")
+    status, body = check.http_get(pod.exec(pod.app), f"http://localhost:{port}/upstreams")
     assert status == 200, body
     return dict(json.loads(body))
 
@@ -110,32 +111,17 @@ def test_the_app_reaches_the_database_only_through_localhost(ambassador_pod) -> 
     served = pod.served_by()
     assert served["database_url_host"] == "localhost"
     assert served["server"] == "primary"
-    exit_code, output = pod.cluster.python(pod.app.namespace, pod.app.pod, pod.app.name,
-                                           ESTABLISHED_TCP_SCRIPT)
-    assert exit_code == 0, output
-    connections = json.loads(output)
-    outgoing = [c for c in connections if not c["local"].endswith(f":{pod.app_port}")]
-    assert outgoing, "the app holds no database connection at all"
-    assert {c["remote"] for c in outgoing} == {"127.0.0.1:5432"}, connections
-    # psql from the app container, to localhost, as the lab guide shows: the primary, over
-    # TLS that the ambassador verified against the CA (PGPASSWORD comes from the Secret).
-    exit_code, output = pod.cluster.exec(
-        pod.app.namespace, pod.app.pod, pod.app.name,
-        "psql", pod.app.env("DATABASE_URL", ""), "-Atc",
-        "SELECT current_setting('cluster_name'), ssl FROM pg_stat_ssl"
-        " WHERE pid = pg_backend_pid()")
-    assert exit_code == 0, output
-    assert output.strip().splitlines()[-1] == "primary|t", output
-    exit_code, env = pod.cluster.exec(pod.app.namespace, pod.app.pod, pod.app.name, "env")
-    assert exit_code == 0, env
-    assert f".{DB_NAMESPACE}" not in env, "the app's environment names a database host"
+    # Connections to 127.0.0.1:5432 only; psql from the app container, to localhost, as the
+    # lab guide shows: the primary, over TLS the ambassador verified against the CA.
+    check.assert_database_only_on_localhost(pod.exec(pod.app), pod.app_port,
+                                            pod.app.env("DATABASE_URL", ""), DB_NAMESPACE)
 
 
 def test_the_ambassador_knows_the_primary_and_the_standby(ambassador_pod) -> None:
     def both_known() -> dict | None:
         view = upstreams(ambassador_pod)
-        roles = [(u["role"], u["healthy"]) for u in view["upstreams"]]
-        return view if roles == [("primary", True), ("standby", True)] else None
+        return view if check.upstream_roles(view) == [("primary", True), ("standby", True)] \
+            else None
 
     view = eventually(both_known, "both upstreams healthy with their roles", 60)
     assert view["tls_mode"] == "verify-full"
@@ -147,7 +133,7 @@ def test_every_container_runs_as_uid_10001_on_a_read_only_root(ambassador_pod) -
     for where in (pod.app, pod.ambassador,
                   container_of(pod.cluster, pod.deployed, "db-primary"),
                   container_of(pod.cluster, pod.deployed, "db-standby")):
-        assert_hardened(pod.cluster, where)
+        check.assert_hardened(pod.exec(where), where.name)
 
 
 def test_failover_to_the_promoted_standby_with_the_app_unchanged(ambassador_pod) -> None:
@@ -161,8 +147,7 @@ def test_failover_to_the_promoted_standby_with_the_app_unchanged(ambassador_pod)
     cluster.kubectl("-n", DB_NAMESPACE, "wait", "--for=delete", "pod",
                     "-l", "app.kubernetes.io/name=db-primary", "--timeout=120s", check=False)
     standby = container_of(cluster, pod.deployed, "db-standby")
-    exit_code, output = cluster.exec(standby.namespace, standby.pod, standby.name,
-                                     "pg_ctl", "promote", "-w", "-D", PGDATA)
+    exit_code, output = pod.exec(standby)("pg_ctl", "promote", "-w", "-D", PGDATA)
     assert exit_code == 0, output
 
     def written_on_the_new_primary() -> bool:
@@ -182,8 +167,7 @@ def test_failover_to_the_promoted_standby_with_the_app_unchanged(ambassador_pod)
         # The old primary's Service has no endpoints left: its checks fail (refused at
         # once, or after AMBASSADOR_HEALTH_TIMEOUTS timeouts).
         view = upstreams(pod)
-        healthy = [(u["upstream"], u["role"]) for u in view["upstreams"] if u["healthy"]]
-        return view if len(healthy) == 1 and healthy[0][1] == "primary" else None
+        return view if check.only_one_healthy_primary(view) else None
 
     view = eventually(only_the_new_primary, "the old primary marked unhealthy", 60)
     assert view["active_upstream"].startswith(f"db-standby.{DB_NAMESPACE}.")

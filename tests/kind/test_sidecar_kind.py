@@ -1,5 +1,7 @@
 """The sidecar pattern on a real cluster: k8s/sidecar/kind applied with kustomize, then the
-same promises as the container tier, checked with `kubectl exec` inside the pods.
+promises the podman tier checks too, with the same code (tests/pod_assertions.py), through
+`kubectl exec` inside the pods; and what only a cluster shows: the Job completing once its
+native sidecar has shipped every line.
 
 Nothing here assumes object names: the pod under test is the Deployment's that runs both
 podpatterns/web-app and podpatterns/log-shipper (preferring the native-sidecar variant),
@@ -15,14 +17,15 @@ from typing import Any
 
 import pytest
 
+from tests import pod_assertions as check
 from tests.kind.conftest import (
     Cluster,
     Deployed,
     RunningContainer,
-    assert_hardened,
     eventually,
     find,
 )
+from tests.pod_assertions import Exec
 
 TRAFFIC_LINES = 200
 
@@ -36,6 +39,16 @@ class SidecarOnKind:
     collector: RunningContainer
     app_log_dir: str
     shipper_log_dir: str
+
+    def exec(self, where: RunningContainer) -> Exec:
+        return self.cluster.exec_in(where)
+
+    @property
+    def counts_url(self) -> str:
+        return f"http://127.0.0.1:{self.collector.env('COLLECTOR_HTTP_PORT', '8081')}/api/counts"
+
+    def collector_tags(self) -> dict[str, int]:
+        return check.collector_tags(self.exec(self.collector), self.counts_url)
 
 
 @pytest.fixture(scope="module")
@@ -56,30 +69,9 @@ def sidecar(kind_cluster: Cluster, deploy: Callable[[str], Deployed]) -> Sidecar
 @pytest.fixture(scope="module")
 def traffic(sidecar: SidecarOnKind) -> dict[str, Any]:
     port = sidecar.app.env("WEB_APP_PORT", "8080")
-    status, body = sidecar.cluster.http_get(
-        sidecar.app.namespace, sidecar.app.pod, sidecar.app.name,
-        f"http://127.0.0.1:{port}/traffic?n={TRAFFIC_LINES}", timeout=30)
-    assert status == 200, body
-    return dict(json.loads(body))
-
-
-def file_identity(sidecar: SidecarOnKind, where: RunningContainer, path: str) -> dict:
-    code = (
-        "import json, os, sys\n"
-        f"st = os.stat({path!r})\n"
-        "json.dump({'ino': st.st_ino, 'dev': st.st_dev, 'size': st.st_size}, sys.stdout)\n"
-    )
-    exit_code, output = sidecar.cluster.python(where.namespace, where.pod, where.name, code)
-    assert exit_code == 0, output
-    return dict(json.loads(output))
-
-
-def collector_counts(sidecar: SidecarOnKind) -> dict[str, Any]:
-    """The collector's /api/counts: {"tags": {tag: records}, "total": records}."""
-    port = sidecar.collector.env("COLLECTOR_HTTP_PORT", "8081")
-    status, body = sidecar.cluster.http_get(
-        sidecar.collector.namespace, sidecar.collector.pod, sidecar.collector.name,
-        f"http://127.0.0.1:{port}/api/counts")
+    status, body = check.http_get(sidecar.exec(sidecar.app),
+                                  f"http://127.0.0.1:{port}/traffic?n={TRAFFIC_LINES}",
+                                  timeout=30)
     assert status == 200, body
     return dict(json.loads(body))
 
@@ -87,41 +79,41 @@ def collector_counts(sidecar: SidecarOnKind) -> dict[str, Any]:
 def test_app_and_shipper_see_the_same_file_on_the_shared_volume(
     sidecar: SidecarOnKind, traffic: dict[str, Any]
 ) -> None:
-    # The app keeps writing (kubelet probes are logged too), so compare the file's
-    # identity, not its size.
-    in_app = file_identity(sidecar, sidecar.app, f"{sidecar.app_log_dir}/access.log")
-    in_shipper = file_identity(sidecar, sidecar.shipper,
-                               f"{sidecar.shipper_log_dir}/access.log")
-    assert (in_app["ino"], in_app["dev"]) == (in_shipper["ino"], in_shipper["dev"])
-    assert in_app["size"] > 0
+    check.assert_same_file(sidecar.exec(sidecar.app), f"{sidecar.app_log_dir}/access.log",
+                           sidecar.exec(sidecar.shipper),
+                           f"{sidecar.shipper_log_dir}/access.log")
+
+
+def test_the_shipper_reads_the_apps_logs_but_cannot_change_them(
+    sidecar: SidecarOnKind, traffic: dict[str, Any]
+) -> None:
+    check.assert_reads_but_cannot_write(sidecar.exec(sidecar.shipper),
+                                        f"{sidecar.shipper_log_dir}/access.log")
 
 
 def test_app_reaches_the_shipper_admin_port_on_localhost(sidecar: SidecarOnKind) -> None:
     port = sidecar.shipper.env("SHIPPER_HTTP_PORT", "9102")
-    status, body = sidecar.cluster.http_get(sidecar.app.namespace, sidecar.app.pod,
-                                            sidecar.app.name, f"http://localhost:{port}/healthz")
+    status, body = check.http_get(sidecar.exec(sidecar.app), f"http://localhost:{port}/healthz")
     assert status == 200, body
 
 
 def test_every_container_runs_as_uid_10001_on_a_read_only_root(sidecar: SidecarOnKind) -> None:
     for where in (sidecar.app, sidecar.shipper, sidecar.collector):
-        assert_hardened(sidecar.cluster, where)
-        exit_code, output = sidecar.cluster.python(where.namespace, where.pod, where.name,
-                                                   "open('/opt/venv/probe', 'w')")
-        assert exit_code != 0 and "Read-only file system" in output, (where.name, output)
+        check.assert_hardened(sidecar.exec(where), where.name)
 
 
-def test_lines_reach_the_collector(sidecar: SidecarOnKind, traffic: dict[str, Any]) -> None:
-    exit_code, output = sidecar.cluster.python(
-        sidecar.app.namespace, sidecar.app.pod, sidecar.app.name,
-        f"import glob; print(sum(sum(1 for _ in open(p, 'rb')) "
-        f"for p in glob.glob({sidecar.app_log_dir + '/access.log'!r} + '*')))")
-    assert exit_code == 0, output
-    logged = int(output)
-
-    # Probes keep adding lines, so every line logged up to now must be there, at least.
-    eventually(lambda: collector_counts(sidecar)["total"] >= logged,
-               f"the collector to hold the {logged} lines the app had logged")
+def test_every_line_reaches_the_collector_once(sidecar: SidecarOnKind,
+                                               traffic: dict[str, Any]) -> None:
+    """Every line the app logged, under the native sidecar's own tag (the collector's total
+    also counts the classic variant's and the Job's), none lost and none twice. The
+    kubelet's probes keep adding lines: the check reads the files first and is polled until
+    no line arrived between its two reads."""
+    tag = sidecar.shipper.env("SHIPPER_TAG", "")
+    assert tag, "the shipper has no SHIPPER_TAG"
+    eventually(lambda: check.every_line_collected_once(
+        sidecar.exec(sidecar.app), f"{sidecar.app_log_dir}/access.log*",
+        sidecar.exec(sidecar.collector), sidecar.counts_url, tag, at_least=TRAFFIC_LINES),
+        f"the collector to hold every line of tag {tag}, once")
 
 
 def test_the_job_completes_and_its_native_sidecar_shipped_every_line(
@@ -144,5 +136,5 @@ def test_the_job_completes_and_its_native_sidecar_shipped_every_line(
                                 f"job/{name}", "--timeout=300s")
         # Complete means the sidecar has exited too, so the count is final: exactly the
         # lines written, none lost, none twice.
-        stored = collector_counts(sidecar)["tags"].get(tag, 0)
+        stored = sidecar.collector_tags().get(tag, 0)
         assert stored == lines, f"job {name}: {stored} records of tag {tag} for {lines} lines"

@@ -16,8 +16,6 @@ from demo.podman import state
 from tests import pod_assertions as check
 from tests.podman.conftest import PlayedPattern, Running, eventually
 
-# The tier's marker (tests/conftest.py gives one by folder to the tiers it lists).
-pytestmark = pytest.mark.podman
 TRAFFIC_LINES = 200
 
 
@@ -51,9 +49,12 @@ def log_dirs(app: Running, shipper: Running) -> tuple[str, str]:
     return app_dir, shipper_dir
 
 
+def counts_url(collector: Running) -> str:
+    return f"http://127.0.0.1:{collector.env('COLLECTOR_HTTP_PORT', '8081')}/api/counts"
+
+
 def collector_tags(collector: Running) -> dict[str, int]:
-    port = collector.env("COLLECTOR_HTTP_PORT", "8081")
-    return check.collector_tags(collector.exec, f"http://127.0.0.1:{port}/api/counts")
+    return check.collector_tags(collector.exec, counts_url(collector))
 
 
 def test_app_and_shipper_see_the_same_file_on_the_shared_volume(pod) -> None:
@@ -77,16 +78,13 @@ def test_every_line_reaches_the_collector_once(pod) -> None:
     """Every line the app logged, under the native sidecar's own tag, none lost and none
     twice (podman runs no probes: nothing else writes to the log meanwhile, and the count
     is read again on each poll in case something did)."""
-    app, shipper = pod["app"], pod["shipper"]
+    app, shipper, collector = pod["app"], pod["shipper"], pod["collector"]
     app_dir, _ = log_dirs(app, shipper)
     tag = shipper.env("SHIPPER_TAG", "")
     assert tag, "the shipper has no SHIPPER_TAG"
-
-    def all_there() -> bool:
-        logged = check.count_lines(app.exec, f"{app_dir}/access.log*")
-        return logged >= TRAFFIC_LINES and collector_tags(pod["collector"]).get(tag) == logged
-
-    eventually(all_there, f"the collector to hold every line of tag {tag}, once")
+    eventually(lambda: check.every_line_collected_once(
+        app.exec, f"{app_dir}/access.log*", collector.exec, counts_url(collector), tag,
+        at_least=TRAFFIC_LINES), f"the collector to hold every line of tag {tag}, once")
 
 
 def test_the_batch_pods_lines_all_reach_the_collector(sidecar: PlayedPattern, pod) -> None:
