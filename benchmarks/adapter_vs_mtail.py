@@ -51,7 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from patterns.adapter import loggen  # noqa: E402
+from tests import loggen  # noqa: E402
 
 PROGRAM = Path(__file__).with_name("adapter_combined.mtail")
 

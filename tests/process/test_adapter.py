@@ -19,8 +19,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from patterns.adapter import loggen
 from patterns.adapter.log_adapter.metrics import DURATION_BUCKETS
+from tests import loggen
 from tests.conftest import ROOT, free_port, http_ok, require_tool, wait_until
 
 GOOD = (

@@ -1,5 +1,5 @@
 """log-adapter as a real process against hostile input: every decoder fed values that do
-not fit the model (patterns.adapter.loggen.hostile_lines). Each such line costs that line,
+not fit the model (tests.loggen.hostile_lines). Each such line costs that line,
 counted; the adapter keeps running, parses the lines after it, /metrics still answers and
 passes promtool, a restart does not replay the poison, and the Forward output delivers it
 all to a collector with the manifest's small frames."""
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from patterns.adapter import loggen
+from tests import loggen
 from tests.conftest import free_port, http_ok, require_tool, wait_until
 from tests.process.test_adapter import Adapter, append, peak_rss_mib, start_collector
 

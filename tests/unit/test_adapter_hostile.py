@@ -3,7 +3,7 @@ line (counted as rejected, emitted flagged) or takes the place the model documen
 (no event time, the `_other` path, a string); it never raises out of the loop, never
 reaches a metric, and the exposition and the outputs stay valid.
 
-The battery (`patterns.adapter.loggen.hostile_lines`) says what each line must become.
+The battery (`tests.loggen.hostile_lines`) says what each line must become.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from patterns.adapter import loggen
 from patterns.adapter.log_adapter import formats, otel
 from patterns.adapter.log_adapter.adapter import Adapter, FollowerCollector
 from patterns.adapter.log_adapter.config import load_config
@@ -34,6 +33,7 @@ from patterns.adapter.log_adapter.output import (
     StdoutOutput,
     encode_entry,
 )
+from tests import loggen
 from tests.conftest import wait_until
 
 OBSERVED = "2026-11-25T12:30:00.000Z"

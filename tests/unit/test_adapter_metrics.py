@@ -1,4 +1,4 @@
-"""For a generated log whose tallies are computed independently (patterns.adapter.loggen),
+"""For a generated log whose tallies are computed independently (tests.loggen),
 every metric in the exposition equals the count computed from the input."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from patterns.adapter import loggen
 from patterns.adapter.log_adapter.formats import Context, new_decoder
 from patterns.adapter.log_adapter.metrics import (
     DURATION_BUCKETS,
@@ -18,6 +17,7 @@ from patterns.adapter.log_adapter.metrics import (
     PathLabels,
     normalize_path,
 )
+from tests import loggen
 
 
 def scrape(metrics: AdapterMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

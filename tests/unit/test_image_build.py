@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -132,6 +133,23 @@ def test_uncommitted_changes_to_what_goes_into_an_image_change_the_tag(
     assert build.image_tag() not in (clean, edited)
     (repo / "patterns" / "new.py").unlink()
     assert build.image_tag() == edited  # the same content, the same tag
+
+
+def test_the_wheel_and_so_the_images_hold_the_product_only(tmp_path: Path) -> None:
+    """What the images install is this wheel: test fixtures (tests/loggen.py, the log
+    generator of the tests and benchmarks) are not in it, nor anything outside patterns/."""
+    context = tmp_path / "run" / "build" / "docker"
+    context.mkdir(parents=True)
+    log = build.BuildLog(tmp_path / "images.log")
+    try:
+        build.build_wheel(context, log)
+    finally:
+        log.close()
+    (wheel,) = (context / "wheels").glob("podpatterns-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert [name for name in names if "loggen" in name] == []
+    assert all(name.startswith(("patterns/", "podpatterns-")) for name in names), names
+    assert "patterns/adapter/log_adapter/__main__.py" in names
 
 
 # --- built once, quietly: a stand-in docker ---------------------------------------------------
