@@ -1,8 +1,9 @@
-"""The ambassador's Prometheus metrics, on the service's own registry."""
+"""The ambassador's Prometheus metrics, on the service's own registry: those of the
+upstream pool (health, roles, failover) and those of the sessions it serves."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -21,28 +22,13 @@ REFUSAL_REASONS = (
 )
 
 
-class _LiveCollector(Collector):
-    """Values read at scrape time from the running state, so the relay's hot path only
-    adds to plain ints."""
+class _UpstreamCollector(Collector):
+    """Each upstream's state, read at scrape time."""
 
-    def __init__(self, traffic: Traffic, upstreams: list[Upstream], open_sessions) -> None:
-        self.traffic = traffic
+    def __init__(self, upstreams: Sequence[Upstream]) -> None:
         self.upstreams = upstreams
-        self.open_sessions = open_sessions
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        traffic = CounterMetricFamily(
-            "ambassador_bytes", "Bytes relayed, by direction.", labels=["direction"]
-        )
-        to_upstream, to_client = self.traffic.totals()
-        traffic.add_metric(["client_to_upstream"], to_upstream)
-        traffic.add_metric(["upstream_to_client"], to_client)
-        yield traffic
-        yield GaugeMetricFamily(
-            "ambassador_sessions_open",
-            "Client sessions being relayed now.",
-            value=self.open_sessions(),
-        )
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         healthy = GaugeMetricFamily(
             "ambassador_upstream_healthy", "1 if the last health check passed.", labels=["upstream"]
         )
@@ -64,15 +50,54 @@ class _LiveCollector(Collector):
         yield sessions
 
 
-class Metrics:
+class _TrafficCollector(Collector):
+    """Byte totals and open sessions, read at scrape time, so the relay's hot path only
+    adds to plain ints."""
+
+    def __init__(self, traffic: Traffic, open_sessions: Callable[[], int]) -> None:
+        self.traffic = traffic
+        self.open_sessions = open_sessions
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        traffic = CounterMetricFamily(
+            "ambassador_bytes", "Bytes relayed, by direction.", labels=["direction"]
+        )
+        to_upstream, to_client = self.traffic.totals()
+        traffic.add_metric(["client_to_upstream"], to_upstream)
+        traffic.add_metric(["upstream_to_client"], to_client)
+        yield traffic
+        yield GaugeMetricFamily(
+            "ambassador_sessions_open",
+            "Client sessions being relayed now.",
+            value=self.open_sessions(),
+        )
+
+
+class PoolMetrics:
+    """What the upstream pool counts: health checks and failovers, and each upstream's state."""
+
+    def __init__(self, registry: CollectorRegistry, upstreams: Sequence[Upstream]) -> None:
+        registry.register(_UpstreamCollector(upstreams))
+        self.failovers = Counter(
+            "ambassador_failovers",
+            "Times new sessions moved from one upstream to another.",
+            registry=registry,
+        )
+        self.health_checks = Counter(
+            "ambassador_health_checks",
+            "Health checks, by upstream and result.",
+            ["upstream", "result"],
+            registry=registry,
+        )
+
+
+class SessionMetrics:
+    """What the server counts: sessions, refusals, cancels, bytes relayed and draining."""
+
     def __init__(
-        self,
-        registry: CollectorRegistry,
-        traffic: Traffic,
-        upstreams: list[Upstream],
-        open_sessions,
+        self, registry: CollectorRegistry, traffic: Traffic, open_sessions: Callable[[], int]
     ) -> None:
-        registry.register(_LiveCollector(traffic, upstreams, open_sessions))
+        registry.register(_TrafficCollector(traffic, open_sessions))
         self.sessions = Counter(
             "ambassador_sessions", "Sessions relayed, by upstream.", ["upstream"], registry=registry
         )
@@ -94,17 +119,6 @@ class Metrics:
         )
         for result in CANCEL_RESULTS:
             self.cancels.labels(result=result)
-        self.failovers = Counter(
-            "ambassador_failovers",
-            "Times new sessions moved from one upstream to another.",
-            registry=registry,
-        )
-        self.health_checks = Counter(
-            "ambassador_health_checks",
-            "Health checks, by upstream and result.",
-            ["upstream", "result"],
-            registry=registry,
-        )
         self.sessions_killed = Counter(
             "ambassador_sessions_killed",
             "Sessions closed by the ambassador because their upstream failed its check.",

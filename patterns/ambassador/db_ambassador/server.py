@@ -1,5 +1,5 @@
-"""The ambassador itself: accept local clients, answer their SSLRequest, pick an upstream,
-relay; health-check upstreams; drain on SIGTERM."""
+"""The ambassador's server: accept local clients, answer their SSLRequest, take a
+connection from the upstream pool, relay; close idle sessions; drain on SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,19 +17,16 @@ from patterns.common.service import Runtime
 from . import pgwire
 from .cancel import CancelKeys
 from .config import Config
-from .metrics import Metrics
+from .metrics import SessionMetrics
+from .pool import NoUpstream, UpstreamPool
 from .relay import Session, Traffic
-from .upstream import Upstream, UpstreamError, check, describe, open_upstream, tls_context
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
 # SSLRequest and GSSENCRequest may each come once before the startup packet.
 _MAX_NEGOTIATIONS = 2
 ADMIN_SHUTDOWN = "57P01"
-
-
-class NoUpstream(Exception):
-    pass
 
 
 def _raise_fd_limit() -> None:
@@ -41,7 +38,29 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+async def read_startup(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """The client's startup packet or CancelRequest, after answering "N" to its SSLRequest
+    or GSSENCRequest: plaintext on the pod's loopback, the ambassador encrypts upstream."""
+    for _ in range(_MAX_NEGOTIATIONS + 1):
+        header = await reader.readexactly(4)
+        length = pgwire.startup_length(header)
+        packet = header + await reader.readexactly(length - 4)
+        code = pgwire.startup_code(packet)
+        if code in (pgwire.SSL_REQUEST_CODE, pgwire.GSSENC_REQUEST_CODE) and length == 8:
+            writer.write(b"N")
+            continue
+        if pgwire.is_cancel_request(packet):
+            return packet
+        if code >> 16 == 3:
+            return packet
+        raise pgwire.ProtocolError(f"unsupported protocol {code >> 16}.{code & 0xFFFF}")
+    raise pgwire.ProtocolError("too many encryption negotiation requests")
+
+
 class Ambassador:
+    """The server side: clients, their sessions, idle timeouts and draining. Where a
+    session goes is the pool's business (`pool.py`)."""
+
     def __init__(self, config: Config, runtime: Runtime) -> None:
         self.config = config
         self.runtime = runtime
@@ -49,18 +68,14 @@ class Ambassador:
         # connections (the native sidecar's startupProbe holds the app back on it).
         self.listening = False
         runtime.admin.liveness.append(self._alive)
-        self.upstreams = [Upstream(host, port) for host, port in config.upstreams]
-        self.tls = tls_context(config)
         self.sessions: set[Session] = set()
         self.traffic = Traffic(self.sessions)
         self.cancel_keys: CancelKeys[Session] = CancelKeys(config.cancel_rate)
         # Slots taken by clients between their startup packet and a relayed session.
         self.connecting = 0
-        self.metrics = Metrics(
-            runtime.registry, self.traffic, self.upstreams, lambda: len(self.sessions)
-        )
+        self.metrics = SessionMetrics(runtime.registry, self.traffic, lambda: len(self.sessions))
+        self.pool = UpstreamPool(config, runtime.registry, on_failed=self._kill_sessions)
         self.draining = False
-        self.preferred: Upstream | None = None
         self._all_closed: asyncio.Event | None = None
         runtime.admin.readiness.append(self._ready)
         runtime.admin.route("/upstreams", lambda _query: json_response(self.view()))
@@ -81,86 +96,22 @@ class Ambassador:
     def _ready(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining: shutting down"
-        if not any(u.healthy for u in self.upstreams):
-            return False, "no healthy upstream: " + "; ".join(
-                f"{u.name}: {u.last_error}" for u in self.upstreams
-            )
-        return True, "ok"
+        return self.pool.ready()
 
     def view(self) -> dict[str, object]:
-        preferred = self.preferred
+        pool = self.pool.view()
         return {
             "listen": f"{self.config.listen_host}:{self.config.listen_port}",
-            "tls_mode": self.config.tls_mode,
-            "role_checks": self.config.checks_role,
-            "active_upstream": preferred.name if preferred else None,
+            "tls_mode": pool["tls_mode"],
+            "role_checks": pool["role_checks"],
+            "active_upstream": pool["active_upstream"],
             "sessions_open": len(self.sessions),
             "max_connections": self.config.max_connections,
             "draining": self.draining,
-            "upstreams": [u.view() for u in list(self.upstreams)],
+            "upstreams": [u.view() for u in list(self.pool.upstreams)],
         }
 
-    # --- routing --------------------------------------------------------------------
-
-    def candidates(self) -> list[Upstream]:
-        """Healthy upstreams in the order new sessions try them: priority order, and with
-        role checks writable primaries first (a standby still serves reads if no primary
-        is left)."""
-        healthy = [u for u in self.upstreams if u.healthy]
-        if not self.config.checks_role:
-            return healthy
-        return [u for u in healthy if u.in_recovery is False] + [
-            u for u in healthy if u.in_recovery is not False
-        ]
-
-    def _unreachable_message(self) -> str:
-        return "db-ambassador: no healthy upstream: " + "; ".join(
-            f"{u.name}: {u.last_error or 'unhealthy'}" for u in self.upstreams
-        )
-
-    # --- health checks ---------------------------------------------------------------
-
-    async def check_all(self) -> None:
-        was_healthy = {u.name: u.healthy for u in self.upstreams}
-        had_error = {u.name: u.last_error for u in self.upstreams}
-        await asyncio.gather(*(check(u, self.config, self.tls) for u in self.upstreams))
-        for upstream in self.upstreams:
-            result = "ok" if upstream.healthy else "failed"
-            self.metrics.health_checks.labels(upstream=upstream.name, result=result).inc()
-            if upstream.healthy != was_healthy[upstream.name]:
-                if upstream.healthy:
-                    log.info(
-                        "upstream healthy", extra={"upstream": upstream.name, "role": upstream.role}
-                    )
-                else:
-                    log.warning(
-                        "upstream unhealthy",
-                        extra={"upstream": upstream.name, "error": upstream.last_error},
-                    )
-            changed = upstream.last_error != had_error[upstream.name]
-            if upstream.healthy and upstream.last_error and changed:
-                log.warning(
-                    "health login rejected: upstream is up, its role unknown",
-                    extra={"upstream": upstream.name, "error": upstream.last_error},
-                )
-            if not upstream.healthy and upstream.sessions:
-                self._kill_sessions(upstream)
-        candidates = self.candidates()
-        preferred = candidates[0] if candidates else None
-        if preferred is not self.preferred:
-            if self.preferred is not None and preferred is not None:
-                self.metrics.failovers.inc()
-                log.warning(
-                    "failover: new sessions go to another upstream",
-                    extra={
-                        "from": self.preferred.name,
-                        "to": preferred.name,
-                        "role": preferred.role,
-                    },
-                )
-            elif preferred is None:
-                log.error("no healthy upstream", extra={"detail": self._unreachable_message()})
-            self.preferred = preferred
+    # --- sessions ----------------------------------------------------------------------
 
     def _kill_sessions(self, upstream: Upstream) -> None:
         # Clients of a dead server must see an error and reconnect, not hang on a socket
@@ -175,11 +126,6 @@ class Ambassador:
                 "closed sessions of a failed upstream",
                 extra={"upstream": upstream.name, "sessions": len(doomed)},
             )
-
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.health_interval)
-            await self.check_all()
 
     async def _idle_loop(self) -> None:
         timeout = self.config.idle_timeout
@@ -199,25 +145,6 @@ class Ambassador:
 
     # --- clients -----------------------------------------------------------------------
 
-    async def _read_startup(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bytes:
-        for _ in range(_MAX_NEGOTIATIONS + 1):
-            header = await reader.readexactly(4)
-            length = pgwire.startup_length(header)
-            packet = header + await reader.readexactly(length - 4)
-            code = pgwire.startup_code(packet)
-            if code in (pgwire.SSL_REQUEST_CODE, pgwire.GSSENC_REQUEST_CODE) and length == 8:
-                # Plaintext on the pod's loopback; the ambassador encrypts upstream.
-                writer.write(b"N")
-                continue
-            if pgwire.is_cancel_request(packet):
-                return packet
-            if code >> 16 == 3:
-                return packet
-            raise pgwire.ProtocolError(f"unsupported protocol {code >> 16}.{code & 0xFFFF}")
-        raise pgwire.ProtocolError("too many encryption negotiation requests")
-
     def _refuse(self, writer: asyncio.StreamWriter, reason: str, sqlstate: str, text: str) -> None:
         self.metrics.refusals.labels(reason=reason).inc()
         log.warning("client refused", extra={"reason": reason, "detail": text})
@@ -225,31 +152,6 @@ class Ambassador:
         # e.sqlstate is None there), so the code is in the text too, for people and logs.
         writer.write(pgwire.error_response(sqlstate, f"{text} (SQLSTATE {sqlstate})"))
         writer.close()
-
-    async def _connect(self) -> tuple[Upstream, asyncio.StreamReader, asyncio.StreamWriter]:
-        candidates = self.candidates()
-        if not candidates:
-            raise NoUpstream(self._unreachable_message())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.connect_timeout
-        errors = []
-        for index, upstream in enumerate(candidates):
-            # Each gets an equal share of the time left: one that says nothing (a host
-            # gone, a hung server) until the health checks notice cannot use up the
-            # client's whole wait, and a refusal leaves its share to the next.
-            share = (deadline - loop.time()) / (len(candidates) - index)
-            try:
-                async with asyncio.timeout(share):
-                    reader, writer = await open_upstream(upstream, self.tls)
-                return upstream, reader, writer
-            except TimeoutError:
-                errors.append(f"{upstream.name}: no answer within {share:.1f}s")
-            except (OSError, EOFError, UpstreamError) as exc:
-                errors.append(f"{upstream.name}: {describe(exc)}")
-        raise NoUpstream(
-            "db-ambassador: cannot reach any upstream within "
-            f"AMBASSADOR_CONNECT_TIMEOUT={self.config.connect_timeout:g}s: " + "; ".join(errors)
-        )
 
     async def handle_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -261,7 +163,7 @@ class Ambassador:
         timeout = self.config.connect_timeout
         try:
             async with asyncio.timeout(timeout):
-                packet = await self._read_startup(reader, writer)
+                packet = await read_startup(reader, writer)
         except TimeoutError:
             # A peer that connects and says nothing must not hold a socket forever.
             self.metrics.refusals.labels(reason="startup_timeout").inc()
@@ -291,7 +193,7 @@ class Ambassador:
             return
         self.connecting += 1
         try:
-            upstream, up_reader, up_writer = await self._connect()  # within connect_timeout
+            upstream, up_reader, up_writer = await self.pool.connect()  # within connect_timeout
         except NoUpstream as exc:
             self._refuse(writer, "no_healthy_upstream", pgwire.CONNECTION_FAILURE, str(exc))
             return
@@ -326,27 +228,9 @@ class Ambassador:
             self.metrics.cancels.labels(result=refusal).inc()
             log.debug("cancel request refused", extra={"reason": refusal})
         else:
-            delivered = await self._send_cancel(session.upstream, packet)
+            delivered = await self.pool.send_cancel(session.upstream, packet)
             self.metrics.cancels.labels(result="forwarded" if delivered else "undelivered").inc()
         writer.close()
-
-    async def _send_cancel(self, upstream: Upstream, packet: bytes) -> bool:
-        try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                reader, writer = await open_upstream(upstream, self.tls)
-                try:
-                    writer.write(packet)
-                    await reader.read()  # the server closes once it has signalled the backend
-                finally:
-                    writer.transport.abort()
-        except (OSError, EOFError, UpstreamError, TimeoutError) as exc:
-            log.info(
-                "cancel request not delivered",
-                extra={"upstream": upstream.name, "error": describe(exc)},
-            )
-            return False
-        log.debug("cancel request passed on", extra={"upstream": upstream.name})
-        return True
 
     def _relay(
         self,
@@ -360,7 +244,7 @@ class Ambassador:
         server = cast(asyncio.Transport, up_writer.transport)
         session = Session(
             client, server, upstream, self.traffic, self._closed, self._key_seen,
-            withdraw_plus=self.tls is not None,
+            withdraw_plus=self.pool.tls is not None,
         )  # fmt: skip
         self.sessions.add(session)
         upstream.sessions += 1
@@ -402,7 +286,7 @@ class Ambassador:
             stop.set()
         _raise_fd_limit()
         # One round before listening, so the first client is routed on facts.
-        await self.check_all()
+        await self.pool.check_all()
         server = await asyncio.start_server(
             self.handle_client,
             self.config.listen_host,
@@ -411,16 +295,17 @@ class Ambassador:
             reuse_address=True,
         )
         self.listening = True
-        background = [asyncio.create_task(self._health_loop())]
+        background = [asyncio.create_task(self.pool.check_forever())]
         if self.config.idle_timeout > 0:
             background.append(asyncio.create_task(self._idle_loop()))
+        preferred = self.pool.preferred
         log.info(
             "listening",
             extra={
                 "listen": f"{self.config.listen_host}:{self.config.listen_port}",
-                "upstreams": [u.name for u in self.upstreams],
+                "upstreams": [u.name for u in self.pool.upstreams],
                 "tls_mode": self.config.tls_mode,
-                "active_upstream": self.preferred.name if self.preferred else None,
+                "active_upstream": preferred.name if preferred else None,
             },
         )
         await stop.wait()
