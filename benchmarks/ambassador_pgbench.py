@@ -1,8 +1,14 @@
 """pgbench -S -c 8 against one PostgreSQL 15 server three ways, in one run: directly,
 through HAProxy in TCP mode (Debian's package) and through db-ambassador. Prints TPS and
-average latency for each and the ambassador/HAProxy ratio (target: >= 0.9).
+average latency for each, the ambassador's TPS ratio to HAProxy (target: >= 1.1) and to a
+direct connection, and each proxy's CPU time per transaction.
 
     .venv/bin/python benchmarks/ambassador_pgbench.py [--seconds 5] [--rounds 3] [--clients 8]
+        [--baseline DIR]
+
+`--baseline DIR` adds a fourth path in the same rounds: the ambassador of another checkout
+(e.g. `git worktree add /tmp/amb-old <commit>`), run with this venv's Python, so a change is
+compared before/after under the same load.
 
 Needs postgresql-15, pgbench, haproxy and openssl; runs PostgreSQL as `nobody` when root.
 """
@@ -77,6 +83,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="per run (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--baseline", type=Path, help="another checkout's ambassador, too")
     args = parser.parse_args()
     for tool in ("pgbench", "haproxy"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -87,6 +94,7 @@ def main() -> None:
 
     workdir = make_workdir("podpatterns-bench-")
     db_port, haproxy_port, ambassador_port = free_port(), free_port(), free_port()
+    baseline_port = free_port()
     cluster = Cluster(workdir, "bench", db_port, PASSWORD).init().start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -101,19 +109,27 @@ def main() -> None:
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         procs.append(subprocess.Popen([haproxy, "-db", "-f", str(haproxy_cfg)], **quiet))
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "patterns.ambassador.db_ambassador"],
-                env={**os.environ, "AMBASSADOR_LISTEN": f"127.0.0.1:{ambassador_port}",
-                     "AMBASSADOR_UPSTREAMS": f"127.0.0.1:{db_port}",
-                     "AMBASSADOR_HTTP_PORT": str(free_port()), "LOG_LEVEL": "warning"},
-                cwd=ROOT, stdout=subprocess.DEVNULL,
-            )
-        )  # fmt: skip
+        ambassadors = [("ambassador", ambassador_port, ROOT)]
+        if args.baseline is not None:
+            ambassadors.append(("baseline", baseline_port, args.baseline.resolve()))
+        for _name, port, tree in ambassadors:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "patterns.ambassador.db_ambassador"],
+                    env={**os.environ, "AMBASSADOR_LISTEN": f"127.0.0.1:{port}",
+                         "AMBASSADOR_UPSTREAMS": f"127.0.0.1:{db_port}",
+                         "AMBASSADOR_HTTP_PORT": str(free_port()), "LOG_LEVEL": "warning",
+                         "PYTHONPATH": str(tree)},
+                    cwd=tree, stdout=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
         wait_port(haproxy_port)
-        wait_port(ambassador_port)
-        paths = (("direct", db_port), ("haproxy", haproxy_port), ("ambassador", ambassador_port))
-        proxy_pid = {"haproxy": procs[0].pid, "ambassador": procs[1].pid}
+        paths = [("direct", db_port), ("haproxy", haproxy_port)]
+        proxy_pid = {"haproxy": procs[0].pid}
+        for (name, port, _tree), proc in zip(ambassadors, procs[1:], strict=True):
+            wait_port(port)
+            paths.append((name, port))
+            proxy_pid[name] = proc.pid
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in paths}
         cpu: dict[str, list[float]] = {name: [] for name in proxy_pid}
         # Rounds interleave the three paths, so a burst of load from elsewhere on the machine
@@ -137,10 +153,14 @@ def main() -> None:
             medians[name] = tps
             rounds = " ".join(f"{r[0]:.0f}" for r in results)
             print(f"{name:<12}{tps:>12.0f}{latency:>18.3f}{rounds:>30}")
-        ratios = [a[0] / h[0] for a, h in zip(runs["ambassador"], runs["haproxy"], strict=True)]
-        print(f"ambassador/haproxy TPS ratio: {medians['ambassador'] / medians['haproxy']:.2f} "
-              f"(target >= 0.90; per round: {' '.join(f'{r:.2f}' for r in ratios)})")
-        print(f"ambassador/direct TPS ratio:  {medians['ambassador'] / medians['direct']:.2f}")
+        for name in proxy_pid:
+            if name == "haproxy":
+                continue
+            ratios = [a[0] / h[0] for a, h in zip(runs[name], runs["haproxy"], strict=True)]
+            print(f"{name}/haproxy TPS ratio: {medians[name] / medians['haproxy']:.2f} "
+                  f"(target >= 1.10; per round: {' '.join(f'{r:.2f}' for r in ratios)})")
+            print(f"{name}/direct TPS ratio:  {medians[name] / medians['direct']:.2f}")
+        print(f"haproxy/direct TPS ratio:  {medians['haproxy'] / medians['direct']:.2f}")
         for name, costs in cpu.items():
             print(f"{name} CPU per transaction: {statistics.median(costs):.1f} us "
                   f"(per round: {' '.join(f'{c:.1f}' for c in costs)})")
