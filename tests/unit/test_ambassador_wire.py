@@ -1,18 +1,23 @@
 """The ambassador's pure parts: wire messages, SCRAM-SHA-256, md5, the startup filter, cancel
-keys and their rate, config."""
+keys and their rate, config; the upstream pool's routing and check rounds."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.util
 import struct
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from patterns.ambassador.db_ambassador import pgwire
 from patterns.ambassador.db_ambassador.cancel import CancelKeys
 from patterns.ambassador.db_ambassador.config import load_config
+from patterns.ambassador.db_ambassador.pool import NoUpstream, UpstreamPool
+from patterns.ambassador.db_ambassador.upstream import Upstream
 from patterns.common.config import ConfigError
+from tests.conftest import free_port
 
 
 def test_scram_sha_256_matches_the_rfc_7677_example():
@@ -232,3 +237,53 @@ def test_uvloop_asked_for_but_not_installed_is_a_configuration_error(monkeypatch
         load_config({"AMBASSADOR_UPSTREAMS": "db:5432"})
     chosen = load_config({"AMBASSADOR_UPSTREAMS": "db:5432", "AMBASSADOR_EVENT_LOOP": "asyncio"})
     assert chosen.event_loop == "asyncio"
+
+
+def _pool(
+    upstreams: str, failed: list[Upstream], registry: CollectorRegistry | None = None, **env: str
+) -> UpstreamPool:
+    config = load_config({"AMBASSADOR_UPSTREAMS": upstreams, **env})
+    return UpstreamPool(config, registry or CollectorRegistry(), on_failed=failed.append)
+
+
+def test_pool_candidates_put_writable_primaries_first_only_with_role_checks():
+    failed: list[Upstream] = []
+    for role_checks, expected in ((False, ["a:1", "b:2", "c:3"]), (True, ["b:2", "a:1", "c:3"])):
+        env = {"AMBASSADOR_HEALTH_USER": "health"} if role_checks else {}
+        pool = _pool("a:1,b:2,c:3,d:4", failed, **env)
+        a, b, c, d = pool.upstreams
+        a.healthy, a.in_recovery = True, True  # a standby
+        b.healthy, b.in_recovery = True, False  # a primary
+        c.healthy, c.in_recovery = True, None  # up, role unknown
+        d.healthy = False
+        assert [u.name for u in pool.candidates()] == expected
+
+
+def test_pool_check_round_fails_over_and_hands_a_dead_upstreams_sessions_to_the_server():
+    async def scenario() -> None:
+        async def answer_ssl_request(reader, writer) -> None:  # enough for a credential-less check
+            await reader.readexactly(8)
+            writer.write(b"N")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer_ssl_request, "127.0.0.1", 0)
+        alive = server.sockets[0].getsockname()[1]
+        failed: list[Upstream] = []
+        # The first upstream's port has nothing listening: its check is refused at once.
+        registry = CollectorRegistry()
+        pool = _pool(f"127.0.0.1:{free_port()},127.0.0.1:{alive}", failed, registry)
+        dead, standby = pool.upstreams
+        dead.healthy, dead.sessions = True, 2
+        pool.preferred = dead
+        async with server:
+            await pool.check_all()
+        assert (dead.healthy, standby.healthy) == (False, True)
+        assert failed == [dead]  # the server closes its sessions
+        assert pool.preferred is standby
+        assert registry.get_sample_value("ambassador_failovers_total") == 1
+        assert registry.get_sample_value("ambassador_upstream_healthy", {"upstream": standby.name})
+        with pytest.raises(NoUpstream, match="cannot reach any upstream"):
+            await pool.connect()  # the listener is gone by now
+
+    asyncio.run(scenario())
