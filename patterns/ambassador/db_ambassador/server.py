@@ -9,17 +9,15 @@ import logging
 import resource
 import socket
 import time
-from typing import cast
 
 from patterns.common.admin import json_response
 from patterns.common.service import Runtime
 
 from . import pgwire
-from .cancel import CancelKeys
 from .config import Config
 from .metrics import SessionMetrics
 from .pool import NoUpstream, UpstreamPool
-from .relay import Session, Traffic
+from .sessions import Sessions
 from .upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -58,8 +56,9 @@ async def read_startup(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 
 class Ambassador:
-    """The server side: clients, their sessions, idle timeouts and draining. Where a
-    session goes is the pool's business (`pool.py`)."""
+    """The server side: the client protocol, refusals, the connection limit and draining.
+    Where a session goes is the pool's business (`pool.py`), the sessions once started
+    `sessions.py`'s."""
 
     def __init__(self, config: Config, runtime: Runtime) -> None:
         self.config = config
@@ -68,15 +67,12 @@ class Ambassador:
         # connections (the native sidecar's startupProbe holds the app back on it).
         self.listening = False
         runtime.admin.liveness.append(self._alive)
-        self.sessions: set[Session] = set()
-        self.traffic = Traffic(self.sessions)
-        self.cancel_keys: CancelKeys[Session] = CancelKeys(config.cancel_rate)
+        self.sessions = Sessions(config.cancel_rate)
         # Slots taken by clients between their startup packet and a relayed session.
         self.connecting = 0
-        self.metrics = SessionMetrics(runtime.registry, self.traffic, lambda: len(self.sessions))
+        self.metrics = SessionMetrics(runtime.registry, self.sessions.traffic, self.sessions.count)
         self.pool = UpstreamPool(config, runtime.registry, on_failed=self._kill_sessions)
         self.draining = False
-        self._all_closed: asyncio.Event | None = None
         runtime.admin.readiness.append(self._ready)
         runtime.admin.route("/upstreams", lambda _query: json_response(self.view()))
         runtime.admin.open_probes()
@@ -116,7 +112,7 @@ class Ambassador:
     def _kill_sessions(self, upstream: Upstream) -> None:
         # Clients of a dead server must see an error and reconnect, not hang on a socket
         # whose peer vanished without a FIN.
-        doomed = [s for s in self.sessions if s.upstream is upstream]
+        doomed = self.sessions.on(upstream)
         if doomed:  # counted first: a client that sees its session end may look at once
             self.metrics.sessions_killed.labels(upstream=upstream.name).inc(len(doomed))
         for session in doomed:
@@ -126,22 +122,6 @@ class Ambassador:
                 "closed sessions of a failed upstream",
                 extra={"upstream": upstream.name, "sessions": len(doomed)},
             )
-
-    async def _idle_loop(self) -> None:
-        timeout = self.config.idle_timeout
-        period = min(timeout / 4, 5.0)
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(period)
-            now = loop.time()
-            for session in list(self.sessions):
-                relayed = session.bytes_relayed()
-                if relayed != session.seen_bytes:
-                    session.seen_bytes = relayed
-                    session.idle_since = now
-                elif now - session.idle_since >= timeout:
-                    log.info("idle session closed", extra={"upstream": session.upstream.name})
-                    session.close()
 
     # --- clients -----------------------------------------------------------------------
 
@@ -202,7 +182,9 @@ class Ambassador:
         if writer.transport.is_closing():  # the client gave up while we were connecting
             up_writer.transport.abort()
             return
-        session = self._relay(packet, reader, writer, upstream, up_writer)
+        session = self.sessions.start(
+            packet, reader, writer, upstream, up_writer, withdraw_plus=self.pool.tls is not None
+        )
         self.metrics.sessions.labels(upstream=upstream.name).inc()
         if log.isEnabledFor(logging.DEBUG):
             params = pgwire.startup_params(packet)
@@ -220,7 +202,7 @@ class Ambassador:
         """Pass a CancelRequest on to the upstream of the session whose key it presents,
         within that session's rate; refuse it otherwise. Either way the client's connection
         is closed without a word, as a server does (libpq waits for that close)."""
-        session, refusal = self.cancel_keys.admit(
+        session, refusal = self.sessions.cancel_keys.admit(
             pgwire.cancel_key(packet), asyncio.get_running_loop().time()
         )
         if session is None:
@@ -231,46 +213,6 @@ class Ambassador:
             delivered = await self.pool.send_cancel(session.upstream, packet)
             self.metrics.cancels.labels(result="forwarded" if delivered else "undelivered").inc()
         writer.close()
-
-    def _relay(
-        self,
-        packet: bytes,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        upstream: Upstream,
-        up_writer: asyncio.StreamWriter,
-    ) -> Session:
-        client = cast(asyncio.Transport, writer.transport)
-        server = cast(asyncio.Transport, up_writer.transport)
-        session = Session(
-            client, server, upstream, self.traffic, self._closed, self._key_seen,
-            withdraw_plus=self.pool.tls is not None,
-        )  # fmt: skip
-        self.sessions.add(session)
-        upstream.sessions += 1
-        # Bytes the client sent after its startup packet (it should wait for the reply,
-        # but nothing it sends may be lost) go right after the packet, and so does its
-        # half-close if one came while we were connecting.
-        # StreamReader has no public way to take its buffer back.
-        buffered: bytearray = reader._buffer  # type: ignore[attr-defined]
-        leftover = bytes(buffered)
-        buffered.clear()
-        session.start(packet + leftover, client_eof=reader.at_eof())
-        return session
-
-    def _key_seen(self, session: Session) -> None:
-        key = session.backend_key
-        if key is not None and session in self.sessions:  # not one closed before its key came
-            self.cancel_keys.add(key, session, asyncio.get_running_loop().time())
-
-    def _closed(self, session: Session) -> None:
-        if session in self.sessions:
-            self.sessions.discard(session)
-            session.upstream.sessions -= 1
-            if session.backend_key is not None:
-                self.cancel_keys.remove(session.backend_key, session)
-        if not self.sessions and self._all_closed is not None:
-            self._all_closed.set()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -297,7 +239,8 @@ class Ambassador:
         self.listening = True
         background = [asyncio.create_task(self.pool.check_forever())]
         if self.config.idle_timeout > 0:
-            background.append(asyncio.create_task(self._idle_loop()))
+            idle = self.sessions.close_idle_forever(self.config.idle_timeout)
+            background.append(asyncio.create_task(idle))
         preferred = self.pool.preferred
         log.info(
             "listening",
@@ -323,16 +266,10 @@ class Ambassador:
             "draining",
             extra={"sessions": len(self.sessions), "drain_timeout": self.config.drain_timeout},
         )
-        self._all_closed = asyncio.Event()
-        if self.sessions:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), self.config.drain_timeout)
-        left = list(self.sessions)
-        for session in left:
-            session.abort()
+        aborted = await self.sessions.drain(self.config.drain_timeout)
         log.info(
             "drained",
-            extra={"aborted_sessions": len(left), "seconds": round(time.monotonic() - started, 3)},
+            extra={"aborted_sessions": aborted, "seconds": round(time.monotonic() - started, 3)},
         )
 
 
