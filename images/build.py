@@ -9,10 +9,13 @@ the container tests (tests/container/conftest.py).
    be pulled; otherwise say so and build the Debian-packaged base (images/base/build.sh).
 3. Write a fresh build context with the paths the Dockerfiles COPY from: images/ (entrypoint
    scripts) and build/docker/ (the project wheel from `pip wheel --no-deps`, reproducible,
-   the pinned requirements of each extras set a Dockerfile asks for, and the optional CA
-   bundle for pip in the build stage: $PIP_CA_BUNDLE, else $PIP_CERT, else none).
-4. `docker build` each missing images/<pattern>/<service>.Dockerfile: one progress line per
-   image, the tools' full output in build/images.log (its tail is shown on a failure).
+   the pinned requirements of each service's extras set, and the optional CA bundle for
+   pip in the build stage: $PIP_CA_BUNDLE, else $PIP_CERT, else none).
+4. `docker build` each missing image: a Python service (PYTHON_SERVICES below) from the one
+   recipe images/python-service.Dockerfile with its build arguments, any other image (the
+   ambassador's PostgreSQL) from its own images/<pattern>/<service>.Dockerfile. One
+   progress line per image, the tools' full output in build/images.log (its tail is shown
+   on a failure).
 5. Tag every image also podpatterns/<service>:dev, the stable tag the kind overlays name,
    and remove the dangling images earlier builds left (every image and build stage built
    here carries the label podpatterns.build; a build stage is kept, tagged
@@ -23,6 +26,7 @@ the container tests (tests/container/conftest.py).
     python images/build.py --rebuild         # even those that exist
     python images/build.py --json build/images.json
     python images/build.py --print-tag       # just the tag, build nothing
+    python images/build.py --list            # the service names, one a line
 
 The last line of stdout is the image tag; --json writes {"base", "tag", "images"}.
 """
@@ -55,7 +59,6 @@ PUBLIC_BASE = "python:3.12-slim"
 PULL_TIMEOUT_S = 120
 # What goes into an image: a change here, committed or not, changes the tag.
 IMAGE_INPUTS = ("patterns", "images", "pyproject.toml")
-REQUIREMENTS_REF = re.compile(r"build/docker/requirements/([a-z0-9-]+)\.txt")
 # Named stages before the last one (`FROM ... AS build`): built and tagged on their own.
 STAGE_RE = re.compile(r"^FROM\s+\S+\s+AS\s+(\S+)\s*$", re.MULTILINE | re.IGNORECASE)
 # The tag the kind overlays name: the images last built (or reused) here.
@@ -69,11 +72,59 @@ LOG = ROOT / "build" / "images.log"
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip entry can carry
 
 
+# The one recipe of the Python services; the arguments below make each service's image.
+PYTHON_RECIPE = IMAGES / "python-service.Dockerfile"
+
+
+@dataclass(frozen=True)
+class PythonService:
+    """What differs between two Python service images: the rest is the recipe's."""
+
+    pattern: str
+    extras: str  # the requirements set: "core", or extras joined by "-" ("web-db")
+    ports: str  # EXPOSE, separated by spaces
+    description: str  # the OCI description label
+    apt_packages: str = ""  # Debian packages the runtime stage adds, separated by spaces
+
+
+# Service (its console script, also the image name) -> its image. A console script in
+# pyproject.toml without an entry here has no image (tests/unit/test_dockerfiles.py).
+PYTHON_SERVICES = {
+    "legacy-app": PythonService(
+        "adapter", "web", "8080",
+        "adapter pattern, demo legacy application with a non-standard log format"),
+    "log-adapter": PythonService(
+        "adapter", "json", "9103",
+        "adapter pattern, turns a legacy application's log into Prometheus metrics"),
+    "db-ambassador": PythonService(
+        "ambassador", "uvloop", "5432 9104",
+        "ambassador pattern, local PostgreSQL proxy with health-checked failover"),
+    "notes-app": PythonService(
+        "ambassador", "web-db", "8080",
+        "ambassador pattern, demo notes application that reaches PostgreSQL through the "
+        "ambassador", apt_packages="postgresql-client"),
+    "log-collector": PythonService(
+        "sidecar", "json", "24224 8081",
+        "sidecar pattern, Fluentd Forward log collector with an HTTP view of what it "
+        "received"),
+    "log-shipper": PythonService(
+        "sidecar", "core", "9102",
+        "sidecar pattern, log shipper that follows files on a shared volume and forwards "
+        "each line"),
+    "web-app": PythonService(
+        "sidecar", "web", "8080",
+        "sidecar pattern, demo web application writing its access log to a shared volume"),
+}
+
+
 @dataclass(frozen=True)
 class ImageSpec:
-    service: str  # also the console script and the image name
+    service: str  # the image name; for a Python service also its console script
     pattern: str
     dockerfile: Path
+    # The service's own --build-arg NAME=value pairs (besides BASE_IMAGE, VERSION, VCS_REF).
+    build_args: tuple[tuple[str, str], ...] = ()
+    requirements: str | None = None  # the requirements set it installs; None: not Python
 
 
 class BuildError(RuntimeError):
@@ -119,12 +170,21 @@ class BuildLog:
         return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def python_spec(service: str, image: PythonService) -> ImageSpec:
+    args = (("SERVICE", service), ("EXTRAS", image.extras), ("PORTS", image.ports),
+            ("DESCRIPTION", image.description), ("APT_PACKAGES", image.apt_packages))
+    return ImageSpec(service=service, pattern=image.pattern, dockerfile=PYTHON_RECIPE,
+                     build_args=args, requirements=image.extras)
+
+
 def image_specs() -> list[ImageSpec]:
-    return [
-        ImageSpec(service=path.name.removesuffix(".Dockerfile"), pattern=path.parent.name,
-                  dockerfile=path)
-        for path in sorted(IMAGES.glob("*/*.Dockerfile"))
-    ]
+    """Every image, in the order of images/<pattern>/<service>: the Python services from
+    the recipe, any other image from its own images/<pattern>/<service>.Dockerfile."""
+    specs = [python_spec(service, image) for service, image in PYTHON_SERVICES.items()]
+    specs += [ImageSpec(service=path.name.removesuffix(".Dockerfile"), pattern=path.parent.name,
+                        dockerfile=path)
+              for path in IMAGES.glob("*/*.Dockerfile")]
+    return sorted(specs, key=lambda spec: (spec.pattern, spec.service))
 
 
 def project_metadata() -> dict:
@@ -207,15 +267,9 @@ def choose_base(log: BuildLog) -> str:
 
 
 def requirement_sets(specs: list[ImageSpec]) -> set[str]:
-    """The requirement files the Dockerfiles copy: `core`, or extras joined by `-`."""
-    names: set[str] = set()
-    for spec in specs:
-        found = REQUIREMENTS_REF.findall(spec.dockerfile.read_text())
-        # None is fine: an image without the project in it (the ambassador's PostgreSQL).
-        if len(found) > 1:
-            raise BuildError(f"{spec.dockerfile} must COPY at most one requirements file")
-        names.update(found)
-    return names
+    """The requirement files the images install: `core`, or extras joined by `-`. None for
+    an image without the project in it (the ambassador's PostgreSQL)."""
+    return {spec.requirements for spec in specs if spec.requirements is not None}
 
 
 def write_requirements(context: Path, names: set[str]) -> None:
@@ -290,6 +344,8 @@ def build_image(spec: ImageSpec, base: str, tag: str, version: str, revision: st
               "--build-arg", f"VERSION={version}",
               "--build-arg", f"VCS_REF={revision}",
               "--label", f"{BUILD_LABEL}=images/build.py"]
+    for name, value in spec.build_args:
+        common += ["--build-arg", f"{name}={value}"]
     stages = STAGE_RE.findall(spec.dockerfile.read_text())
     targets = [(["--target", stage], f"{prefix()}/{spec.service}:cache-{stage}")
                for stage in stages] + [([], ref)]
@@ -355,7 +411,7 @@ def build(args: argparse.Namespace, log: BuildLog) -> int:
     specs = image_specs()
     unknown = set(args.services) - {spec.service for spec in specs}
     if unknown:
-        say(f"no Dockerfile for {sorted(unknown)}")
+        say(f"no image named {sorted(unknown)} (--list names them)")
         return 2
     if args.services:
         specs = [spec for spec in specs if spec.service in args.services]
@@ -423,10 +479,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="build the images even if this tag's exist")
     parser.add_argument("--log", type=Path, default=LOG,
                         help=f"the build tools' output (default: {LOG.relative_to(ROOT)})")
+    parser.add_argument("--list", action="store_true",
+                        help="print the service names, one a line, and exit")
     parser.add_argument("--print-tag", action="store_true",
                         help="print the tag the images get and exit: <version>-<git short sha>,"
                              " plus -dirty-<digest> for uncommitted changes")
     args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(spec.service for spec in image_specs()))
+        return 0
     if args.print_tag:
         print(image_tag())
         return 0
