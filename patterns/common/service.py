@@ -1,13 +1,16 @@
 """Start-up and shutdown shared by every service.
 
 `run_service` turns a service's `load_config` and `run` functions into a process:
-JSON logging, configuration errors reported by variable name (exit 2), the admin server,
+JSON logging, configuration errors reported by variable name (exit 2), a missing extra
+reported by its name (exit 2: `log-adapter needs the `json` extra: pip install ...`), the
+admin server,
 SIGTERM/SIGINT handled gracefully (the first asks `run` to finish and exit 0; a second one
 exits at once), and a clean exit code.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -27,6 +30,43 @@ from patterns.common.jsonlog import setup_logging
 log = logging.getLogger(__name__)
 
 EXIT_CONFIG = 2
+
+# The module an optional dependency is imported as -> the extra of pyproject.toml that
+# installs it. The images install each service's extras; a user of the distribution who
+# runs a console script without them gets one line naming the extra, not a traceback.
+EXTRA_OF_MODULE = {
+    "orjson": "json",
+    "uvloop": "uvloop",
+    "flask": "web",
+    "werkzeug": "web",
+    "gunicorn": "web",
+    "psycopg": "db",
+    "psycopg_pool": "db",
+}
+
+
+def missing_extra(error: ImportError) -> str | None:
+    """The extra whose module `error` did not find; None when it is not an extra's module
+    (a bug or a broken install: that one keeps its traceback)."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return None
+    return EXTRA_OF_MODULE.get(error.name.partition(".")[0])
+
+
+def missing_extra_message(name: str, extra: str) -> str:
+    return f"{name} needs the `{extra}` extra: pip install 'podpatterns[{extra}]'"
+
+
+def load_entry(ref: str) -> Callable[..., object]:
+    """"package.module:function", imported now: an entry point names its service's code
+    this way so that what the code imports (an extra's module) is imported here, inside
+    the entry path that reports a missing extra, rather than when the console script
+    imports the entry point."""
+    module, _, attr = ref.partition(":")
+    target = getattr(importlib.import_module(module), attr)
+    if not callable(target):
+        raise TypeError(f"{ref} is not callable")
+    return target
 
 
 class AdminSettings(Protocol):
@@ -88,20 +128,34 @@ def _install_signal_handlers(runtime: Runtime) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
+def report_missing_extra(name: str, extra: str) -> int:
+    print(missing_extra_message(name, extra), file=sys.stderr)
+    log.error("missing extra", extra={"extra": extra})
+    return EXIT_CONFIG
+
+
 def run_service(
     name: str,
     load_config: Callable[[Mapping[str, str]], C],
-    run: Callable[[C, Runtime], None],
+    run: Callable[[C, Runtime], None] | str,
     environ: Mapping[str, str] | None = None,
 ) -> int:
-    """Run a service to completion and return its exit code."""
+    """Run a service to completion and return its exit code. `run` may be the function or
+    its "module:function" reference (load_entry), imported once the configuration is
+    loaded and before anything listens."""
     setup_logging(name, os.environ.get("LOG_LEVEL", "info"))
     try:
         config = load_config(os.environ if environ is None else environ)
+        service_run = load_entry(run) if isinstance(run, str) else run
     except ConfigError as exc:
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         log.error("configuration error", extra={"error": str(exc)})
         return EXIT_CONFIG
+    except ModuleNotFoundError as exc:
+        extra = missing_extra(exc)
+        if extra is None:
+            raise
+        return report_missing_extra(name, extra)
     registry = new_registry()
     try:
         admin = AdminServer(config.admin_host, config.admin_port, registry)
@@ -119,7 +173,14 @@ def run_service(
     admin.start()
     log.info("started", extra={"admin_port": admin.port})
     try:
-        run(config, runtime)
+        service_run(config, runtime)
+    except ModuleNotFoundError as exc:
+        # An extra imported only on a path a setting chooses (the ambassador's uvloop).
+        extra = missing_extra(exc)
+        if extra is None:
+            log.exception("service failed")
+            return 1
+        return report_missing_extra(name, extra)
     except Exception:
         log.exception("service failed")
         return 1
@@ -132,11 +193,25 @@ def run_service(
 def main_for(
     name: str,
     load_config: Callable[[Mapping[str, str]], C],
-    run: Callable[[C, Runtime], None],
+    run: Callable[[C, Runtime], None] | str,
 ) -> Callable[[], None]:
-    """A console-script entry point: `main = main_for("log-shipper", load_config, run)`."""
+    """A console-script entry point:
+    `main = main_for("log-adapter", load_config, "patterns.adapter.log_adapter.app:run")`.
+    Name `run` by reference when its module imports an extra's module (orjson, uvloop,
+    Flask, psycopg), and keep the entry point's module free of such imports: then a missing
+    extra is reported here, at start, by name."""
 
     def main() -> None:
         sys.exit(run_service(name, load_config, run))
 
     return main
+
+
+def exit_if_extra_missing(name: str, error: ModuleNotFoundError) -> None:
+    """For an entry point of its own (one that cannot use main_for): exit 2 with the line
+    naming the extra when `error` is an extra's module missing; otherwise return (the
+    caller re-raises)."""
+    extra = missing_extra(error)
+    if extra is not None:
+        print(missing_extra_message(name, extra), file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
