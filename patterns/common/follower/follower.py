@@ -25,11 +25,17 @@ import select
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from patterns.common.follower import inotify
-from patterns.common.follower.checkpoints import Checkpoint, CheckpointStore, head_hash
+from patterns.common.follower.checkpoints import (
+    Checkpoint,
+    CheckpointStore,
+    encode_checkpoint,
+    head_hash,
+)
 from patterns.common.follower.lines import LineBuffer, LineStats
 
 log = logging.getLogger(__name__)
@@ -89,9 +95,17 @@ class FollowerStats(LineStats):
     files_refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
 
 
-@dataclass
+# What a checkpoint says of a stream: a change to one of these is reported to the follower
+# (`_Stream.on_change`), so that a commit re-encodes the checkpoint of the file that
+# changed, not of every file followed.
+_CHECKPOINTED = frozenset({"ident", "path", "origin", "live", "committed", "head", "detached"})
+_UNSET = object()
+
+
+@dataclass(eq=False)
 class _Stream:
     seq: int
+    on_change: Callable[[_Stream, str], None] = field(repr=False)
     fd: int
     ident: Ident
     path: str  # where the file is now (as far as we know)
@@ -108,6 +122,14 @@ class _Stream:
     closed: bool = False
     _head_hash: str = field(default="", repr=False)
     _hashed_head: bytes = field(default=b"", repr=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _CHECKPOINTED and getattr(self, name, _UNSET) != value:
+            object.__setattr__(self, name, value)
+            if "on_change" in self.__dict__:
+                self.on_change(self, name)
+        else:
+            object.__setattr__(self, name, value)
 
     def checkpoint(self) -> Checkpoint:
         if self._hashed_head != self.head or not self._head_hash:
@@ -208,6 +230,14 @@ class Follower:
         self._lock = threading.RLock()
         self._save_lock = threading.Lock()
         self._streams: dict[int, _Stream] = {}
+        # Work per commit, read or event must not grow with the number of files followed:
+        # each file's checkpoint is encoded once per change (seq -> JSON, in seq order);
+        # the order read() goes round in is kept until a file comes, goes or is renamed;
+        # only files still shorter than the fingerprint are looked at for their head.
+        self._entries: dict[int, str] = {}
+        self._changed: set[int] = set()
+        self._groups: tuple[list[str], dict[str, list[_Stream]]] | None = None
+        self._short_heads: set[int] = set()
         self._by_ident: dict[Ident, _Stream] = {}
         self._seq = 0
         self._rr = 0
@@ -311,9 +341,9 @@ class Follower:
             return
         with self._save_lock:
             with self._lock:
-                snapshot = self._checkpoints()
+                entries = self._checkpoint_entries(refresh=final)
             try:
-                self.store.save(snapshot, sync_directory=final)
+                self.store.save_entries(entries, sync_directory=final)
             except OSError as exc:
                 log.error("cannot save checkpoints", extra={"error": str(exc)})
 
@@ -387,12 +417,14 @@ class Follower:
     def _next_chunk(self, max_bytes: int, max_lines: int | None) -> Chunk | None:
         """Round robin over followed names; within one name, rotated or copied files
         (older content) before the live file."""
-        groups: dict[str, list[_Stream]] = {}
-        for stream in sorted(self._streams.values(), key=lambda s: (s.live, s.seq)):
-            groups.setdefault(stream.origin, []).append(stream)
-        if not groups:
+        if self._groups is None:
+            groups: dict[str, list[_Stream]] = {}
+            for stream in sorted(self._streams.values(), key=lambda s: (s.live, s.seq)):
+                groups.setdefault(stream.origin, []).append(stream)
+            self._groups = sorted(groups), groups
+        names, groups = self._groups
+        if not names:
             return None
-        names = sorted(groups)
         self._rr = (self._rr + 1) % len(names)
         for name in names[self._rr :] + names[: self._rr]:
             for stream in groups[name]:
@@ -474,6 +506,7 @@ class Follower:
             with contextlib.suppress(OSError):
                 os.close(stream.fd)
         self._streams.pop(stream.seq, None)
+        self._stream_changed(stream, "closed")
         if self._by_ident.get(stream.ident) is stream:
             del self._by_ident[stream.ident]
         if count:
@@ -692,8 +725,24 @@ class Follower:
             and head_hash(head) == checkpoint.head_hash
         )
 
-    def _checkpoints(self) -> list[Checkpoint]:
-        return [s.checkpoint() for s in self._streams.values() if not s.detached]
+    def _checkpoint_entries(self, refresh: bool = False) -> list[str]:
+        """Every followed file's checkpoint, encoded; only changed ones are encoded again
+        (all of them with `refresh`, to take every file's modification time)."""
+        changed = self._streams.keys() if refresh else self._changed
+        for seq in sorted(changed):  # new files are appended in seq order
+            stream = self._streams.get(seq)
+            if stream is None or stream.detached:
+                self._entries.pop(seq, None)
+            else:
+                self._entries[seq] = encode_checkpoint(stream.checkpoint())
+        self._changed.clear()
+        return list(self._entries.values())
+
+    def _stream_changed(self, stream: _Stream, name: str) -> None:
+        """A stream's checkpointed state changed (see `_Stream.__setattr__`)."""
+        self._changed.add(stream.seq)
+        if name in ("origin", "live", "closed"):
+            self._groups = None
 
     # --- discovery ---------------------------------------------------------------------------
 
@@ -854,6 +903,7 @@ class Follower:
     ) -> _Stream:
         stream = _Stream(
             seq=self._seq,
+            on_change=self._stream_changed,
             fd=fd,
             ident=ident,
             path=path,
@@ -872,6 +922,9 @@ class Follower:
         )
         self._streams[stream.seq] = stream
         self._by_ident[ident] = stream
+        self._stream_changed(stream, "origin")
+        if self._short_head(stream):
+            self._short_heads.add(stream.seq)
         return stream
 
     def _scan(self) -> None:
@@ -1011,8 +1064,11 @@ class Follower:
         """Take the head of files that are still shorter than the fingerprint as soon as
         they grow, not only when they are read: if the reader lags and a file is
         copytruncated before its first read, the head is what finds the copy."""
-        for stream in list(self._streams.values()):
-            if self._short_head(stream) and not self._head_intact(stream):
+        for seq in list(self._short_heads):
+            stream = self._streams.get(seq)
+            if stream is None or not self._short_head(stream):
+                self._short_heads.discard(seq)  # no longer short: it never is again
+            elif not self._head_intact(stream):
                 self._on_truncated(stream)
 
     def _short_head(self, stream: _Stream) -> bool:
@@ -1070,7 +1126,7 @@ class Follower:
             # Growth only (the common case at high rates): the reader is woken; take the
             # heads of files still shorter than the fingerprint.
             with self._lock:
-                if any(self._short_head(s) for s in self._streams.values()):
+                if self._short_heads:
                     self._capture_heads()
         elif events or time.monotonic() >= self._next_scan:
             with self._lock:
