@@ -450,3 +450,28 @@ def test_unreadable_checkpoint_file_is_set_aside_and_files_read_from_start(tmp_p
     assert (state / (FILE_NAME + ".corrupt")).exists()
     assert json.loads((state / FILE_NAME).read_text())["files"][0]["offset"] == 2
     follower.close()
+
+
+def test_a_commit_encodes_the_checkpoint_of_the_committed_file_only(tmp_path, logs, monkeypatch):
+    """A commit's cost must not grow with the number of files followed (a node agent
+    follows hundreds): only the file that changed is encoded again, yet the saved
+    checkpoints still hold every file at its committed offset."""
+    from patterns.common.follower import follower as module
+
+    for index in range(50):
+        (logs / f"f{index:02d}.log").write_text(f"{index}\n")
+    follower = make(tmp_path)
+    assert len(drain(follower)) == 50
+    encoded = []
+    real = module.encode_checkpoint
+    monkeypatch.setattr(module, "encode_checkpoint", lambda c: encoded.append(c) or real(c))
+    append(logs / "f07.log", "more\n")
+    chunk = follower.read(timeout=2)
+    assert chunk is not None and chunk.lines == ["more"]
+    follower.commit(chunk)
+    assert [c.path for c in encoded] == [str(logs / "f07.log")]
+    saved = json.loads((tmp_path / "state" / FILE_NAME).read_text())["files"]
+    assert {f["path"]: f["offset"] for f in saved} == {
+        str(path): path.stat().st_size for path in logs.iterdir()
+    }
+    follower.close()
