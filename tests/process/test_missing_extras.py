@@ -66,12 +66,6 @@ def cases() -> list[tuple[str, str]]:
     return found
 
 
-# Scripts whose entry module imports an extra's module when the console script imports
-# it, or whose own entry point does not report a missing extra: the fix is in their
-# __main__ modules (see the note of issue 9, item 8). Strict: once fixed, drop the mark.
-ENTRY_MODULE_NEEDS_FIX = {"log-collector", "log-adapter", "web-app", "legacy-app", "notes-app"}
-
-
 def environment(tmp_path: Path) -> dict[str, str]:
     """Valid settings for every service, on free ports and writable directories, so that
     each gets as far as its code goes without the extra."""
@@ -109,10 +103,7 @@ def assert_reports_the_extra(result: subprocess.CompletedProcess[str], script: s
 
 @pytest.mark.parametrize(
     ("script", "extra"),
-    [pytest.param(script, extra, marks=pytest.mark.xfail(
-        script in ENTRY_MODULE_NEEDS_FIX, strict=True,
-        reason="its __main__ imports the extra's module before main_for can report it"))
-     for script, extra in cases()],
+    cases(),
     ids=[f"{script}-without-{extra}" for script, extra in cases()],
 )
 def test_a_console_script_without_its_extra_says_which_to_install(
@@ -125,7 +116,7 @@ def test_a_console_script_without_its_extra_says_which_to_install(
 
 
 @pytest.mark.parametrize(("script", "run"), [
-    ("log-adapter", "patterns.adapter.log_adapter.__main__:run"),
+    ("log-adapter", "patterns.adapter.log_adapter.run:run"),
     ("log-collector", "patterns.sidecar.collector.app:run"),
 ])
 def test_main_for_reports_a_missing_extra_of_the_code_it_names(
@@ -133,7 +124,7 @@ def test_main_for_reports_a_missing_extra_of_the_code_it_names(
 ) -> None:
     """The one entry path, main_for, given the service's run function by reference: the
     module that imports the extra is imported inside it, so the extra is reported by name
-    (the shape every entry module takes; see ENTRY_MODULE_NEEDS_FIX)."""
+    (the shape every entry module takes)."""
     config = {"log-adapter": "patterns.adapter.log_adapter.config",
               "log-collector": "patterns.sidecar.collector.config"}[script]
     call = (f"from patterns.common.service import main_for\n"

@@ -6,7 +6,7 @@ import os
 import sys
 
 from patterns.common.config import ConfigError
-from patterns.common.service import EXIT_CONFIG
+from patterns.common.service import EXIT_CONFIG, exit_if_extra_missing
 
 SERVICE = "legacy-app"
 
@@ -35,7 +35,11 @@ def main() -> None:
         )
         sys.exit(EXIT_CONFIG)
 
-    from patterns.adapter.legacy_app.server import legacy_app_server
+    try:
+        from patterns.adapter.legacy_app.server import legacy_app_server
+    except ModuleNotFoundError as exc:  # Flask or gunicorn: the `web` extra
+        exit_if_extra_missing(SERVICE, exc)
+        raise
 
     legacy_app_server(config).run()  # gunicorn's master: SIGTERM stops it gracefully
 

@@ -1,90 +1,11 @@
 """`log-adapter`: settings from ADAPTER_* variables (see patterns/adapter/README.md)."""
 
-from __future__ import annotations
+from patterns.adapter.log_adapter.config import load_config
+from patterns.common.service import main_for
 
-import logging
-import os
-import sys
-import time
-
-from patterns.adapter.log_adapter.adapter import Adapter, FollowerCollector
-from patterns.adapter.log_adapter.config import Config, load_config
-from patterns.adapter.log_adapter.metrics import AdapterMetrics
-from patterns.adapter.log_adapter.output import ForwardOutput, NullOutput, Output, StdoutOutput
-from patterns.common.admin import json_response
-from patterns.common.forward.client import ForwardClient
-from patterns.common.service import EXIT_CONFIG, Runtime, main_for
-
-log = logging.getLogger("patterns.adapter.log_adapter")
-
-# The loop wakes at least every poll interval; this long without a turn means it is stuck.
-STALL_SECONDS = 60.0
-
-
-def make_output(config: Config, runtime: Runtime, while_waiting: object) -> Output:
-    if config.output == "stdout":
-        return StdoutOutput()
-    if config.output == "forward":
-        client = ForwardClient(
-            config.fluent_host,
-            config.fluent_port,
-            shared_key=os.environ.get("FLUENT_SHARED_KEY") or None,
-        )
-        return ForwardOutput(client, config.fluent_tag, runtime.stopping, while_waiting)
-    return NullOutput()
-
-
-def _check_state_dir(config: Config) -> None:
-    """Fail at start, naming the variable, rather than at the first checkpoint."""
-    try:
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        problem = None if os.access(config.state_dir, os.W_OK | os.X_OK) else (
-            f"not writable by uid {os.getuid()}"
-        )
-    except OSError as exc:
-        problem = exc.strerror
-    if problem is not None:
-        print(f"log-adapter: configuration error: ADAPTER_STATE_DIR={config.state_dir}: "
-              f"{problem}", file=sys.stderr)
-        log.error("state directory unusable", extra={"path": str(config.state_dir),
-                                                     "error": problem})
-        raise SystemExit(EXIT_CONFIG)
-
-
-def run(config: Config, runtime: Runtime) -> None:
-    _check_state_dir(config)
-    metrics = AdapterMetrics([spec.name for spec in config.inputs], config.max_paths)
-    runtime.registry.register(metrics)
-    adapter: Adapter | None = None
-
-    def while_waiting() -> None:
-        # The loop is blocked on the collector: it is alive, and without inotify's watcher
-        # thread files created and rotated away meanwhile must still be opened and held.
-        if adapter is not None:
-            adapter.heartbeat = time.monotonic()
-            if not adapter.follower.uses_inotify:
-                adapter.follower.poll()
-
-    adapter = Adapter(config, metrics, make_output(config, runtime, while_waiting),
-                      runtime.stopping)
-    runtime.registry.register(FollowerCollector(adapter))
-    runtime.admin.readiness.append(
-        lambda: (
-            (adapter.started, "starting") if not adapter.started else adapter.store.check_writable()
-        )
-    )
-    runtime.admin.liveness.append(
-        lambda: (
-            time.monotonic() - adapter.heartbeat < STALL_SECONDS,
-            f"main loop stalled for {time.monotonic() - adapter.heartbeat:.0f}s",
-        )
-    )
-    runtime.admin.route("/status", lambda _query: json_response(adapter.status()))
-    runtime.admin.open_probes()
-    adapter.run()
-
-
-main = main_for("log-adapter", load_config, run)
+# `run` by reference: its module imports orjson (the `json` extra), which main_for then
+# reports by name at start instead of a traceback here.
+main = main_for("log-adapter", load_config, "patterns.adapter.log_adapter.run:run")
 
 if __name__ == "__main__":
     main()

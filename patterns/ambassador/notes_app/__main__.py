@@ -8,7 +8,7 @@ import sys
 
 from patterns.common.config import ConfigError
 from patterns.common.jsonlog import setup_logging
-from patterns.common.service import EXIT_CONFIG
+from patterns.common.service import EXIT_CONFIG, exit_if_extra_missing
 
 from .config import load_config
 
@@ -23,7 +23,11 @@ def main() -> None:
     except ConfigError as exc:
         print(f"{SERVICE}: configuration error: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    from .server import notes_server
+    try:
+        from .server import notes_server
+    except ModuleNotFoundError as exc:  # Flask/gunicorn (`web`) or psycopg (`db`)
+        exit_if_extra_missing(SERVICE, exc)
+        raise
 
     log.info("starting", extra={"bind": f"{config.host}:{config.port}"})
     # gunicorn parses sys.argv; the settings come from the environment only.

@@ -9,7 +9,7 @@ import sys
 
 from patterns.common.config import ConfigError
 from patterns.common.jsonlog import setup_logging
-from patterns.common.service import EXIT_CONFIG
+from patterns.common.service import EXIT_CONFIG, exit_if_extra_missing
 from patterns.sidecar.web_app.config import Config, load_config
 
 log = logging.getLogger("patterns.sidecar.web_app")
@@ -66,7 +66,11 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(run_batch(config, args.lines, args.rate))
 
-    from patterns.sidecar.web_app.server import web_app_server
+    try:
+        from patterns.sidecar.web_app.server import web_app_server
+    except ModuleNotFoundError as exc:  # Flask or gunicorn: the `web` extra
+        exit_if_extra_missing(SERVICE, exc)
+        raise
 
     log.info(
         "starting",
