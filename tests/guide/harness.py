@@ -35,7 +35,7 @@ Standard output and error are one stream, as on a screen; the shell's own job no
 ("Killed ...", "Done ...") are dropped, like a prompt. A block may run for BLOCK_TIMEOUT_S.
 The environment is the test's, with `.venv/bin` removed from PATH (a user has not
 activated the venv: the guide says `.venv/bin/...`), plus DEMO_RUNTIME=<runtime> and
-DEMO_SECONDS=8 (so `make demo-<x>` in a TL;DR runs on the runtime under test and ends by
+DEMO_SECONDS=3 (so `make demo-<x>` in a TL;DR runs on the runtime under test and ends by
 itself; a block that needs a demo running until it stops it says `DEMO_SECONDS=0`),
 TMPDIR (a directory of the test's, removed after it: `mktemp` lands there) and, for
 Compose, COMPOSE_PROJECT_NAME (a project of the test's own, so that it never touches a
@@ -333,6 +333,6 @@ def session_env(runtime: str, tmpdir: Path, extra: Mapping[str, str] = {}) -> di
                            if part and os.path.abspath(part) != venv_bin)
     env = {key: value for key, value in os.environ.items()
            if key not in ("VIRTUAL_ENV", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST")}
-    env.update(PATH=path, TMPDIR=str(tmpdir), DEMO_RUNTIME=runtime, DEMO_SECONDS="8")
+    env.update(PATH=path, TMPDIR=str(tmpdir), DEMO_RUNTIME=runtime, DEMO_SECONDS="3")
     env.update(extra)
     return env

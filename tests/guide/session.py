@@ -11,18 +11,33 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT
-from tests.guide.harness import Shell, parse, run_guide, session_env
+from tests.guide.harness import GUIDES, Shell, parse, run_guide, session_env
 
-PROFILES = ("sidecar", "adapter", "ambassador")
 # Every process the guide starts inherits this variable (the demos pass their environment
 # on, so do pg_ctl and runuser): it finds what the guide left, in any session.
 MARKER = "PODPATTERNS_GUIDE_RUN"
+
+
+# Guides that cannot pass yet, and why: strict, so the day they pass the mark must go.
+PENDING = {
+    "0-pod": "its TL;DR runs `make demo-pod`, which the Makefile does not have yet",
+}
+
+
+def guides() -> Iterator[Any]:
+    """The guides as pytest parameters, a pending one marked as such."""
+    for guide in GUIDES:
+        reason = PENDING.get(guide.parent.name)
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        yield pytest.param(guide, id=guide.parent.name, marks=marks)
 
 
 def compose_command() -> list[str] | None:
@@ -89,7 +104,9 @@ def _compose_down(project: str) -> None:
     command = compose_command()
     if command is None:
         return
-    selected = [arg for profile in PROFILES for arg in ("--profile", profile)]
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    profiles = sorted({p for service in services.values() for p in service.get("profiles", [])})
+    selected = [arg for profile in profiles for arg in ("--profile", profile)]
     subprocess.run([*command, "--project-name", project, *selected, "down", "-v",
                     "--remove-orphans", "--timeout", "5"],
                    cwd=ROOT, capture_output=True, check=False,
