@@ -22,6 +22,7 @@ import yaml
 
 from demo import containers, pod
 from tests.conftest import ROOT, render_kustomize
+from tests.unit.test_image_build import build
 from tests.unit.test_manifests import Workload, violations
 
 POD_DEFINITION = ROOT / "k8s" / "0-pod" / "base" / "pod-definition.yaml"
@@ -55,8 +56,7 @@ def test_one_pod_two_containers_one_shared_empty_dir() -> None:
     main, sidecar = spec["containers"]
     assert (main["name"], sidecar["name"]) == ("main", "sidecar")
     assert (image_of(main), image_of(sidecar)) == ("legacy-app", "log-adapter")
-    built = {path.name.removesuffix(".Dockerfile")
-             for path in (ROOT / "images").glob("*/*.Dockerfile")}
+    built = {spec.service for spec in build.image_specs()}  # what images/build.py builds
     assert {image_of(main), image_of(sidecar)} <= built, "images the suite builds"
     shared = set(mounts(main)) & set(mounts(sidecar))
     assert shared == {"shared"}, f"volumes mounted by both: {shared}"
