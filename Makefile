@@ -35,7 +35,7 @@ help: ## this list
 	@echo
 	@echo "Variables: PYTEST_ARGS='-m unit' (select a tier), BASE_IMAGE=<image> (skip the base"
 	@echo "image choice), PIP_CA_BUNDLE=<file> (CA bundle for pip in image builds),"
-	@echo "DEMO_RUNTIME=kind|compose|local, KIND_CLUSTER=$(KIND_CLUSTER), K8S_VERSION=$(K8S_VERSION)"
+	@echo "DEMO_RUNTIME=kind|podman|compose|local, KIND_CLUSTER=$(KIND_CLUSTER), K8S_VERSION=$(K8S_VERSION)"
 
 # --- environment -------------------------------------------------------------------------
 
@@ -91,7 +91,7 @@ kind-load: ## load the images (tag IMAGE_TAG, default: this commit's) into kind,
 
 # --- demos --------------------------------------------------------------------------------
 
-demo-sidecar: venv ## run the sidecar demo (kind, Compose or local processes: it says which)
+demo-sidecar: venv ## run the sidecar demo (kind, podman, Compose or local processes: it says which)
 	$(PY) -m demo sidecar
 
 demo-adapter: venv ## run the adapter demo
@@ -103,7 +103,7 @@ demo-ambassador: venv ## run the ambassador demo
 ambassador-failover: venv ## the ambassador demo with a primary failure and failover
 	$(PY) -m demo ambassador --failover
 
-demo-clean: venv ## remove what any demo left running (the kind cluster stays)
+demo-clean: venv ## remove what any demo left running (processes, containers, pods; the kind cluster stays)
 	$(PY) -m demo --clean
 
 # --- checks -------------------------------------------------------------------------------

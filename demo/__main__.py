@@ -1,4 +1,4 @@
-"""python -m demo <pattern> [--runtime kind|compose|local] [--failover]
+"""python -m demo <pattern> [--runtime kind|podman|compose|local] [--failover]
 python -m demo --clean"""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from types import ModuleType
 
 import requests
 
-from demo import ROOT, containers, lifecycle, ports, processes
+from demo import ROOT, containers, lifecycle, podman, ports, processes
 from demo.console import say, warn
 from demo.errors import DemoError, Stopped
 from demo.runtimes import RUNTIMES, choose
@@ -26,24 +26,35 @@ ERROR_LOG = ROOT / "build" / "demo-error.log"
 
 def check_ports(module: ModuleType, pattern: str, runtime: str) -> None:
     """Before anything is built or started: every port the demo will listen on is free
-    (on Compose, except those its own containers of an earlier run publish)."""
+    (on Compose and podman, except those its own containers or pods of an earlier run
+    publish: the demo removes those first)."""
     if runtime == "compose":
         ports.check_free(containers.compose_ports(pattern), runtime,
                          containers.own_published_ports(pattern))
+    elif runtime == "podman":
+        ports.check_free(module.ports(runtime), runtime,
+                         podman.own_published_ports(getattr(module, "PODMAN_PUBLISH", {})))
     else:
         ports.check_free(module.ports(runtime), runtime)
+
+
+def supported(module: ModuleType) -> list[str]:
+    """The runtimes a pattern's demo runs on: those it has a run_<runtime>() for."""
+    return [runtime for runtime in RUNTIMES if hasattr(module, f"run_{runtime}")]
 
 
 def clean() -> None:
     # Local demos first (a running one is asked to stop and tears itself down), then a
     # pattern's own leftovers (the ambassador's local servers), then the runtimes' (Compose
-    # projects, kind namespaces).
+    # projects, kind namespaces, podman pods).
     processes.clean()
-    for pattern in PATTERNS:
-        pattern_clean = getattr(importlib.import_module(f"demo.{pattern}"), "clean", None)
+    modules = {pattern: importlib.import_module(f"demo.{pattern}") for pattern in PATTERNS}
+    for module in modules.values():
+        pattern_clean = getattr(module, "clean", None)
         if pattern_clean is not None:
             pattern_clean()
-    containers.clean(list(PATTERNS))
+    containers.clean(list(PATTERNS), on_podman=[pattern for pattern, module in modules.items()
+                                                 if "podman" in supported(module)])
 
 
 def run(argv: list[str] | None) -> None:
@@ -67,9 +78,9 @@ def run(argv: list[str] | None) -> None:
         if shutil.which("kind"):
             containers.use_kind_cluster(create=False)
         requested = args.runtime or os.environ.get("DEMO_RUNTIME") or None
-        module.failover(choose(args.runtime).runtime, requested=requested)
+        module.failover(choose(args.runtime, supported(module)).runtime, requested=requested)
         return
-    choice = choose(args.runtime)
+    choice = choose(args.runtime, supported(module))
     say(f"runtime: {choice.runtime} ({choice.reason}); set DEMO_RUNTIME to choose another")
     check_ports(module, args.pattern, choice.runtime)
     if choice.runtime == "kind":

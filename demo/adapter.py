@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from demo import containers
+from demo import containers, podman
 from demo.errors import DemoError
 from demo.local import LocalPod, demo_seconds, say, wait_http
 from demo.ports import Port
@@ -22,6 +22,8 @@ PROFILE = "adapter"
 # the app on 8082, since the sidecar demo's app has 8080.
 PORTS = {"app": 8082, "adapter": 9103}
 SERVICES = ["adapter-main", "adapter-adapter"]
+# On podman: (workload, containerPort) of k8s/adapter -> host port, on 127.0.0.1.
+PODMAN_PUBLISH = {("legacy-app", 8080): PORTS["app"], ("legacy-app", 9103): PORTS["adapter"]}
 
 
 def url(name: str) -> str:
@@ -33,6 +35,9 @@ def ports(runtime: str) -> list[Port]:
     if runtime == "kind":
         return [Port(PORTS["app"], "kubectl port-forward to legacy-app"),
                 Port(PORTS["adapter"], "kubectl port-forward to the log-adapter's metrics")]
+    if runtime == "podman":
+        return [Port(PORTS["app"], "legacy-app, published by podman"),
+                Port(PORTS["adapter"], "log-adapter admin, published by podman")]
     return [Port(PORTS["app"], "legacy-app"), Port(PORTS["adapter"], "log-adapter admin")]
 
 
@@ -137,6 +142,14 @@ def explore(runtime: str) -> None:
             f"  {kubectl} exec deploy/legacy-app -c main -- python -c \"import urllib.request;"
             " print(urllib.request.urlopen('http://localhost:9103/metrics').read().decode())\"\n"
             "  make demo-clean")
+    elif runtime == "podman":
+        app = podman.pod_name("Deployment", "legacy-app")
+        say("explore:\n"
+            "  podman pod ps\n"
+            f"  podman logs {app}-adapter | tail -3          # JSON records\n"
+            f"  podman exec {app}-main tail -3 /var/log/app/access.log\n"
+            f"  curl {url('adapter')}/metrics\n"
+            "  make demo-clean")
     else:
         say("explore:\n"
             "  docker ps --filter name=adapter\n"
@@ -162,3 +175,12 @@ def run_kind() -> None:
                                     9103) as metrics:
         exercise(demo_seconds(30), containers.check_all(app, metrics))
     explore("kind")
+
+
+def run_podman() -> None:
+    played = containers.podman_up(PROFILE, PODMAN_PUBLISH)
+    check = podman.check_running(played.plan)
+    for name, path in (("app", "/healthz"), ("adapter", "/readyz")):
+        wait_http(url(name) + path, check=check)
+    exercise(demo_seconds(30), check)
+    explore("podman")

@@ -2,8 +2,9 @@
 PostgreSQL primary (or, after `make ambassador-failover`, the promoted standby).
 
 The demo writes its secrets under .demo/ambassador/ (gitignored, never committed): the
-postgres password and a CA with the servers' certificate. `make ambassador-failover`, run
-in another terminal while the demo runs, stops the primary and promotes the standby.
+postgres password and a CA with the servers' certificate, renewed before they expire.
+`make ambassador-failover`, run in another terminal while the demo runs, stops the
+primary and promotes the standby.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-from demo import STATE_DIR, containers, lifecycle
+from demo import STATE_DIR, containers, lifecycle, podman
 from demo.errors import DemoError
 from demo.local import LocalPod, demo_seconds, say, wait_http
-from demo.ports import Port, in_use
+from demo.ports import Port, free_port, in_use
 from demo.processes import alive, identity
 from tests import pg  # the same PostgreSQL cluster code the tests use
 
@@ -33,11 +35,17 @@ PROFILE = "ambassador"
 # Host ports, as docker-compose.yml publishes them (a unit test holds the two together):
 # the app on 8084 (8080 to 8082 belong to the other demos), the ambassador's admin on 9104.
 PORTS = {"app": 8084, "admin": 9104}
+# On podman: (workload, containerPort) of k8s/ambassador -> host port, on 127.0.0.1.
+PODMAN_PUBLISH = {("notes-app", 8080): PORTS["app"], ("notes-app", 9104): PORTS["admin"]}
 # The pod's containers: the databases are the outside world, whose failure is the lesson.
 SERVICES = ["ambassador-main", "ambassador-ambassador"]
 SECRETS = STATE_DIR / "ambassador"
 STATE = SECRETS / "state.json"
 PGDATA = "/var/lib/pgdata/data"
+# The demo's CA and server certificate last 30 days (tests/pg.py make_pki): a demo that
+# starts with fewer days left makes new ones, so that none expires while it runs (verify-
+# full would then fail, and notes-app never become ready).
+RENEW_WITHIN_DAYS = 7
 # Every name a database server is reached by, in any runtime: the certificate covers all.
 SERVER_NAMES = [
     "localhost", "127.0.0.1",
@@ -47,8 +55,16 @@ SERVER_NAMES = [
 ]  # fmt: skip
 
 
-def prepare_secrets() -> tuple[str, pg.Pki]:
-    """The password and the CA/server certificate, made once and kept in .demo/."""
+@dataclass(frozen=True)
+class DemoSecrets:
+    password: str
+    pki: pg.Pki
+    renewed: bool  # the CA and certificate of an earlier run were replaced
+
+
+def prepare_secrets() -> DemoSecrets:
+    """The password and the CA/server certificate, made once and kept in .demo/; the
+    certificates made again when missing or within RENEW_WITHIN_DAYS of expiring."""
     SECRETS.mkdir(parents=True, exist_ok=True)
     SECRETS.chmod(0o700)
     password_file = SECRETS / "password"
@@ -56,15 +72,35 @@ def prepare_secrets() -> tuple[str, pg.Pki]:
         password_file.write_text(secrets.token_urlsafe(24))
         say(f"generated the database password: {password_file}")
     pki_dir = SECRETS / "pki"
-    if not (pki_dir / "server.crt").exists():
+    why = _pki_problem(pki_dir)
+    renewed = why is not None and (pki_dir / "server.crt").exists()
+    if why is not None:
         pg.make_pki(pki_dir, SERVER_NAMES, ca_name="podpatterns ambassador demo CA")
-        say(f"generated a CA and the servers' certificate: {pki_dir}")
+        say(f"generated a CA and the servers' certificate ({why}): {pki_dir}")
     # Compose bind-mounts these files into containers running as uid 10001; .demo/ itself
     # stays private to you (0700).
     for name in ("password", "pki/ca.crt", "pki/server.crt", "pki/server.key"):
         (SECRETS / name).chmod(0o644)
     pki = pg.Pki(pki_dir / "ca.crt", pki_dir / "server.crt", pki_dir / "server.key")
-    return password_file.read_text().strip(), pki
+    return DemoSecrets(password_file.read_text().strip(), pki, renewed)
+
+
+def _pki_problem(pki_dir: Path) -> str | None:
+    """Why the certificates in `pki_dir` must be made again, or None."""
+    for name in ("ca.crt", "server.crt", "server.key"):
+        if not (pki_dir / name).exists():
+            return f"no {name} yet"
+    for name in ("ca.crt", "server.crt"):
+        try:
+            check = subprocess.run(["openssl", "x509", "-noout", "-in", str(pki_dir / name),
+                                    "-checkend", str(RENEW_WITHIN_DAYS * 86400)],
+                                   capture_output=True, text=True, check=False)
+        except OSError as error:
+            raise DemoError(f"the ambassador demo needs openssl: {error}") from None
+        if check.returncode != 0:
+            return (f"{name} expires within {RENEW_WITHIN_DAYS} days"
+                    if "will expire" in check.stdout else f"{name} is unreadable")
+    return None
 
 
 def save_state(**state: object) -> None:
@@ -84,6 +120,9 @@ def ports(runtime: str) -> list[Port]:
     if runtime == "kind":
         return [Port(PORTS["app"], "kubectl port-forward to notes-app"),
                 Port(PORTS["admin"], "kubectl port-forward to the db-ambassador's admin")]
+    if runtime == "podman":
+        return [Port(PORTS["app"], "notes-app, published by podman"),
+                Port(PORTS["admin"], "db-ambassador admin, published by podman")]
     # Local: the ambassador's own listener is 5432 when free, else another (it says so).
     return [Port(PORTS["app"], "notes-app"), Port(PORTS["admin"], "db-ambassador admin")]
 
@@ -107,14 +146,17 @@ def exercise(seconds: float, check: Callable[[], None]) -> None:
         say("Ctrl-C: stopping")
 
 
-def write_and_tell(count: int) -> str:
+def write_and_tell(count: int, app: str | None = None) -> str:
+    """Write note `count` through the app at `app` (default: the demo's app port), and say
+    which server stored it."""
+    app = app or url("app")
     try:
-        reply = requests.post(f"{url('app')}/notes", json={"body": f"note {count}"}, timeout=10)
+        reply = requests.post(f"{app}/notes", json={"body": f"note {count}"}, timeout=10)
         if reply.status_code != 201:
             detail = reply.json().get("detail", reply.text)
             return f"note {count}: HTTP {reply.status_code}: {detail}"
         note = reply.json()
-        server = requests.get(f"{url('app')}/db", timeout=10).json()
+        server = requests.get(f"{app}/db", timeout=10).json()
     except (requests.RequestException, ValueError) as exc:
         return f"note {count}: the app did not answer: {exc}"
     role = "standby, read-only" if server["in_recovery"] else "read-write"
@@ -122,22 +164,23 @@ def write_and_tell(count: int) -> str:
             f"the app connected to {server['database_url_host']}:{server['database_url_port']}")
 
 
-def watch_failover(timeout: float = 60) -> None:
-    """After a failover: poll until the promoted standby stores the notes (the demo's app
-    answers on its port: the runtime's checks before the failover made sure it is the
-    demo's)."""
+def watch_failover(app: str | None = None, timeout: float = 60) -> None:
+    """After a failover: poll until the promoted standby stores the notes written through
+    the app at `app` (default: the demo's app port: the runtime's checks before the
+    failover made sure it is the demo's)."""
     deadline = time.monotonic() + timeout
     count = 0
     while time.monotonic() < deadline:
         count += 1
-        line = write_and_tell(1000 + count)
+        line = write_and_tell(1000 + count, app)
         say(line)
         if "'standby' (read-write)" in line:
             say("failover done: the app never changed its configuration")
             return
         time.sleep(1)
-    raise DemoError(f"no write reached the promoted standby in {timeout:.0f}s; look at "
-                    f"{url('admin')}/upstreams")
+    raise DemoError(f"the failover is done (the primary stopped, the standby promoted), but "
+                    f"no write reached the promoted standby in {timeout:.0f}s; look at the "
+                    f"ambassador's view, {url('admin')}/upstreams in the demo")
 
 
 def _pick_port(preferred: int) -> int:
@@ -154,7 +197,8 @@ def run_local() -> None:
     problem = pg.missing_prerequisite()
     if problem:
         raise DemoError(f"the local ambassador demo {problem}")
-    password, pki = prepare_secrets()
+    demo_secrets = prepare_secrets()
+    password, pki = demo_secrets.password, demo_secrets.pki
     listen = 5432 if not in_use(5432) else _pick_port(15432)
     if listen != 5432:
         say(f"localhost:5432 is taken on this machine; the ambassador listens on {listen}")
@@ -261,7 +305,16 @@ def _standby_status(runtime: str, state: dict[str, object]) -> str:
             return "absent"
         return "standby" if (standby.data / "standby.signal").exists() else "promoted"
     is_standby = ["test", "-e", f"{PGDATA}/standby.signal"]
-    if runtime == "compose":
+    if runtime == "podman":
+        if shutil.which("podman") is None:
+            return "absent"
+        plan = _podman_plan()
+        standby_container = plan.pod("db-standby").containers[0].container
+        watched = [standby_container, *(c.container for c in plan.pod("notes-app").containers)]
+        if any(podman.state(name)[0] != "running" for name in watched):
+            return "absent"
+        argv = ["podman", "exec", standby_container, *is_standby]
+    elif runtime == "compose":
         running = containers.compose_containers(PROFILE)
         if not {"ambassador-main", "ambassador-db-standby"} <= running.keys():
             return "absent"
@@ -281,7 +334,7 @@ def _standby_status(runtime: str, state: dict[str, object]) -> str:
     return "standby" if result.returncode == 0 else "promoted"
 
 
-# --- Compose and kind -----------------------------------------------------------------------
+# --- Compose, podman and kind ---------------------------------------------------------------
 
 
 def explore(runtime: str) -> None:
@@ -292,6 +345,13 @@ def explore(runtime: str) -> None:
             f"  kubectl -n {APP_NAMESPACE} logs deploy/notes-app -c ambassador\n"
             f"  kubectl -n {DB_NAMESPACE} get pods\n"
             "  make ambassador-failover ; make demo-clean")  # fmt: skip
+    elif runtime == "podman":
+        app = podman.pod_name("Deployment", "notes-app")
+        say("explore:\n"
+            "  podman pod ps\n"
+            f"  curl -s {url('admin')}/upstreams ; curl -s {url('app')}/db\n"
+            f"  podman logs {app}-ambassador | tail -3\n"
+            "  make ambassador-failover ; make demo-clean")  # fmt: skip
     else:
         say("explore:\n"
             "  docker ps --filter name=ambassador\n"
@@ -300,7 +360,7 @@ def explore(runtime: str) -> None:
 
 
 def run_compose() -> None:
-    password, _pki = prepare_secrets()
+    password = prepare_secrets().password
     os.environ["AMBASSADOR_DB_PASSWORD"] = password  # docker-compose.yml passes it as PGPASSWORD
     tag = containers.compose_up(PROFILE)
     save_state(runtime="compose", tag=tag)
@@ -310,15 +370,36 @@ def run_compose() -> None:
     explore("compose")
 
 
+def run_podman() -> None:
+    prepare_secrets()
+    # The four Secrets create_k8s_secrets() makes on kind, from the same files.
+    documents = podman.ambassador_secrets(SECRETS / "password", SECRETS / "pki/ca.crt",
+                                          SECRETS / "pki/server.crt", SECRETS / "pki/server.key",
+                                          DB_NAMESPACE, APP_NAMESPACE)
+    played = containers.podman_up(PROFILE, PODMAN_PUBLISH, documents)
+    save_state(runtime="podman")
+    # Only the app's pod: the databases are the outside world, whose failure is the lesson.
+    check = podman.check_running(played.plan, ["notes-app"])
+    wait_http(f"{url('app')}/readyz", timeout=180, check=check)
+    exercise(demo_seconds(60), check)
+    explore("podman")
+
+
+def _podman_plan() -> podman.Plan:
+    """The names podman gives the pattern's pods and containers."""
+    return podman.adapt(PROFILE, podman.render(PROFILE))
+
+
 def _kubectl_apply_stdin(argv: list[str]) -> None:
     rendered = containers.run(["kubectl", *argv, "--dry-run=client", "-o", "yaml"],
                               capture_output=True).stdout  # fmt: skip
     containers.run(["kubectl", "apply", "-f", "-"], input=rendered, capture_output=True)
 
 
-def create_k8s_secrets() -> None:
-    """The Secrets the manifests expect, from .demo/ (kubectl apply: safe to repeat)."""
-    prepare_secrets()
+def create_k8s_secrets() -> bool:
+    """The Secrets the manifests expect, from .demo/ (kubectl apply: safe to repeat). True
+    when the certificates were renewed: pods of an earlier run hold the old ones."""
+    renewed = prepare_secrets().renewed
     for namespace in (DB_NAMESPACE, APP_NAMESPACE):
         _kubectl_apply_stdin(["create", "namespace", namespace])
         _kubectl_apply_stdin(["-n", namespace, "create", "secret", "generic", "db-credentials",
@@ -328,13 +409,16 @@ def create_k8s_secrets() -> None:
                           f"--from-file=tls.key={SECRETS / 'pki/server.key'}"])  # fmt: skip
     _kubectl_apply_stdin(["-n", APP_NAMESPACE, "create", "secret", "generic", "db-ca",
                           f"--from-file=ca.crt={SECRETS / 'pki/ca.crt'}"])  # fmt: skip
+    return renewed
 
 
 def run_kind() -> None:
     # The namespaces and Secrets come first: an abnormal end deletes them too.
     containers.kind_teardown_on_abort(PROFILE)
-    create_k8s_secrets()
-    containers.kind_up(PROFILE, [DB_NAMESPACE, APP_NAMESPACE])
+    renewed = create_k8s_secrets()
+    # PostgreSQL copies its certificate into PGDATA when it initialises it, and the
+    # ambassador reads the CA when it starts: renewed ones need new pods.
+    containers.kind_up(PROFILE, [DB_NAMESPACE, APP_NAMESPACE], restart=renewed)
     save_state(runtime="kind")
     with _kind_forward() as check:
         wait_http(f"{url('app')}/readyz", timeout=180, check=check)
@@ -374,6 +458,9 @@ def failover(runtime: str, requested: str | None = None) -> None:
         containers.compose("ambassador", "exec", "-T", "ambassador-db-standby",
                            "pg_ctl", "promote", "-D", PGDATA, tag=tag)  # fmt: skip
         watch_failover()
+    elif runtime == "podman":
+        _failover_podman()
+        watch_failover()
     else:
         containers.run(["kubectl", "-n", DB_NAMESPACE, "scale", "deployment/db-primary",
                         "--replicas=0"])  # fmt: skip
@@ -384,6 +471,31 @@ def failover(runtime: str, requested: str | None = None) -> None:
         subprocess.run(wait, check=False)
         containers.run(["kubectl", "-n", DB_NAMESPACE, "exec", "deploy/db-standby", "--",
                         "pg_ctl", "promote", "-D", PGDATA])  # fmt: skip
-        with _kind_forward():
-            watch_failover()
+        _watch_on_kind()
 
+
+def _failover_podman() -> None:
+    plan = _podman_plan()
+    primary = plan.pod("db-primary")
+    say(f"$ podman pod stop --time {primary.grace_seconds} {primary.pod}   # the primary stops")
+    podman.podman("pod", "stop", "--time", str(primary.grace_seconds), primary.pod,
+                  timeout=primary.grace_seconds + 60)
+    standby = plan.pod("db-standby").containers[0].container
+    say(f"$ podman exec {standby} pg_ctl promote -w -D {PGDATA}   # the standby takes over")
+    podman.podman("exec", standby, "pg_ctl", "promote", "-w", "-D", PGDATA, timeout=120)
+
+
+def _watch_on_kind() -> None:
+    """Watch the app write to the promoted standby through a port-forward of this command's
+    own: the demo, running in another terminal, holds PORTS with its port-forwards."""
+    local = free_port()
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(containers.port_forward(APP_NAMESPACE, "svc/notes-app",
+                                                        local, 8080))
+        except DemoError as error:
+            # The failover itself is done: only watching it is not possible from here.
+            say(f"failover done: db-primary scaled to zero, the standby promoted; the app "
+                f"is not watched from here ({error}): the demo shows its notes")
+            return
+        watch_failover(f"http://127.0.0.1:{local}")

@@ -1,6 +1,6 @@
-"""The container runtimes: build and load images, bring a pattern up on kind or Compose,
-forward ports, check that what answers is what the demo started, tear down. Pattern
-modules only say what to show once it runs."""
+"""The container runtimes: build and load images, bring a pattern up on kind, podman or
+Compose, forward ports, check that what answers is what the demo started, tear down.
+Pattern modules only say what to show once it runs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from demo import ROOT, lifecycle, ports
+from demo import ROOT, lifecycle, podman, ports
 from demo.console import say
 from demo.errors import DemoError
 from demo.runtimes import compose_command
@@ -42,10 +42,19 @@ def build_images() -> str:
     return str(json.loads((ROOT / "build" / "images.json").read_text())["tag"])
 
 
+def built_images() -> dict[str, str]:
+    """`make images`, then every image it built or reused: service -> reference."""
+    build_images()
+    return dict(json.loads((ROOT / "build" / "images.json").read_text())["images"])
+
+
 # --- kind -----------------------------------------------------------------------------------
 
 
 def kind_cluster_exists() -> bool:
+    """Whether kind has the cluster KIND_CLUSTER (False without a `kind` command)."""
+    if shutil.which("kind") is None:
+        return False
     clusters = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True)
     return KIND_CLUSTER in clusters.stdout.split()
 
@@ -82,12 +91,18 @@ def _kubeconfig() -> Path:
 def kind_teardown_on_abort(pattern: str) -> None:
     """Delete the pattern's workloads and namespaces if the run ends abnormally."""
     overlay = str(Path("k8s") / pattern / "kind")
-    lifecycle.on_abort(f"the {pattern} pods on kind", lambda: run(
-        ["kubectl", "delete", "-k", overlay, "--ignore-not-found", "--wait=false"],
-        stdout=subprocess.DEVNULL))
+
+    def delete() -> None:
+        run(["kubectl", "delete", "-k", overlay, "--ignore-not-found", "--wait=false"],
+            stdout=subprocess.DEVNULL)
+
+    lifecycle.on_abort(f"the {pattern} pods on kind", delete)
 
 
-def kind_up(pattern: str, namespaces: list[str]) -> str:
+def kind_up(pattern: str, namespaces: list[str], restart: bool = False) -> str:
+    """Build and load the images, apply k8s/<pattern>/kind with their tag, and wait until
+    every Deployment has rolled out and no pod of an earlier run is left. `restart`: roll
+    every Deployment even if its spec did not change (new Secrets to read)."""
     use_kind_cluster()
     tag = build_images()
     run(["make", "--no-print-directory", "kind-load", f"IMAGE_TAG={tag}",
@@ -103,10 +118,34 @@ def kind_up(pattern: str, namespaces: list[str]) -> str:
     for namespace in namespaces:
         run(["kubectl", "-n", namespace, "delete", "job", "--all", "--ignore-not-found"])
     run(["kubectl", "apply", "-f", "-"], input=rendered)
+    # In the order of `namespaces`: what the others depend on first (the databases).
+    deployments = sorted(
+        ((doc["metadata"].get("namespace", "default"), doc["metadata"]["name"])
+         for doc in yaml.safe_load_all(rendered) if doc and doc.get("kind") == "Deployment"),
+        key=lambda item: namespaces.index(item[0]) if item[0] in namespaces else len(namespaces))
+    # A re-run after a commit is a rolling update: the Deployments are Available already
+    # (their old pods are), so `wait --for=condition=Available` would return at once and a
+    # port-forward would pick an old pod, deleted seconds later. `rollout status` returns
+    # once the new pods are available and the old ones are terminating; then wait until
+    # those are gone, so that `port-forward svc/...` can only pick a new one.
+    for namespace, name in deployments:
+        if restart:
+            run(["kubectl", "-n", namespace, "rollout", "restart", f"deployment/{name}"])
+        run(["kubectl", "-n", namespace, "rollout", "status", f"deployment/{name}",
+             "--timeout=300s"])
     for namespace in namespaces:
-        run(["kubectl", "-n", namespace, "wait", "--for=condition=Available",
-             "deployment", "--all", "--timeout=300s"])
+        _wait_for_terminating_pods(namespace)
     return tag
+
+
+def _wait_for_terminating_pods(namespace: str) -> None:
+    pods = json.loads(run(["kubectl", "-n", namespace, "get", "pods", "-o", "json"],
+                          capture_output=True).stdout)["items"]
+    leaving = [f"pod/{pod['metadata']['name']}" for pod in pods
+               if pod["metadata"].get("deletionTimestamp")]
+    if leaving:
+        say(f"waiting for the earlier run's pods to end: {', '.join(leaving)}")
+        run(["kubectl", "-n", namespace, "wait", "--for=delete", *leaving, "--timeout=180s"])
 
 
 class PortForward:
@@ -167,6 +206,25 @@ def port_forward(namespace: str, target: str, local: int, remote: int) -> Iterat
     finally:
         proc.terminate()
         proc.wait()
+
+
+# --- podman ---------------------------------------------------------------------------------
+
+
+def podman_up(pattern: str, publish: dict[tuple[str, int], int],
+              secrets: list[dict[str, Any]] | None = None) -> podman.Played:
+    """Build the images and play k8s/<pattern> on podman, adapted by demo/podman.py, which
+    says what it changes and why; returns once every container is ready. `publish`:
+    {(workload, containerPort): host port}, on 127.0.0.1."""
+    images = built_images()
+    lifecycle.on_abort(f"the {pattern} pods on podman", lambda: _podman_down(pattern))
+    return podman.start(pattern, images, publish, secrets or [], say=say)
+
+
+def _podman_down(pattern: str) -> None:
+    removed = podman.clean(pattern)
+    if removed:
+        say(f"removed the {pattern} pods on podman: {', '.join(removed)}")
 
 
 # --- Compose --------------------------------------------------------------------------------
@@ -354,9 +412,10 @@ def compose_up(profile: str) -> str:
     return tag
 
 
-def clean(patterns: list[str]) -> None:
+def clean(patterns: list[str], on_podman: list[str] | None = None) -> None:
     """Remove what any demo left: Compose projects, kind namespaces (the cluster stays:
-    `make kind-down` deletes it). A pattern's own leftovers are its module's clean()."""
+    `make kind-down` deletes it), the pods of `on_podman` (default: every pattern) and the
+    podman network. A pattern's own leftovers are its module's clean()."""
     if compose_command() is not None:
         existing = _compose_quiet(patterns, "ps", "-q").stdout.split()
         down = _compose_quiet(patterns, "down", "-v", "--remove-orphans")
@@ -369,3 +428,11 @@ def clean(patterns: list[str]) -> None:
         for pattern in patterns:
             subprocess.run(["kubectl", "delete", "-k", str(Path("k8s") / pattern / "kind"),
                             "--ignore-not-found"], cwd=ROOT)
+    if shutil.which("podman"):
+        try:
+            for pattern in patterns if on_podman is None else on_podman:
+                _podman_down(pattern)
+            if podman.remove_network():
+                say(f"removed the podman network {podman.NETWORK}")
+        except DemoError as error:
+            say(f"could not remove what the demos left on podman: {error}")

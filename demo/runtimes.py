@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Collection
 from dataclasses import dataclass
 
+from demo import podman
 from demo.errors import DemoError
 
-RUNTIMES = ("kind", "compose", "local")
+# In the order `make demo-<pattern>` prefers them.
+RUNTIMES = ("kind", "podman", "compose", "local")
 
 
 @dataclass(frozen=True)
@@ -42,27 +45,58 @@ def compose_command() -> list[str] | None:
     return None
 
 
-def choose(requested: str | None = None) -> Choice:
-    """The best runtime available, or the one the user asked for with DEMO_RUNTIME."""
+# How the reasons name each runtime, and what it needs once it is found.
+NAMES = {"kind": "kind", "podman": "podman", "compose": "Compose", "local": "local processes"}
+FOUND = {
+    "kind": "kind, kubectl and a Docker engine are available",
+    "podman": "podman and a Docker engine found: it plays the manifests of k8s/",
+    "compose": "Docker engine and Compose found",
+}
+
+
+def _problem(runtime: str, docker_problem: str | None) -> str | None:
+    """Why `runtime` cannot run here, or None."""
+    if runtime == "kind":
+        missing = [tool for tool in ("kind", "kubectl") if shutil.which(tool) is None]
+        return f"{' and '.join(missing)} not on PATH" if missing else docker_problem
+    if runtime == "podman":
+        # podman plays the manifests of k8s/; the images it runs are built with Docker.
+        return podman.problem() or (
+            f"{docker_problem} (the images podman runs are built with Docker)"
+            if docker_problem else None)
+    if runtime == "compose":
+        if docker_problem:
+            return docker_problem
+        if compose_command() is None:
+            return "neither `docker compose` nor `docker-compose` found"
+    return None
+
+
+def choose(requested: str | None = None, supported: Collection[str] = RUNTIMES) -> Choice:
+    """The best runtime available of those the demo runs on (`supported`), or the one the
+    user asked for with DEMO_RUNTIME; the reason says why the better ones were not."""
     requested = requested or os.environ.get("DEMO_RUNTIME") or None
     if requested is not None and requested not in RUNTIMES:
         raise DemoError(f"DEMO_RUNTIME={requested!r}: expected one of {', '.join(RUNTIMES)}")
-    docker_problem = docker_engine_problem()
-    missing_kind = [tool for tool in ("kind", "kubectl") if shutil.which(tool) is None]
-    compose = compose_command() if docker_problem is None else None
-
+    if requested is not None and requested not in supported:
+        raise DemoError(f"DEMO_RUNTIME={requested}, but this demo runs on "
+                        f"{', '.join(r for r in RUNTIMES if r in supported)} only")
     if requested == "local":
         return Choice("local", "DEMO_RUNTIME=local")
-    if requested in (None, "kind") and not missing_kind and docker_problem is None:
-        return Choice("kind", "kind, kubectl and a Docker engine are available")
-    why_not_kind = (
-        f"{' and '.join(missing_kind)} not on PATH" if missing_kind else docker_problem or ""
-    )
-    if requested == "kind":
-        raise DemoError(f"DEMO_RUNTIME=kind, but {why_not_kind}")
-    if requested in (None, "compose") and docker_problem is None and compose is not None:
-        return Choice("compose", f"no kind ({why_not_kind}); Docker engine and Compose found")
-    why_not_compose = docker_problem or "neither `docker compose` nor `docker-compose` found"
-    if requested == "compose":
-        raise DemoError(f"DEMO_RUNTIME=compose, but {why_not_compose}")
-    return Choice("local", f"no kind ({why_not_kind}); no Compose ({why_not_compose})")
+    docker_problem = docker_engine_problem()
+    why_not: list[str] = []
+    for runtime in ("kind", "podman", "compose"):
+        if requested not in (None, runtime):
+            continue
+        problem = (_problem(runtime, docker_problem) if runtime in supported
+                   else "this demo does not run on it")
+        if problem is None:
+            asked = [f"DEMO_RUNTIME={runtime}"] if requested else []
+            return Choice(runtime, "; ".join([*asked, *why_not, FOUND[runtime]]))
+        if requested is not None:
+            raise DemoError(f"DEMO_RUNTIME={runtime}, but {problem}")
+        why_not.append(f"no {NAMES[runtime]} ({problem})")
+    if "local" not in supported:
+        raise DemoError(f"this demo needs {' or '.join(NAMES[r] for r in supported)}: "
+                        + "; ".join(why_not))
+    return Choice("local", "; ".join(why_not))

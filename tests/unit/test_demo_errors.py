@@ -20,7 +20,7 @@ from demo.runtimes import Choice
 def demo_raising(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """Run the sidecar demo on Compose (no port in use) with its run ending in `error`;
     returns (exit status, stderr lines, teardowns run)."""
-    monkeypatch.setattr(runner, "choose", lambda _requested: Choice("compose", "test"))
+    monkeypatch.setattr(runner, "choose", lambda *_args: Choice("compose", "test"))
     monkeypatch.setattr(runner, "check_ports", lambda *_args: None)
     monkeypatch.setattr(runner, "ERROR_LOG", tmp_path / "demo-error.log")
     torn_down: list[str] = []
@@ -73,7 +73,7 @@ def test_an_unexpected_error_is_one_line_and_its_details_go_to_a_log(
 def test_a_normal_end_leaves_the_containers_up_to_explore(
         monkeypatch: pytest.MonkeyPatch) -> None:
     torn_down: list[str] = []
-    monkeypatch.setattr(runner, "choose", lambda _requested: Choice("compose", "test"))
+    monkeypatch.setattr(runner, "choose", lambda *_args: Choice("compose", "test"))
     monkeypatch.setattr(runner, "check_ports", lambda *_args: None)
     monkeypatch.setattr(sidecar, "run_compose", lambda: lifecycle.on_abort(
         "the test's containers", lambda: torn_down.append("down")))

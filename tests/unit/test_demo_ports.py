@@ -80,7 +80,7 @@ def test_a_held_port_stops_the_compose_demo_before_it_builds(
         "    profiles: [sidecar]\n"
         f'    ports: ["${{PODPATTERNS_PUBLISH_ADDRESS:-127.0.0.1}}:{port}:8080"]\n')
     monkeypatch.setattr(containers, "COMPOSE_FILE", compose_file)
-    monkeypatch.setattr(runner, "choose", lambda _requested: Choice("compose", "test"))
+    monkeypatch.setattr(runner, "choose", lambda *_args: Choice("compose", "test"))
     assert runner.main(["sidecar"]) == 1
     assert no_build == []  # nothing built, nothing started
     err = capsys.readouterr().err

@@ -44,6 +44,37 @@ def test_a_docker_engine_with_compose_but_no_kind_means_compose(path_of):
     choice = choose()
     assert choice.runtime == "compose"
     assert "kind and kubectl not on PATH" in choice.reason
+    assert "no podman (no `podman` command on PATH)" in choice.reason
+
+
+def test_podman_and_a_docker_engine_without_kind_mean_podman(path_of):
+    """podman plays the manifests of k8s/, closer to kind than Compose; the images it runs
+    are built with Docker."""
+    path_of(docker=0, podman=0)
+    choice = choose()
+    assert choice.runtime == "podman"
+    assert "kind and kubectl not on PATH" in choice.reason
+    assert "podman and a Docker engine found" in choice.reason
+
+
+def test_kind_comes_before_podman(path_of):
+    path_of(docker=0, podman=0, kind=0, kubectl=0)
+    assert choose().runtime == "kind"
+
+
+def test_podman_without_a_docker_engine_says_why_it_is_not_chosen(path_of):
+    path_of(docker=1, podman=0)
+    choice = choose()
+    assert choice.runtime == "local"
+    assert "no podman (`docker info` failed: no Docker engine is reachable (the images " \
+           "podman runs are built with Docker))" in choice.reason
+
+
+def test_a_podman_that_does_not_work_is_passed_over(path_of):
+    path_of(docker=0, podman=125)
+    choice = choose()
+    assert choice.runtime == "compose"
+    assert "no podman (`podman info` failed" in choice.reason
 
 
 def test_kind_kubectl_and_docker_mean_kind(path_of):
@@ -67,5 +98,22 @@ def test_demo_runtime_forces_a_choice_and_refuses_an_impossible_one(path_of, mon
     with pytest.raises(DemoError, match="DEMO_RUNTIME=kind, but kind and kubectl not on PATH"):
         choose()
     monkeypatch.setenv("DEMO_RUNTIME", "podman")
-    with pytest.raises(DemoError, match="expected one of kind, compose, local"):
+    with pytest.raises(DemoError, match="DEMO_RUNTIME=podman, but no `podman` command on PATH"):
         choose()
+    path_of(docker=0, podman=0, kind=0, kubectl=0)
+    monkeypatch.setenv("DEMO_RUNTIME", "podman")
+    assert choose().runtime == "podman"
+    monkeypatch.setenv("DEMO_RUNTIME", "minikube")
+    with pytest.raises(DemoError, match="expected one of kind, podman, compose, local"):
+        choose()
+
+
+def test_a_demo_without_a_podman_runtime_gets_the_next_best(path_of, monkeypatch):
+    """A pattern's demo runs on the runtimes it has a run_<runtime>() for."""
+    path_of(docker=0, podman=0)
+    choice = choose(supported=("kind", "compose", "local"))
+    assert choice.runtime == "compose"
+    assert "no podman (this demo does not run on it)" in choice.reason
+    monkeypatch.setenv("DEMO_RUNTIME", "podman")
+    with pytest.raises(DemoError, match="this demo runs on kind, compose, local only"):
+        choose(supported=("kind", "compose", "local"))
