@@ -47,16 +47,17 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     PYTHONUNBUFFERED=1 \
     HOME=/tmp
 COPY --from=build /opt/venv /opt/venv
+# An exec-form ENTRYPOINT cannot name a build argument, so one fixed name points at this
+# image's console script: the service itself is PID 1 and gets SIGTERM (no shell between),
+# and `docker run <image> ARGS` (or a pod's args:) reaches it.
+ARG SERVICE
+RUN ln -s "${SERVICE}" /opt/venv/bin/podpatterns-service \
+    && test -x /opt/venv/bin/podpatterns-service
 # Numeric, so that Kubernetes can verify runAsNonRoot without a passwd lookup.
 USER 10001:10001
-ARG SERVICE
 ARG PORTS
-ENV PODPATTERNS_SERVICE=${SERVICE}
 EXPOSE ${PORTS}
-# The console script, exec'd: it replaces the shell, so the service is PID 1 and gets
-# SIGTERM, and `docker run <image> ARGS` (or a pod's args:) reaches it. An exec-form
-# ENTRYPOINT cannot name a build argument; the shell only resolves the name once.
-ENTRYPOINT ["/bin/sh", "-c", "exec \"$PODPATTERNS_SERVICE\" \"$@\"", "--"]
+ENTRYPOINT ["/opt/venv/bin/podpatterns-service"]
 
 ARG BASE_IMAGE
 ARG VERSION=0.1.0

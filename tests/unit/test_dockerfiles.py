@@ -93,11 +93,12 @@ def test_the_recipe_is_a_two_stage_venv_build_on_python_slim() -> None:
         in build_stage
     assert any("pip uninstall --yes pip setuptools" in args for keyword, args in build_stage
                if keyword == "RUN")
-    # The console script named by SERVICE, exec'd by the shell: the service is PID 1.
-    assert ("ENV", "PODPATTERNS_SERVICE=${SERVICE}") in runtime
+    # The console script named by SERVICE, linked to one fixed name the exec-form
+    # ENTRYPOINT runs: the service is PID 1, no shell between.
+    assert any(keyword == "RUN" and 'ln -s "${SERVICE}" /opt/venv/bin/podpatterns-service'
+               in args for keyword, args in runtime)
     (entrypoint,) = [json.loads(args) for keyword, args in runtime if keyword == "ENTRYPOINT"]
-    assert entrypoint[:2] == ["/bin/sh", "-c"]
-    assert entrypoint[2].startswith('exec "$PODPATTERNS_SERVICE" "$@"'), entrypoint
+    assert entrypoint == ["/opt/venv/bin/podpatterns-service"]
     assert ("EXPOSE", "${PORTS}") in runtime
     labels = " ".join(args for keyword, args in runtime if keyword == "LABEL")
     assert 'title="${SERVICE}"' in labels and 'description="${DESCRIPTION}"' in labels
@@ -109,7 +110,7 @@ def test_every_build_argument_the_recipe_uses_is_declared_and_passed() -> None:
     the classic builder only warns about."""
     text = RECIPE.read_text()
     declared = set(re.findall(r"^ARG (\w+)", text, re.MULTILINE))
-    used = set(re.findall(r"\$\{(\w+)\}", text)) - {"PODPATTERNS_SERVICE"}
+    used = set(re.findall(r"\$\{(\w+)\}", text))
     assert used <= declared, used - declared
     common = {"BASE_IMAGE", "VERSION", "VCS_REF"}  # build_image passes these to every image
     for spec in PYTHON_SPECS:
@@ -171,7 +172,8 @@ def test_the_recipe_with_a_services_arguments_is_that_services_image(spec) -> No
     steps = [(keyword, expand(rest, args)) for keyword, rest in instructions(RECIPE)]
     assert ("COPY", f"build/docker/requirements/{spec.requirements}.txt /tmp/requirements.txt") \
         in steps
-    assert ("ENV", f"PODPATTERNS_SERVICE={spec.service}") in steps
+    assert any(keyword == "RUN" and f'ln -s "{spec.service}" /opt/venv/bin/podpatterns-service'
+               in rest for keyword, rest in steps)
     labels = " ".join(rest for keyword, rest in steps if keyword == "LABEL")
     assert f'org.opencontainers.image.title="{spec.service}"' in labels
 
