@@ -475,3 +475,31 @@ def test_a_commit_encodes_the_checkpoint_of_the_committed_file_only(tmp_path, lo
         str(path): path.stat().st_size for path in logs.iterdir()
     }
     follower.close()
+
+
+def test_files_read_to_their_end_are_not_looked_at_again_for_each_read(tmp_path, logs, monkeypatch):
+    """With inotify, a read looks at the files that grew, not at every file followed: its
+    cost must not grow with the number of files (a node agent follows hundreds)."""
+    from patterns.common.follower import follower as module
+
+    for index in range(100):
+        (logs / f"f{index:02d}.log").write_text(f"{index}\n")
+    # No periodic look at every file during the test: only events wake a file.
+    follower = make(tmp_path, poll_interval=10, rescan_interval=60)
+    assert follower.uses_inotify
+    assert len(drain(follower)) == 100
+    reads = []
+    real = module._pread
+    monkeypatch.setattr(module, "_pread", lambda *args: reads.append(args) or real(*args))
+    grown = [f"f{index:02d}.log" for index in range(0, 100, 20)]
+    for name in grown:
+        append(logs / name, "more\n")
+    got = []
+    while len(got) < len(grown) and (chunk := follower.read(timeout=5)) is not None:
+        got.append(chunk.path)
+        follower.commit(chunk)
+    assert sorted(got) == [str(logs / name) for name in grown]
+    # A few reads per grown file (its head, its new bytes, the look that finds its end),
+    # none for the 95 files that did not grow.
+    assert len(reads) <= 8 * len(grown), "files that did not grow were read again"
+    follower.close()

@@ -105,7 +105,7 @@ _UNSET = object()
 @dataclass(eq=False)
 class _Stream:
     seq: int
-    on_change: Callable[[_Stream, str], None] = field(repr=False)
+    on_change: Callable[[_Stream, str, Any], None] = field(repr=False)
     fd: int
     ident: Ident
     path: str  # where the file is now (as far as we know)
@@ -124,10 +124,11 @@ class _Stream:
     _hashed_head: bytes = field(default=b"", repr=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _CHECKPOINTED and getattr(self, name, _UNSET) != value:
+        old = getattr(self, name, _UNSET) if name in _CHECKPOINTED else value
+        if old != value:
             object.__setattr__(self, name, value)
             if "on_change" in self.__dict__:
-                self.on_change(self, name)
+                self.on_change(self, name, old)
         else:
             object.__setattr__(self, name, value)
 
@@ -238,6 +239,14 @@ class Follower:
         self._changed: set[int] = set()
         self._groups: tuple[list[str], dict[str, list[_Stream]]] | None = None
         self._short_heads: set[int] = set()
+        # Where each file is now (path -> seq), for the names inotify events carry.
+        self._by_path: dict[str, int] = {}
+        # Live files read to their end with no inotify event for them since: read()
+        # passes them by until an event names them, and looks at all of them again every
+        # poll_interval (a write no event reported is still read as soon as before).
+        # Without the watcher thread every file is looked at.
+        self._quiet: set[int] = set()
+        self._next_sweep = 0.0
         self._by_ident: dict[Ident, _Stream] = {}
         self._seq = 0
         self._rr = 0
@@ -299,8 +308,12 @@ class Follower:
                     self.start()
                 self._activity.clear()  # set by the watcher after anything it handles
                 self._handle_events()
-                if time.monotonic() >= self._next_scan:
+                now = time.monotonic()
+                if now >= self._next_scan:
                     self._scan()
+                if now >= self._next_sweep:
+                    self._wake_all()
+                    self._next_sweep = now + self.limits.poll_interval
                 chunk = self._next_chunk(max(max_bytes, 4096), max_lines)
                 save = self._save_pending
                 self._save_pending = False
@@ -356,6 +369,7 @@ class Follower:
         rest is read as a line of its own; nothing is delivered twice or lost."""
         with self._lock:
             self._flush_quiet = quiet
+            self._wake_all()  # every file is looked at until it is quiet enough
 
     def holds_incomplete(self) -> bool:
         """True while some file's incomplete last line has been read but not delivered."""
@@ -428,6 +442,8 @@ class Follower:
         self._rr = (self._rr + 1) % len(names)
         for name in names[self._rr :] + names[: self._rr]:
             for stream in groups[name]:
+                if stream.seq in self._quiet:
+                    continue
                 chunk = self._read_stream(stream, max_bytes, max_lines)
                 if chunk is not None:
                     return chunk
@@ -457,6 +473,8 @@ class Follower:
                     held = stream.buffer.flush()
                     if held:
                         return self._hand_out(stream, held, stream.read_pos)
+                if stream.live and self._flush_quiet is None:
+                    self._rest(stream)
                 return None
             if not self._head_intact(stream):
                 # Truncated (and maybe rewritten) before or while we read: `block` may be
@@ -738,11 +756,45 @@ class Follower:
         self._changed.clear()
         return list(self._entries.values())
 
-    def _stream_changed(self, stream: _Stream, name: str) -> None:
+    def _stream_changed(self, stream: _Stream, name: str, old: Any = None) -> None:
         """A stream's checkpointed state changed (see `_Stream.__setattr__`)."""
         self._changed.add(stream.seq)
         if name in ("origin", "live", "closed"):
             self._groups = None
+        if name in ("path", "closed"):
+            gone = old if name == "path" else stream.path
+            if isinstance(gone, str) and self._by_path.get(gone) == stream.seq:
+                del self._by_path[gone]
+            if name == "path":
+                self._by_path[stream.path] = stream.seq
+        self._quiet.discard(stream.seq)
+
+    def _stream_at(self, path: str) -> _Stream | None:
+        stream = self._streams.get(self._by_path.get(path, 0))
+        return stream if stream is not None and stream.path == path else None
+
+    # --- quiet files ------------------------------------------------------------------------
+
+    def _rest(self, stream: _Stream) -> None:
+        """`stream` is read to its end: pass it by until an event names it (only with the
+        watcher thread, and only in a watched directory, where its writes are reported)."""
+        if self._watcher is not None and os.path.dirname(stream.path) in self._watched_dirs:
+            self._quiet.add(stream.seq)
+
+    def _grew(self, path: str) -> None:
+        """An event named `path`: read it again, and take its head if still short."""
+        stream = self._stream_at(path)
+        if stream is None:
+            return
+        self._quiet.discard(stream.seq)
+        if stream.seq in self._short_heads:
+            if not self._short_head(stream):
+                self._short_heads.discard(stream.seq)
+            elif not self._head_intact(stream):
+                self._on_truncated(stream)
+
+    def _wake_all(self) -> None:
+        self._quiet.clear()
 
     # --- discovery ---------------------------------------------------------------------------
 
@@ -1023,7 +1075,6 @@ class Follower:
         if not events:
             return
         rescan = False
-        modified = False
         for event in events:
             if event.mask & inotify.IN_Q_OVERFLOW:
                 rescan = True
@@ -1040,6 +1091,7 @@ class Follower:
                 rescan = True
                 continue
             path = os.path.join(directory, event.name)
+            self._grew(path)
             if event.mask & inotify.IN_MOVED_FROM:
                 self._remember_move(event.cookie, path)
                 rescan = rescan or self._matches(path)
@@ -1053,12 +1105,9 @@ class Follower:
                     self._open(path, origin=path, live=True)
             elif event.mask & inotify.IN_DELETE:
                 rescan = rescan or self._matches(path)
-            elif event.mask & inotify.IN_MODIFY:
-                modified = True
         if rescan:
+            self._wake_all()
             self._scan()
-        elif modified:
-            self._capture_heads()
 
     def _capture_heads(self) -> None:
         """Take the head of files that are still shorter than the fingerprint as soon as
@@ -1123,11 +1172,13 @@ class Follower:
 
     def _handle_watched(self, events: list[inotify.Event]) -> None:
         if events and all(event.mask == inotify.IN_MODIFY for event in events):
-            # Growth only (the common case at high rates): the reader is woken; take the
-            # heads of files still shorter than the fingerprint.
+            # Growth only (the common case at high rates): the reader is woken for the
+            # files that grew, whose heads are taken if still shorter than the fingerprint.
             with self._lock:
-                if self._short_heads:
-                    self._capture_heads()
+                for event in events:
+                    directory = self._watches.get(event.wd)
+                    if directory is not None:
+                        self._grew(os.path.join(directory, event.name))
         elif events or time.monotonic() >= self._next_scan:
             with self._lock:
                 self._handle_events(events)
