@@ -11,12 +11,16 @@ catches anything missed. Rotation and truncation are detected by identity (devic
 inode) and head: a followed name that now holds another inode means a rename rotation;
 a file shorter than our position or with another head means it was truncated in place,
 and its copy (same head, at least as long as our position) is looked for and read first.
+
+Beside this module: `access.py` decides what may be opened at all (links, FIFOs, /proc
+files, paths outside the globs' directories), `locate.py` finds a file's content again
+(a copytruncate's copy, a checkpointed file renamed or copied, generations rotated while
+we were down), `checkpoints.py` stores positions and `lines.py` turns bytes into lines.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fnmatch
 import glob
 import logging
@@ -30,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from patterns.common.follower import inotify
+from patterns.common.follower.access import REFUSALS, Access, signature
+from patterns.common.follower.access import pread as _pread
 from patterns.common.follower.checkpoints import (
     Checkpoint,
     CheckpointStore,
@@ -37,27 +43,11 @@ from patterns.common.follower.checkpoints import (
     head_hash,
 )
 from patterns.common.follower.lines import LineBuffer, LineStats
+from patterns.common.follower.locate import Locator
 
 log = logging.getLogger(__name__)
 
 Ident = tuple[int, int]  # (st_dev, st_ino)
-# What a refused name named: an inode is reused at once for the next file, so its type and
-# change time tell a regular file written in place of a refused link from that link.
-Signature = tuple[int, int, int, int]  # (st_dev, st_ino, st_mode, st_ctime_ns)
-# Rotated files with these endings are compressed archives, never read as logs.
-_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".Z")
-
-# Why a file the follower found (a glob match, a renamed or rotated file, a checkpointed
-# one) is not read. Each is logged once per path and counted in `FollowerStats.files_refused`.
-REFUSALS = {
-    "symlink": "a symbolic link, and following links is off",
-    "outside": "its real path is outside the directories the globs name",
-    "not_regular": "not a regular file (a FIFO, socket, device or directory)",
-    "pseudo_file": "its size does not describe its content (a /proc file): it would be"
-    " read again at every look",
-    "unreadable": "cannot be opened",
-    "too_many_files": "max_files files are followed already",
-}
 
 
 @dataclass(frozen=True)
@@ -167,14 +157,6 @@ class Chunk:
     _stream: Any = field(repr=False, compare=False)
 
 
-def _pread(fd: int, size: int, offset: int) -> bytes:
-    try:
-        return os.pread(fd, size, offset)
-    except OSError as exc:  # e.g. EIO on a vanished network file: treat as no data
-        log.warning("read failed", extra={"error": str(exc)})
-        return b""
-
-
 def _up_to_line(block: bytes, count: int) -> bytes:
     """`block` up to and including its `count`-th newline (all of it if it has fewer)."""
     if block.count(b"\n") <= count:
@@ -187,32 +169,6 @@ def _up_to_line(block: bytes, count: int) -> bytes:
         else:
             low = middle + 1
     return block[:low]
-
-
-def _has_magic(pattern: str) -> bool:
-    return glob.has_magic(pattern)
-
-
-def _named_directory(pattern: str) -> str:
-    """The directory a glob names before its first wildcard (`/var/log/app` for
-    `/var/log/app/*/*.log`): the operator's choice, inside which files must stay."""
-    directory = os.path.dirname(pattern)
-    while _has_magic(directory):
-        directory = os.path.dirname(directory)
-    return directory
-
-
-def _signature(st: os.stat_result) -> Signature:
-    return (st.st_dev, st.st_ino, st.st_mode, st.st_ctime_ns)
-
-
-def _opened_path(fd: int, path: str) -> str:
-    """Where the file open on `fd` really is, every link resolved. Asked of the descriptor
-    (Linux), so nothing can be swapped between the check and the open."""
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)")
-    except OSError:  # no /proc (macOS): the path resolved now, a narrow race
-        return os.path.realpath(path)
 
 
 class Follower:
@@ -256,16 +212,8 @@ class Follower:
         self._watches: dict[int, str] = {}
         self._watched_dirs: dict[str, int] = {}
         self._moves: dict[int, str] = {}
-        # The directories the globs name and their real paths, resolved once at start
-        # (the operator's configuration; the app must not redirect them later). Most
-        # specific first.
-        self._named = sorted(
-            {(_named_directory(p), os.path.realpath(_named_directory(p))) for p in self.globs},
-            key=lambda pair: -len(pair[0]),
-        )
-        # path -> (reason, what it named then): refusals are logged and counted once per
-        # path; the path is looked at again when what it names changes.
-        self._refused: dict[str, tuple[str, Signature | None]] = {}
+        self._access = Access(self.globs, self.limits.follow_symlinks, self.stats.files_refused)
+        self._locate = Locator(self._access)
         self._watcher: threading.Thread | None = None
         self._activity = threading.Event()
         self._closing = threading.Event()
@@ -558,7 +506,7 @@ class Follower:
         from 0 as a new stream on the same descriptor."""
         self.stats.truncations += 1
         position = stream.read_pos
-        copy = self._find_copy(stream.path, stream.head, position) if stream.head else None
+        copy = self._open_copy(stream.path, stream.head, position) if stream.head else None
         del self._by_ident[stream.ident]
         self._seq += 1
         self._add_stream(
@@ -587,69 +535,30 @@ class Follower:
             )
         # `stream` (old content) keeps its lower seq: it is read before `renewed`.
 
-    def _find_copy(self, path: str, head: bytes, position: int) -> tuple[int, Ident, str] | None:
-        """A file in `path`'s directory with our head and at least `position` bytes:
-        the copy a copytruncate made. The most recently modified one wins."""
-        directory = os.path.dirname(path)
-        best: tuple[float, str] | None = None
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            return None
-        for name in names:
-            candidate = os.path.join(directory, name)
-            if candidate == path:
-                continue
-            try:
-                st = os.stat(candidate, follow_symlinks=self.limits.follow_symlinks)
-            except OSError:
-                continue
-            if (
-                not stat.S_ISREG(st.st_mode)
-                or st.st_size < position
-                or (st.st_dev, st.st_ino) in self._by_ident
-            ):
-                continue
-            if self._starts_with(candidate, head) and (best is None or st.st_mtime > best[0]):
-                best = (st.st_mtime, candidate)
-        if best is None:
-            return None
-        opened = self._open_fd(best[1])
-        if opened is None:
+    def _open_copy(self, path: str, head: bytes, position: int) -> tuple[int, Ident, str] | None:
+        """The copy a copytruncate made of `path` (see `Locator.copy_of`), opened."""
+        copy = self._locate.copy_of(path, head, position, self._by_ident)
+        opened = self._access.open(copy) if copy is not None else None
+        if copy is None or opened is None:
             return None
         fd, st = opened
-        return fd, (st.st_dev, st.st_ino), best[1]
-
-    def _starts_with(self, path: str, head: bytes) -> bool:
-        return self._peek(path, len(head)) == head
+        return fd, (st.st_dev, st.st_ino), copy
 
     # --- checkpoints at start -------------------------------------------------------------------
 
     def _resume(self, checkpoint: Checkpoint) -> _Stream | None:
         """Reopen a checkpointed file where it is now: under its name, renamed (same
         inode, same head) or copied (a copytruncate while we were down: same head)."""
-        ident = (checkpoint.dev, checkpoint.ino)
-        for path in self._candidates(checkpoint):
-            try:
-                st = os.stat(path, follow_symlinks=self.limits.follow_symlinks)
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode) or st.st_size < checkpoint.offset:
-                continue
-            if (st.st_dev, st.st_ino) in self._by_ident:
-                continue
-            if not self._head_matches(path, checkpoint):
-                continue
-            if (st.st_dev, st.st_ino) != ident or path != checkpoint.path:
+        found = self._locate.checkpointed(checkpoint, self._by_ident)
+        if found is not None:
+            path, ident = found
+            if ident != (checkpoint.dev, checkpoint.ino) or path != checkpoint.path:
                 log.info(
                     "checkpointed file found elsewhere (renamed or copied while we were down)",
                     extra={"path": checkpoint.path, "now_at": path},
                 )
             return self._open(
-                path,
-                origin=checkpoint.origin,
-                live=self._matches(path),
-                checkpoint=checkpoint,
+                path, origin=checkpoint.origin, live=self._matches(path), checkpoint=checkpoint
             )
         self.stats.checkpoints_lost += 1
         log.warning(
@@ -676,72 +585,15 @@ class Follower:
         for origin, reference in newest.items():
             if origin in live_found or not reference:
                 continue
-            directory, base = os.path.split(origin)
-            found: list[tuple[int, str]] = []
-            try:
-                entries = list(os.scandir(directory))
-            except OSError:
-                continue
-            for entry in entries:
-                name = entry.name
-                if name == base or not name.startswith(base) or name.endswith(_COMPRESSED):
-                    continue
-                try:
-                    st = entry.stat()
-                except OSError:
-                    continue
-                if (
-                    stat.S_ISREG(st.st_mode)
-                    and st.st_mtime_ns > reference
-                    and (st.st_dev, st.st_ino) not in self._by_ident
-                    and not self._matches(entry.path)
-                ):
-                    found.append((st.st_mtime_ns, entry.path))
-            for _, path in sorted(found):
+            for path in self._locate.rotated_after(
+                origin, reference, self._by_ident, self._matches
+            ):
                 if self._open(path, origin=origin, live=False) is not None:
                     self.stats.rotated_while_down += 1
                     log.info(
                         "file rotated away while we were down: reading it from the start",
                         extra={"path": path, "origin": origin},
                     )
-
-    def _candidates(self, checkpoint: Checkpoint) -> list[str]:
-        """Where the checkpointed file may be: the same inode (under its last path, or
-        renamed in its directories) first, then any file there with its head (a copy; a
-        fingerprint alone is weaker evidence than the inode)."""
-        ident = (checkpoint.dev, checkpoint.ino)
-        same_inode: list[str] = []
-        others: list[str] = []
-        try:
-            st = os.stat(checkpoint.path)
-            (same_inode if (st.st_dev, st.st_ino) == ident else others).append(checkpoint.path)
-        except OSError:
-            pass
-        for directory in dict.fromkeys(
-            [os.path.dirname(checkpoint.path), os.path.dirname(checkpoint.origin)]
-        ):
-            try:
-                entries = list(os.scandir(directory))
-            except OSError:
-                continue
-            for entry in entries:
-                if entry.path == checkpoint.path:
-                    continue
-                try:
-                    dev = entry.stat(follow_symlinks=False).st_dev
-                except OSError:
-                    continue
-                (same_inode if (dev, entry.inode()) == ident else others).append(entry.path)
-        # A copy only counts if the fingerprint covers something.
-        return same_inode + (others if checkpoint.head_len else [])
-
-    def _head_matches(self, path: str, checkpoint: Checkpoint) -> bool:
-        head = self._peek(path, checkpoint.head_len)
-        return (
-            head is not None
-            and len(head) == checkpoint.head_len
-            and head_hash(head) == checkpoint.head_hash
-        )
 
     def _checkpoint_entries(self, refresh: bool = False) -> list[str]:
         """Every followed file's checkpoint, encoded; only changed ones are encoded again
@@ -801,134 +653,13 @@ class Follower:
     def _matches(self, path: str) -> bool:
         return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.globs)
 
-    def _open_fd(self, path: str) -> tuple[int, os.stat_result] | None:
-        """`path` opened for reading, or None: gone, or refused (logged and counted once).
-
-        Unless links are followed, the file must be no symlink (O_NOFOLLOW) and the
-        directory it really is in must be the one its path names below the glob's
-        directory: no link is followed there either, so nothing outside is read. In every
-        case it must be a regular file whose size describes its content."""
-        follow = self.limits.follow_symlinks
-        try:
-            # Looked at before it is opened: a device is never opened (that can act on it).
-            st = os.stat(path, follow_symlinks=follow)
-        except FileNotFoundError:
-            return None  # renamed or deleted since we saw it: the events or a scan say where
-        except OSError as exc:
-            self._refuse(path, "unreadable", None, str(exc))
-            return None
-        seen = _signature(st)
-        if not stat.S_ISREG(st.st_mode):
-            self._refuse(path, "symlink" if stat.S_ISLNK(st.st_mode) else "not_regular", seen)
-            return None
-        try:
-            # O_NONBLOCK: a FIFO swapped in since the stat must not hang the follower.
-            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
-            fd = os.open(path, flags)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            reason = "symlink" if exc.errno == errno.ELOOP and not follow else "unreadable"
-            self._refuse(path, reason, seen, str(exc))
-            return None
-        try:
-            st = os.fstat(fd)
-            refusal = self._refusal(fd, path, st)
-        except OSError as exc:
-            refusal = "unreadable"
-            detail = str(exc)
-        else:
-            detail = ""
-        if refusal is not None:
-            os.close(fd)
-            self._refuse(path, refusal, seen, detail)
-            return None
-        self._refused.pop(path, None)
-        return fd, st
-
-    def _refusal(self, fd: int, path: str, st: os.stat_result) -> str | None:
-        """Why the file open on `fd` must not be read (see REFUSALS), or None."""
-        if not stat.S_ISREG(st.st_mode):
-            return "not_regular"
-        if not self.limits.follow_symlinks:
-            expected = self._expected_real(path)
-            real = _opened_path(fd, path)
-            if expected is None or not self._inside(real):
-                return "outside"
-            if os.path.dirname(real) != os.path.dirname(expected):
-                return "symlink"  # a linked directory on the way, inside the volume
-        # /proc files say size 0 and have content: the size would say "truncated" at
-        # every look and the file would be read again without end.
-        if st.st_size == 0 and _pread(fd, 1, 0) and os.fstat(fd).st_size == 0:
-            return "pseudo_file"
-        return None
-
-    def _expected_real(self, path: str) -> str | None:
-        """The real path `path` has if no link is followed below its glob's directory;
-        None if it is below none of them."""
-        for named, real in self._named:
-            if path == named:
-                return real
-            prefix = named.rstrip("/") + "/"
-            if path.startswith(prefix):
-                return os.path.join(real, path[len(prefix) :])
-        return None
-
-    def _inside(self, real: str) -> bool:
-        return any(
-            real == root or real.startswith(root.rstrip("/") + "/") for _, root in self._named
-        )
-
-    def _refuse(self, path: str, reason: str, seen: Signature | None, detail: str = "") -> None:
-        """Do not read `path`: logged and counted once per path and reason, however often
-        it is looked at again (a scan every few seconds)."""
-        known = self._refused.get(path)
-        self._refused[path] = (reason, seen)
-        if known is not None and known[0] == reason:
-            return
-        self.stats.files_refused[reason] += 1
-        extra = {"path": path, "reason": reason, "why": REFUSALS[reason]}
-        if detail:
-            extra["error"] = detail
-        log.warning("file refused", extra=extra)
-
-    def _refused_before(self, path: str, seen: Signature) -> bool:
-        """Refused, and still the same thing: not worth opening again. A file refused for
-        the count of files or its permissions is tried again at every scan."""
-        known = self._refused.get(path)
-        return (
-            known is not None
-            and known[1] == seen
-            and known[0] not in ("unreadable", "too_many_files")
-        )
-
-    def _peek(self, path: str, size: int) -> bytes | None:
-        """The first `size` bytes of a regular file (None if it is not one we may read),
-        without logging or counting: a look at a candidate copy, not a file to follow."""
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
-        if not self.limits.follow_symlinks:
-            flags |= os.O_NOFOLLOW
-        try:
-            fd = os.open(path, flags)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if self._refusal(fd, path, st) is not None:
-                return None
-            return _pread(fd, size, 0)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-
     def _open(
         self, path: str, *, origin: str, live: bool, checkpoint: Checkpoint | None = None
     ) -> _Stream | None:
         if len(self._streams) >= self.limits.max_files:
-            self._refuse(path, "too_many_files", None)  # looked at again at every scan
+            self._access.refuse(path, "too_many_files", None)  # looked at again at every scan
             return None
-        opened = self._open_fd(path)
+        opened = self._access.open(path)
         if opened is None:
             return None
         fd, st = opened
@@ -1001,10 +732,9 @@ class Follower:
                 seen.add(path)
                 if stat.S_ISREG(st.st_mode):
                     matches.setdefault(ident, path)
-                if not self._refused_before(path, _signature(st)):
+                if not self._access.refused_before(path, signature(st)):
                     candidates.append((ident, path))
-        # Forget refusals of names that are gone: memory stays bounded by what is there.
-        self._refused = {p: known for p, known in self._refused.items() if p in seen}
+        self._access.forget_except(seen)
         for stream in list(self._streams.values()):
             if stream.detached or stream.closed:
                 continue
@@ -1044,7 +774,7 @@ class Follower:
         directories: set[str] = set()
         for pattern in self.globs:
             parent = os.path.dirname(pattern)
-            found = glob.glob(parent) if _has_magic(parent) else [parent]
+            found = glob.glob(parent) if glob.has_magic(parent) else [parent]
             directories.update(d for d in found if os.path.isdir(d) and self._may_watch(d))
         return directories
 
@@ -1052,7 +782,7 @@ class Follower:
         """Unless links are followed, a directory reached through one (a link the app
         planted, or the named directory replaced by one) is not watched."""
         return self.limits.follow_symlinks or (
-            os.path.realpath(directory) == self._expected_real(directory)
+            os.path.realpath(directory) == self._access.expected_real(directory)
         )
 
     def _update_watches(self) -> None:
