@@ -15,7 +15,8 @@ and its copy (same head, at least as long as our position) is looked for and rea
 Beside this module: `access.py` decides what may be opened at all (links, FIFOs, /proc
 files, paths outside the globs' directories), `locate.py` finds a file's content again
 (a copytruncate's copy, a checkpointed file renamed or copied, generations rotated while
-we were down), `checkpoints.py` stores positions and `lines.py` turns bytes into lines.
+we were down), `watch.py` says what inotify's events mean, `checkpoints.py` stores
+positions and `lines.py` turns bytes into lines.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from patterns.common.follower import inotify
+from patterns.common.follower import inotify, watch
 from patterns.common.follower.access import REFUSALS, Access, signature
 from patterns.common.follower.access import pread as _pread
 from patterns.common.follower.checkpoints import (
@@ -44,6 +45,7 @@ from patterns.common.follower.checkpoints import (
 )
 from patterns.common.follower.lines import LineBuffer, LineStats
 from patterns.common.follower.locate import Locator
+from patterns.common.follower.watch import DirectoryWatch
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +210,8 @@ class Follower:
         self._rr = 0
         self._started = False
         self._next_scan = 0.0
-        self._inotify = inotify.open_inotify() if self.limits.use_inotify else None
-        self._watches: dict[int, str] = {}
-        self._watched_dirs: dict[str, int] = {}
-        self._moves: dict[int, str] = {}
+        events = inotify.open_inotify() if self.limits.use_inotify else None
+        self._dirs = DirectoryWatch(events) if events is not None else None
         self._access = Access(self.globs, self.limits.follow_symlinks, self.stats.files_refused)
         self._locate = Locator(self._access)
         self._watcher: threading.Thread | None = None
@@ -224,7 +224,7 @@ class Follower:
 
     @property
     def uses_inotify(self) -> bool:
-        return self._inotify is not None
+        return self._dirs is not None
 
     def start(self) -> None:
         """Load checkpoints, watch directories and open the files (read() does it too)."""
@@ -232,7 +232,7 @@ class Follower:
             if self._started:
                 return
             self._started = True
-            if self._inotify is not None:
+            if self._dirs is not None:
                 self._watcher = threading.Thread(
                     target=self._watch, name="follower-watch", daemon=True
                 )
@@ -370,9 +370,9 @@ class Follower:
         with self._lock:
             for stream in list(self._streams.values()):
                 self._close(stream, count=False)
-            if self._inotify is not None:
-                self._inotify.close()
-                self._inotify = None
+            if self._dirs is not None:
+                self._dirs.close()
+                self._dirs = None
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -630,7 +630,9 @@ class Follower:
     def _rest(self, stream: _Stream) -> None:
         """`stream` is read to its end: pass it by until an event names it (only with the
         watcher thread, and only in a watched directory, where its writes are reported)."""
-        if self._watcher is not None and os.path.dirname(stream.path) in self._watched_dirs:
+        dirs = self._dirs
+        directory = os.path.dirname(stream.path)
+        if self._watcher is not None and dirs is not None and dirs.watches(directory):
             self._quiet.add(stream.seq)
 
     def _grew(self, path: str) -> None:
@@ -714,7 +716,7 @@ class Follower:
         """Look at every glob match and every followed file (the polling path, and the
         safety net behind inotify)."""
         self._next_scan = time.monotonic() + (
-            self.limits.rescan_interval if self._inotify else self.limits.poll_interval
+            self.limits.rescan_interval if self._dirs else self.limits.poll_interval
         )
         self._update_watches()
         matches: dict[Ident, str] = {}
@@ -786,54 +788,31 @@ class Follower:
         )
 
     def _update_watches(self) -> None:
-        if self._inotify is None:
-            return
-        for directory in self._glob_directories() - set(self._watched_dirs):
-            try:
-                wd = self._inotify.add_watch(directory)
-            except OSError as exc:
-                log.warning("cannot watch directory", extra={"path": directory, "error": str(exc)})
-                continue
-            self._watched_dirs[directory] = wd
-            self._watches[wd] = directory
+        if self._dirs is not None:
+            self._dirs.watch(self._glob_directories())
 
     def _handle_events(self, events: list[inotify.Event] | None = None) -> None:
-        if events is None:
-            if self._inotify is None or self._watcher is not None:
-                return  # the watcher thread takes the events
-            events = self._inotify.read_events()
-        if not events:
+        if self._dirs is None:
             return
+        if events is None:
+            if self._watcher is not None:
+                return  # the watcher thread takes the events
+            events = self._dirs.read_events()
         rescan = False
-        for event in events:
-            if event.mask & inotify.IN_Q_OVERFLOW:
+        for change in self._dirs.changes(events):
+            path = change.path
+            if change.kind == watch.RESCAN:
                 rescan = True
                 continue
-            directory = self._watches.get(event.wd)
-            if directory is None:
-                continue
-            if event.mask & (inotify.IN_IGNORED | inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF):
-                self._watches.pop(event.wd, None)
-                self._watched_dirs.pop(directory, None)
-                rescan = True
-                continue
-            if event.mask & inotify.IN_ISDIR:
-                rescan = True
-                continue
-            path = os.path.join(directory, event.name)
             self._grew(path)
-            if event.mask & inotify.IN_MOVED_FROM:
-                self._remember_move(event.cookie, path)
+            if change.kind == watch.MOVED_TO:
+                if change.source is not None and self._matches(change.source):
+                    self._renamed(change.source, path)
                 rescan = rescan or self._matches(path)
-            elif event.mask & inotify.IN_MOVED_TO:
-                source = self._moves.pop(event.cookie, None)
-                if source is not None and self._matches(source):
-                    self._renamed(source, path)
-                rescan = rescan or self._matches(path)
-            elif event.mask & inotify.IN_CREATE:
+            elif change.kind == watch.CREATED:
                 if self._matches(path):
                     self._open(path, origin=path, live=True)
-            elif event.mask & inotify.IN_DELETE:
+            elif change.kind in (watch.MOVED_FROM, watch.DELETED):
                 rescan = rescan or self._matches(path)
         if rescan:
             self._wake_all()
@@ -854,11 +833,6 @@ class Follower:
         return len(stream.head) < self.limits.fingerprint_bytes and not (
             stream.detached or stream.finished or stream.closed
         )
-
-    def _remember_move(self, cookie: int, path: str) -> None:
-        self._moves[cookie] = path
-        while len(self._moves) > 1024:  # MOVED_FROM without MOVED_TO: moved out of sight
-            del self._moves[next(iter(self._moves))]
 
     def _renamed(self, source: str, target: str) -> None:
         """A followed name was renamed to `target`. If we had not opened that file yet
@@ -884,31 +858,29 @@ class Follower:
         is doing (busy, or blocked because its destination is down). A file that lives
         for milliseconds is opened and its head taken within the time of one read."""
         while not self._closing.is_set():
-            inotify_ = self._inotify
-            if inotify_ is None:
+            dirs = self._dirs
+            if dirs is None:
                 return
             try:
-                ready, _, _ = select.select([inotify_.fileno()], [], [], self.limits.poll_interval)
+                ready, _, _ = select.select([dirs.fileno()], [], [], self.limits.poll_interval)
             except (OSError, ValueError):
                 return
             if self._closing.is_set():
                 return
             try:
-                self._handle_watched(inotify_.read_events() if ready else [])
+                self._handle_watched(dirs, dirs.read_events() if ready else [])
             except Exception:  # keep watching: the periodic scan repairs what was missed
                 log.exception("handling file events failed")
                 time.sleep(self.limits.poll_interval)
             self._activity.set()
 
-    def _handle_watched(self, events: list[inotify.Event]) -> None:
-        if events and all(event.mask == inotify.IN_MODIFY for event in events):
+    def _handle_watched(self, dirs: DirectoryWatch, events: list[inotify.Event]) -> None:
+        if dirs.growth_only(events):
             # Growth only (the common case at high rates): the reader is woken for the
             # files that grew, whose heads are taken if still shorter than the fingerprint.
             with self._lock:
-                for event in events:
-                    directory = self._watches.get(event.wd)
-                    if directory is not None:
-                        self._grew(os.path.join(directory, event.name))
+                for change in dirs.changes(events):
+                    self._grew(change.path)
         elif events or time.monotonic() >= self._next_scan:
             with self._lock:
                 self._handle_events(events)
