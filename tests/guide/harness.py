@@ -75,7 +75,7 @@ _BLANKS = re.compile(r"\s+")
 # The shell's notices about its jobs ("[1]+  Killed  ..." in a terminal; "<file>: line N:
 # <pid> Killed  ..." here): shell chatter, like the prompt, that no guide shows.
 _JOB_NOTICE = re.compile(
-    r"^(?:\S+: line \d+: \d+|\[\d+\][+-]?)\s+"
+    r"^(?:\S+: line \d+:\s+\d+|\[\d+\][+-]?)\s+"
     r"(?:Killed|Terminated|Done|Exit \d+|Hangup|Aborted|Quit|Interrupt|Stopped)\b")
 
 

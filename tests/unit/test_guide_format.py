@@ -11,6 +11,7 @@ from sybil import Document
 
 from tests.conftest import ROOT
 from tests.guide.harness import (
+    _JOB_NOTICE,
     FLAGS,
     GUIDES,
     RUNTIMES,
@@ -105,3 +106,19 @@ def test_outputs_that_match(expected: str, actual: str) -> None:
 def test_outputs_that_do_not_match(expected: str, actual: str) -> None:
     mismatch = output_mismatch(expected, actual)
     assert mismatch is not None and "expected (the guide)" in mismatch
+
+
+@pytest.mark.parametrize("line", [
+    "/tmp/g/.harness/block-10.sh: line 2:  7201 Killed                  SHIPPER_PATHS=...",
+    "/tmp/g/.harness/block-10.sh: line 2: 15612 Killed                  .venv/bin/log-shipper",
+    "[1]+  Done                    sleep 1",
+    "[2]-  Terminated              kubectl port-forward svc/web-app 8080",
+])
+def test_the_shells_job_notices_are_not_output(line: str) -> None:
+    assert _JOB_NOTICE.match(line)
+
+
+@pytest.mark.parametrize("line", ["Killed 2 processes", "==> stopped web-app (exit 0)",
+                                  "Terminated: 15"])
+def test_output_is_not_taken_for_a_job_notice(line: str) -> None:
+    assert not _JOB_NOTICE.match(line)
