@@ -11,7 +11,8 @@ PY           := $(VENV)/bin/python
 # Tag of the images: <version>-<git short sha>, the same as images/build.py gives them.
 IMAGE_TAG    ?= $(shell $(PYTHON) images/build.py --print-tag)
 IMAGE_PREFIX ?= podpatterns
-SERVICES     := $(basename $(notdir $(wildcard images/*/*.Dockerfile)))
+# What `make images` builds: images/build.py's own list (one recipe, a row per service).
+SERVICES     := $(shell $(PYTHON) images/build.py --list)
 KIND_CLUSTER ?= podpatterns
 # The demos create, load into and talk to this cluster too.
 export KIND_CLUSTER
@@ -25,11 +26,11 @@ PYTEST_ARGS  ?=
 export PATH := $(PATH):$(abspath $(VENV))/bin
 
 .PHONY: help venv images print-image-tag prune-images kind-up kind-down kind-load \
-        demo-sidecar demo-adapter demo-ambassador ambassador-failover demo-clean \
+        demo-pod demo-sidecar demo-adapter demo-ambassador ambassador-failover demo-clean \
         test lint validate benchmarks clean
 
 help: ## this list
-	@echo "podpatterns: Kubernetes multi-container pod patterns (sidecar, adapter, ambassador)"
+	@echo "podpatterns: Kubernetes multi-container pod patterns (lab 0 the pod itself; sidecar, adapter, ambassador)"
 	@echo
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-20s %s\n", $$1, $$2}'
 	@echo
@@ -91,6 +92,9 @@ kind-load: ## load the images (tag IMAGE_TAG, default: this commit's) into kind,
 
 # --- demos --------------------------------------------------------------------------------
 
+demo-pod: venv ## lab 0: the multi-container pod itself (kind, Compose or local processes)
+	$(PY) -m demo pod
+
 demo-sidecar: venv ## run the sidecar demo (kind, podman, Compose or local processes: it says which)
 	$(PY) -m demo sidecar
 
@@ -138,8 +142,8 @@ validate: venv ## manifests (kustomize, strict Kubernetes schema of K8S_VERSION)
 	        $(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $$out; \
 	    done; \
 	done
-	$(VENV)/bin/hadolint images/*/*.Dockerfile
-	@echo "validate: manifests of $(PATTERNS) and $(words $(wildcard images/*/*.Dockerfile)) Dockerfiles are valid"
+	$(VENV)/bin/hadolint images/*.Dockerfile images/*/*.Dockerfile
+	@echo "validate: manifests of $(PATTERNS) and $(words $(wildcard images/*.Dockerfile images/*/*.Dockerfile)) Dockerfiles are valid"
 
 benchmarks: venv ## speed and memory figures, as ratios against a peer measured in the same run
 	@ls benchmarks/*.py >/dev/null 2>&1 || { echo "no benchmarks in benchmarks/"; exit 0; }; \

@@ -20,7 +20,8 @@ from demo.console import say, warn
 from demo.errors import DemoError, Stopped
 from demo.runtimes import RUNTIMES, choose
 
-PATTERNS = ("sidecar", "adapter", "ambassador")
+# Lab 0 (the plain two-container pod) first, as in the guides.
+PATTERNS = ("pod", "sidecar", "adapter", "ambassador")
 ERROR_LOG = ROOT / "build" / "demo-error.log"
 
 

@@ -426,8 +426,10 @@ def clean(patterns: list[str], on_podman: list[str] | None = None) -> None:
             say(f"removed the demos' {len(existing)} Compose containers and their volumes")
     if shutil.which("kind") and use_kind_cluster(create=False):
         for pattern in patterns:
-            subprocess.run(["kubectl", "delete", "-k", str(Path("k8s") / pattern / "kind"),
-                            "--ignore-not-found"], cwd=ROOT)
+            overlay = Path("k8s") / pattern / "kind"
+            if (ROOT / overlay).is_dir():  # lab 0's (k8s/0-pod) is demo/pod.py's clean()
+                subprocess.run(["kubectl", "delete", "-k", str(overlay), "--ignore-not-found"],
+                               cwd=ROOT)
     if shutil.which("podman"):
         try:
             for pattern in patterns if on_podman is None else on_podman:
