@@ -86,8 +86,10 @@ Guarantees and rules:
   `follower.followed` (open files) and `follower.backlog_bytes()`.
 """
 
+from patterns.common.follower.access import REFUSALS
 from patterns.common.follower.checkpoints import Checkpoint, CheckpointStore
-from patterns.common.follower.follower import REFUSALS, Chunk, Follower, FollowerStats, Limits
+from patterns.common.follower.follower import Follower, FollowerStats, Limits
+from patterns.common.follower.stream import Chunk
 
 __all__ = [
     "REFUSALS",

@@ -1,9 +1,7 @@
 """Follow log files the way a production shipper must; see the package docstring for use.
 
-Each followed file is a `_Stream`: an open file descriptor (kept across renames, so a
-rotated file is read to its end), the read position, the committed (durably handled)
-position, the held incomplete line and the head of the file (its first bytes: the
-fingerprint that tells a truncated, rewritten or reused file from the one we know).
+Each followed file is a `Stream` (stream.py): its descriptor, positions, held incomplete
+line and head. The follower goes round them to read, and finds, renames and closes them.
 
 Discovery: inotify on the globs' directories reports new and renamed files as it
 happens, and a periodic full scan (the only mechanism where inotify is unavailable)
@@ -30,7 +28,6 @@ import select
 import stat
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,11 +42,11 @@ from patterns.common.follower.checkpoints import (
 )
 from patterns.common.follower.lines import LineBuffer, LineStats
 from patterns.common.follower.locate import Locator
+from patterns.common.follower.stream import Chunk, Ident, Stream, up_to_line
 from patterns.common.follower.watch import DirectoryWatch
 
 log = logging.getLogger(__name__)
 
-Ident = tuple[int, int]  # (st_dev, st_ino)
 
 
 @dataclass(frozen=True)
@@ -87,92 +84,6 @@ class FollowerStats(LineStats):
     files_refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
 
 
-# What a checkpoint says of a stream: a change to one of these is reported to the follower
-# (`_Stream.on_change`), so that a commit re-encodes the checkpoint of the file that
-# changed, not of every file followed.
-_CHECKPOINTED = frozenset({"ident", "path", "origin", "live", "committed", "head", "detached"})
-_UNSET = object()
-
-
-@dataclass(eq=False)
-class _Stream:
-    seq: int
-    on_change: Callable[[_Stream, str, Any], None] = field(repr=False)
-    fd: int
-    ident: Ident
-    path: str  # where the file is now (as far as we know)
-    origin: str  # the followed name its lines were written under
-    live: bool  # still under a followed name
-    read_pos: int
-    committed: int
-    handed_out: int  # end of the last chunk given to the consumer
-    head: bytes
-    buffer: LineBuffer
-    last_growth: float
-    detached: bool = False  # truncated without a copy: nothing more to read from fd
-    finished: bool = False  # done reading; closed once everything handed out is committed
-    closed: bool = False
-    _head_hash: str = field(default="", repr=False)
-    _hashed_head: bytes = field(default=b"", repr=False)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        old = getattr(self, name, _UNSET) if name in _CHECKPOINTED else value
-        if old != value:
-            object.__setattr__(self, name, value)
-            if "on_change" in self.__dict__:
-                self.on_change(self, name, old)
-        else:
-            object.__setattr__(self, name, value)
-
-    def checkpoint(self) -> Checkpoint:
-        if self._hashed_head != self.head or not self._head_hash:
-            self._head_hash = head_hash(self.head)
-            self._hashed_head = self.head
-        return Checkpoint(
-            dev=self.ident[0],
-            ino=self.ident[1],
-            offset=self.committed,
-            head_len=len(self.head),
-            head_hash=self._head_hash,
-            path=self.path,
-            origin=self.origin,
-            live=self.live,
-            mtime_ns=self._mtime_ns(),
-        )
-
-    def _mtime_ns(self) -> int:
-        try:
-            return os.fstat(self.fd).st_mtime_ns
-        except OSError:
-            return 0
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Lines read from one file. `path` is the followed name the lines were written
-    under (also for a rotated or copied file); [start, end) the bytes they came from."""
-
-    path: str
-    lines: list[str]
-    start: int
-    end: int
-    _stream: Any = field(repr=False, compare=False)
-
-
-def _up_to_line(block: bytes, count: int) -> bytes:
-    """`block` up to and including its `count`-th newline (all of it if it has fewer)."""
-    if block.count(b"\n") <= count:
-        return block
-    low, high = 0, len(block)  # the shortest prefix holding `count` newlines
-    while low < high:
-        middle = (low + high) // 2
-        if block.count(b"\n", 0, middle) >= count:
-            high = middle
-        else:
-            low = middle + 1
-    return block[:low]
-
-
 class Follower:
     def __init__(
         self,
@@ -188,14 +99,14 @@ class Follower:
         self.stats = FollowerStats()
         self._lock = threading.RLock()
         self._save_lock = threading.Lock()
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, Stream] = {}
         # Work per commit, read or event must not grow with the number of files followed:
         # each file's checkpoint is encoded once per change (seq -> JSON, in seq order);
         # the order read() goes round in is kept until a file comes, goes or is renamed;
         # only files still shorter than the fingerprint are looked at for their head.
         self._entries: dict[int, str] = {}
         self._changed: set[int] = set()
-        self._groups: tuple[list[str], dict[str, list[_Stream]]] | None = None
+        self._groups: tuple[list[str], dict[str, list[Stream]]] | None = None
         self._short_heads: set[int] = set()
         # Where each file is now (path -> seq), for the names inotify events carry.
         self._by_path: dict[str, int] = {}
@@ -205,7 +116,7 @@ class Follower:
         # Without the watcher thread every file is looked at.
         self._quiet: set[int] = set()
         self._next_sweep = 0.0
-        self._by_ident: dict[Ident, _Stream] = {}
+        self._by_ident: dict[Ident, Stream] = {}
         self._seq = 0
         self._rr = 0
         self._started = False
@@ -290,7 +201,7 @@ class Follower:
         same file): advance and save the checkpoint. Chunks of one file must be committed
         in the order they were read."""
         with self._lock:
-            stream: _Stream = chunk._stream
+            stream: Stream = chunk._stream
             stream.committed = max(stream.committed, chunk.end)
             self._close_if_done(stream)
         self.save()
@@ -380,7 +291,7 @@ class Follower:
         """Round robin over followed names; within one name, rotated or copied files
         (older content) before the live file."""
         if self._groups is None:
-            groups: dict[str, list[_Stream]] = {}
+            groups: dict[str, list[Stream]] = {}
             for stream in sorted(self._streams.values(), key=lambda s: (s.live, s.seq)):
                 groups.setdefault(stream.origin, []).append(stream)
             self._groups = sorted(groups), groups
@@ -398,7 +309,7 @@ class Follower:
         return None
 
     def _read_stream(
-        self, stream: _Stream, max_bytes: int, max_lines: int | None
+        self, stream: Stream, max_bytes: int, max_lines: int | None
     ) -> Chunk | None:
         if stream.closed:
             return None
@@ -431,7 +342,7 @@ class Follower:
                 return None
             read = len(block)
             if max_lines is not None:
-                block = _up_to_line(block, max_lines)  # the rest is read next time
+                block = up_to_line(block, max_lines)  # the rest is read next time
             stream.read_pos += len(block)
             stream.last_growth = now
             self.stats.bytes_read += len(block)
@@ -445,13 +356,13 @@ class Follower:
             if read < want:
                 return None
 
-    def _hand_out(self, stream: _Stream, lines: list[str], end: int) -> Chunk:
+    def _hand_out(self, stream: Stream, lines: list[str], end: int) -> Chunk:
         chunk = Chunk(stream.origin, lines, stream.handed_out, end, stream)
         stream.handed_out = end
         self.stats.lines_read += len(lines)
         return chunk
 
-    def _finish(self, stream: _Stream) -> Chunk | None:
+    def _finish(self, stream: Stream) -> Chunk | None:
         """The file is done (rotated and quiet, or truncated away): deliver the held
         incomplete line as a line and close the file once everything is committed."""
         stream.finished = True
@@ -461,12 +372,12 @@ class Follower:
         self._close_if_done(stream)
         return None
 
-    def _close_if_done(self, stream: _Stream) -> None:
+    def _close_if_done(self, stream: Stream) -> None:
         if stream.finished and not stream.closed and stream.committed >= stream.handed_out:
             log.info("file done", extra={"path": stream.path, "origin": stream.origin})
             self._close(stream)
 
-    def _close(self, stream: _Stream, count: bool = True) -> None:
+    def _close(self, stream: Stream, count: bool = True) -> None:
         stream.closed = True
         if stream.fd >= 0:
             with contextlib.suppress(OSError):
@@ -481,7 +392,7 @@ class Follower:
 
     # --- identity, truncation, copies ---------------------------------------------------------
 
-    def _head_intact(self, stream: _Stream) -> bool:
+    def _head_intact(self, stream: Stream) -> bool:
         """True if the file still starts with the head we know (and extend the head while
         the file is shorter than the fingerprint)."""
         head = _pread(stream.fd, self.limits.fingerprint_bytes, 0)
@@ -490,7 +401,7 @@ class Follower:
         stream.head = head
         return True
 
-    def _check_truncated(self, stream: _Stream) -> bool:
+    def _check_truncated(self, stream: Stream) -> bool:
         try:
             size = os.fstat(stream.fd).st_size
         except OSError:
@@ -500,7 +411,7 @@ class Follower:
             return True
         return False
 
-    def _on_truncated(self, stream: _Stream) -> None:
+    def _on_truncated(self, stream: Stream) -> None:
         """The file was truncated in place (it may also have been renamed since). Its old
         content goes on from the copy if there is one; the file itself is followed again
         from 0 as a new stream on the same descriptor."""
@@ -546,7 +457,7 @@ class Follower:
 
     # --- checkpoints at start -------------------------------------------------------------------
 
-    def _resume(self, checkpoint: Checkpoint) -> _Stream | None:
+    def _resume(self, checkpoint: Checkpoint) -> Stream | None:
         """Reopen a checkpointed file where it is now: under its name, renamed (same
         inode, same head) or copied (a copytruncate while we were down: same head)."""
         found = self._locate.checkpointed(checkpoint, self._by_ident)
@@ -569,7 +480,7 @@ class Follower:
         return None
 
     def _recover_generations(
-        self, checkpoints: list[Checkpoint], resumed: list[_Stream | None]
+        self, checkpoints: list[Checkpoint], resumed: list[Stream | None]
     ) -> None:
         """Files rotated away while we were down after the checkpointed one (an app that
         rotated several times): named like the followed file (`app.log.1`, `app.log-2026…`,
@@ -608,8 +519,8 @@ class Follower:
         self._changed.clear()
         return list(self._entries.values())
 
-    def _stream_changed(self, stream: _Stream, name: str, old: Any = None) -> None:
-        """A stream's checkpointed state changed (see `_Stream.__setattr__`)."""
+    def _stream_changed(self, stream: Stream, name: str, old: Any = None) -> None:
+        """A stream's checkpointed state changed (see `Stream.__setattr__`)."""
         self._changed.add(stream.seq)
         if name in ("origin", "live", "closed"):
             self._groups = None
@@ -621,13 +532,13 @@ class Follower:
                 self._by_path[stream.path] = stream.seq
         self._quiet.discard(stream.seq)
 
-    def _stream_at(self, path: str) -> _Stream | None:
+    def _stream_at(self, path: str) -> Stream | None:
         stream = self._streams.get(self._by_path.get(path, 0))
         return stream if stream is not None and stream.path == path else None
 
     # --- quiet files ------------------------------------------------------------------------
 
-    def _rest(self, stream: _Stream) -> None:
+    def _rest(self, stream: Stream) -> None:
         """`stream` is read to its end: pass it by until an event names it (only with the
         watcher thread, and only in a watched directory, where its writes are reported)."""
         dirs = self._dirs
@@ -657,7 +568,7 @@ class Follower:
 
     def _open(
         self, path: str, *, origin: str, live: bool, checkpoint: Checkpoint | None = None
-    ) -> _Stream | None:
+    ) -> Stream | None:
         if len(self._streams) >= self.limits.max_files:
             self._access.refuse(path, "too_many_files", None)  # looked at again at every scan
             return None
@@ -685,8 +596,8 @@ class Follower:
 
     def _add_stream(
         self, fd: int, ident: Ident, path: str, *, origin: str, live: bool, offset: int
-    ) -> _Stream:
-        stream = _Stream(
+    ) -> Stream:
+        stream = Stream(
             seq=self._seq,
             on_change=self._stream_changed,
             fd=fd,
@@ -752,7 +663,7 @@ class Follower:
                 self._open(path, origin=path, live=True)
         self._capture_heads()
 
-    def _moved_away(self, stream: _Stream, new_path: str | None = None) -> None:
+    def _moved_away(self, stream: Stream, new_path: str | None = None) -> None:
         try:
             deleted = os.fstat(stream.fd).st_nlink == 0
         except OSError:
@@ -829,7 +740,7 @@ class Follower:
             elif not self._head_intact(stream):
                 self._on_truncated(stream)
 
-    def _short_head(self, stream: _Stream) -> bool:
+    def _short_head(self, stream: Stream) -> bool:
         return len(stream.head) < self.limits.fingerprint_bytes and not (
             stream.detached or stream.finished or stream.closed
         )
