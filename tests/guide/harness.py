@@ -331,8 +331,11 @@ def session_env(runtime: str, tmpdir: Path, extra: Mapping[str, str] = {}) -> di
     venv_bin = str(ROOT / ".venv" / "bin")
     path = os.pathsep.join(part for part in os.environ.get("PATH", "").split(os.pathsep)
                            if part and os.path.abspath(part) != venv_bin)
+    # Nor is the user inside a make: under `make test` these make every `make` a guide runs
+    # a sub-make, which prints "Entering directory" lines the guide does not show.
     env = {key: value for key, value in os.environ.items()
-           if key not in ("VIRTUAL_ENV", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST")}
+           if key not in ("VIRTUAL_ENV", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST",
+                          "MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
     env.update(PATH=path, TMPDIR=str(tmpdir), DEMO_RUNTIME=runtime, DEMO_SECONDS="3")
     env.update(extra)
     return env
