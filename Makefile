@@ -44,7 +44,7 @@ venv: $(VENV)/.installed ## create .venv with the suite, every service's extras 
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test,lint,web,db,json,uvloop]'
+	$(PY) -m pip install --quiet -e '.[test,lint,web,db,json,uvloop,tls,httptools]'
 	@touch $@
 
 # --- images and kind ----------------------------------------------------------------------
