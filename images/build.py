@@ -114,6 +114,22 @@ PYTHON_SERVICES = {
     "web-app": PythonService(
         "sidecar", "web", "8080",
         "sidecar pattern, demo web application writing its access log to a shared volume"),
+    "whoami-app": PythonService(
+        "security", "web", "8080",
+        "security pattern, demo application that knows nothing about TLS and answers who "
+        "called it"),
+    "cert-issuer": PythonService(
+        "security", "tls", "8444 9106",
+        "security pattern, the organisation's CA stand-in signing short-lived certificates "
+        "for callers with a bootstrap token"),
+    "cert-renewer": PythonService(
+        "security", "tls", "9107",
+        "security pattern, sidecar that keeps a short-lived key and certificate renewed on a "
+        "shared memory volume"),
+    "tls-proxy": PythonService(
+        "security", "uvloop-httptools", "8443 9108",
+        "security pattern, sidecar terminating TLS in front of an app that speaks plain "
+        "HTTP, reloading renewed certificates"),
 }
 
 
