@@ -9,17 +9,46 @@ every variable and what it expects, instead of failing later in the middle of wo
 line (`setup_logging` runs before the configuration is loaded, so it cannot stop the
 service), and checking it here makes a bad value a configuration error of every service,
 whether it starts through `run_service` or has its own entry point.
+
+A renamed setting keeps its old name as a deprecated alias: `Env(environ, renamed={old:
+new})` reads the old name when the new one is unset (with one warning naming the new
+name), and both set to different values is a configuration error naming both.
+
+`writable_dir` declares a directory the service writes: under `run_service` (inside
+`checking_dirs()`) it is created if missing and must be writable, else the configuration
+error names the variable; a test that only parses settings touches no directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 from patterns.common.jsonlog import LEVEL_NAMES, parse_level
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# Set by run_service while it loads a service's configuration: only then does
+# `Env.writable_dir` create and check the directory (see the module's docstring).
+_CHECKING_DIRS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "checking_dirs", default=False
+)
+
+
+@contextlib.contextmanager
+def checking_dirs() -> Iterator[None]:
+    token = _CHECKING_DIRS.set(True)
+    try:
+        yield
+    finally:
+        _CHECKING_DIRS.reset(token)
 
 
 class ConfigError(Exception):
@@ -36,22 +65,52 @@ _List = list
 
 
 class Env:
-    def __init__(self, environ: Mapping[_Str, _Str] | None = None) -> None:
+    def __init__(
+        self,
+        environ: Mapping[_Str, _Str] | None = None,
+        *,
+        renamed: Mapping[_Str, _Str] | None = None,
+    ) -> None:
         self._environ = os.environ if environ is None else environ
         self.problems: list[str] = []
+        # new name -> old name, for the getters (renamed is given old -> new, as people
+        # read a changelog).
+        self._old_name = {new: old for old, new in (renamed or {}).items()}
+        # The name a getter's value was read from: the old one when only it is set, so a
+        # bad value is reported under the name the operator wrote.
+        self._source: dict[_Str, _Str] = {}
         level = self._raw("LOG_LEVEL", False)
         if level is not None and parse_level(level) is None:
             self._bad("LOG_LEVEL", level, LEVEL_NAMES)
 
-    def _raw(self, name: _Str, required: _Bool) -> _Str | None:
+    def _value(self, name: _Str) -> _Str | None:
         value = self._environ.get(name)
-        if value is None or value.strip() == "":
-            if required:
-                self.problems.append(f"{name} is required")
-            return None
-        return value.strip()
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def _raw(self, name: _Str, required: _Bool) -> _Str | None:
+        value = self._value(name)
+        self._source[name] = name
+        old = self._old_name.get(name)
+        old_value = None if old is None else self._value(old)
+        if old is not None and old_value is not None:
+            if value is not None and value != old_value:
+                self.problems.append(
+                    f"{old} and {name} are both set and differ: {old} is the old name of "
+                    f"{name}; keep {name}"
+                )
+                return None
+            log.warning(
+                f"{old} is deprecated: use {name}", extra={"variable": old, "use": name}
+            )
+            if value is None:
+                self._source[name] = old
+                value = old_value
+        if value is None and required:
+            self.problems.append(f"{name} is required")
+        return value
 
     def _bad(self, name: _Str, value: _Str, expected: _Str) -> None:
+        name = self._source.get(name, name)
         self.problems.append(f"{name}={value!r}: expected {expected}")
 
     def str(self, name: _Str, default: _Str = "", *, required: _Bool = False) -> _Str:
@@ -135,6 +194,24 @@ class Env:
             self._bad(name, raw, "host:port")
             parsed = parse_host_port(default) or ("127.0.0.1", 0)
         return parsed
+
+    def writable_dir(self, name: _Str, default: _Str) -> Path:
+        """A directory the service writes (state, checkpoints, logs). Under
+        `checking_dirs()` it is created if missing and must be writable and searchable by
+        this uid; otherwise the problem names the variable."""
+        path = Path(self.str(name, default))
+        if not _CHECKING_DIRS.get():
+            return path
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            problem = None if os.access(path, os.W_OK | os.X_OK) else (
+                f"not writable by uid {os.getuid()}"
+            )
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+        if problem is not None:
+            self.problems.append(f"{self._source.get(name, name)}={str(path)!r}: {problem}")
+        return path
 
     def check(self) -> None:
         """Raise one ConfigError naming every problem found so far."""

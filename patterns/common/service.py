@@ -24,7 +24,7 @@ from typing import Protocol, TypeVar
 from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector
 
 from patterns.common.admin import AdminServer
-from patterns.common.config import ConfigError
+from patterns.common.config import ConfigError, checking_dirs
 from patterns.common.jsonlog import setup_logging
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,8 @@ def run_service(
     loaded and before anything listens."""
     setup_logging(name, os.environ.get("LOG_LEVEL", "info"))
     try:
-        config = load_config(os.environ if environ is None else environ)
+        with checking_dirs():  # the writable directories are created and checked now
+            config = load_config(os.environ if environ is None else environ)
         service_run = load_entry(run) if isinstance(run, str) else run
     except ConfigError as exc:
         print(f"{name}: configuration error: {exc}", file=sys.stderr)

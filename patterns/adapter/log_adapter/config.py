@@ -9,6 +9,7 @@ from pathlib import Path
 
 from patterns.adapter.log_adapter.formats import FORMATS, RegexFormat
 from patterns.common.config import Env
+from patterns.common.forward.settings import ForwardSettings, forward_settings
 
 OUTPUTS = ("stdout", "forward", "none")
 
@@ -32,9 +33,7 @@ class Config:
     inputs: tuple[InputSpec, ...]
     state_dir: Path
     output: str
-    fluent_host: str
-    fluent_port: int
-    fluent_tag: str
+    forward: ForwardSettings  # FLUENT_HOST, FLUENT_PORT, FLUENT_TAG, FLUENT_SHARED_KEY
     service_name: str
     regex: RegexFormat | None
     multiline_flush_seconds: float
@@ -85,11 +84,9 @@ def load_config(environ: Mapping[str, str]) -> Config:
         admin_host=env.str("ADAPTER_HTTP_HOST", "0.0.0.0"),
         admin_port=env.port("ADAPTER_HTTP_PORT", 9103),
         inputs=inputs,
-        state_dir=Path(env.str("ADAPTER_STATE_DIR", "/var/lib/log-adapter")),
+        state_dir=env.writable_dir("ADAPTER_STATE_DIR", "/var/lib/log-adapter"),
         output=output,
-        fluent_host=env.str("FLUENT_HOST", "127.0.0.1"),
-        fluent_port=env.port("FLUENT_PORT", 24224),
-        fluent_tag=env.str("FLUENT_TAG", "adapter"),
+        forward=forward_settings(env, default_tag="adapter"),
         service_name=env.str("OTEL_SERVICE_NAME", "unknown_service"),
         regex=regex,
         multiline_flush_seconds=env.float(

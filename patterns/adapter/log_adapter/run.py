@@ -5,8 +5,6 @@ point names it by reference."""
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 
 from patterns.adapter.log_adapter.adapter import Adapter, FollowerCollector
@@ -15,7 +13,7 @@ from patterns.adapter.log_adapter.metrics import AdapterMetrics
 from patterns.adapter.log_adapter.output import ForwardOutput, NullOutput, Output, StdoutOutput
 from patterns.common.admin import json_response
 from patterns.common.forward.client import ForwardClient
-from patterns.common.service import EXIT_CONFIG, Runtime
+from patterns.common.service import Runtime
 
 log = logging.getLogger("patterns.adapter.log_adapter")
 
@@ -27,34 +25,13 @@ def make_output(config: Config, runtime: Runtime, while_waiting: object) -> Outp
     if config.output == "stdout":
         return StdoutOutput()
     if config.output == "forward":
-        client = ForwardClient(
-            config.fluent_host,
-            config.fluent_port,
-            shared_key=os.environ.get("FLUENT_SHARED_KEY") or None,
-        )
-        return ForwardOutput(client, config.fluent_tag, runtime.stopping, while_waiting)
+        forward = config.forward
+        client = ForwardClient(forward.host, forward.port, shared_key=forward.shared_key)
+        return ForwardOutput(client, forward.tag, runtime.stopping, while_waiting)
     return NullOutput()
 
 
-def _check_state_dir(config: Config) -> None:
-    """Fail at start, naming the variable, rather than at the first checkpoint."""
-    try:
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        problem = None if os.access(config.state_dir, os.W_OK | os.X_OK) else (
-            f"not writable by uid {os.getuid()}"
-        )
-    except OSError as exc:
-        problem = exc.strerror
-    if problem is not None:
-        print(f"log-adapter: configuration error: ADAPTER_STATE_DIR={config.state_dir}: "
-              f"{problem}", file=sys.stderr)
-        log.error("state directory unusable", extra={"path": str(config.state_dir),
-                                                     "error": problem})
-        raise SystemExit(EXIT_CONFIG)
-
-
 def run(config: Config, runtime: Runtime) -> None:
-    _check_state_dir(config)
     metrics = AdapterMetrics([spec.name for spec in config.inputs], config.max_paths)
     runtime.registry.register(metrics)
     adapter: Adapter | None = None
