@@ -26,11 +26,11 @@ PYTEST_ARGS  ?=
 export PATH := $(PATH):$(abspath $(VENV))/bin
 
 .PHONY: help venv images print-image-tag prune-images kind-up kind-down kind-load \
-        demo-pod demo-sidecar demo-adapter demo-ambassador ambassador-failover demo-clean \
+        demo-pod demo-sidecar demo-adapter demo-ambassador demo-security ambassador-failover demo-clean \
         test lint validate benchmarks clean
 
 help: ## this list
-	@echo "podpatterns: Kubernetes multi-container pod patterns (lab 0 the pod itself; sidecar, adapter, ambassador)"
+	@echo "podpatterns: Kubernetes multi-container pod patterns (lab 0 the pod itself; sidecar, adapter, ambassador, security)"
 	@echo
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-20s %s\n", $$1, $$2}'
 	@echo
@@ -103,6 +103,9 @@ demo-adapter: venv ## run the adapter demo
 
 demo-ambassador: venv ## run the ambassador demo
 	$(PY) -m demo ambassador
+
+demo-security: venv ## run the security demo (certificate renewal and TLS in front of the app)
+	$(PY) -m demo security
 
 ambassador-failover: venv ## the ambassador demo with a primary failure and failover
 	$(PY) -m demo ambassador --failover
