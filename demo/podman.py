@@ -365,6 +365,11 @@ def _ports_of(pod: PlannedPod) -> list[int]:
 
 
 def _secret_files(doc: dict[str, Any]) -> dict[str, bytes]:
+    if doc.get("kind") == "ConfigMap":  # text in `data`, base64 in `binaryData`
+        files = {key: str(value).encode() for key, value in (doc.get("data") or {}).items()}
+        files.update({key: base64.b64decode(value) for key, value in
+                      (doc.get("binaryData") or {}).items()})
+        return files
     files = {key: base64.b64decode(value) for key, value in (doc.get("data") or {}).items()}
     files.update({key: str(value).encode() for key, value in
                   (doc.get("stringData") or {}).items()})
@@ -481,13 +486,17 @@ def _adapt_volumes(pod: PlannedPod, spec: dict[str, Any],
             pod.emptydir_volumes += made
             adaptations.append(Adaptation("emptydir", pod.subject,
                                           f"{old} is {', '.join(made)}"))
-        elif "secret" in volume:
-            source = volume["secret"]
+        elif "secret" in volume or "configMap" in volume:
+            # A ConfigMap volume (the security lab's CA bundle) is played as a Secret's:
+            # the same files, given as a ConfigMap document with the Secrets.
+            kind = "Secret" if "secret" in volume else "ConfigMap"
+            source = dict(volume["secret"]) if kind == "Secret" else {
+                **volume["configMap"], "secretName": volume["configMap"]["name"]}
             found = secrets.get((pod.namespace, source["secretName"]))
             if found is None:
                 if source.get("optional"):
                     continue
-                pod.missing.append(f"Secret {pod.namespace}/{source['secretName']}")
+                pod.missing.append(f"{kind} {pod.namespace}/{source['secretName']}")
                 found = {}
             files = _secret_files(found)
             if source.get("items") and found:
@@ -502,7 +511,7 @@ def _adapt_volumes(pod: PlannedPod, spec: dict[str, Any],
             for mount in mounts:
                 mount["name"] = new
             adaptations.append(Adaptation(
-                "secrets", pod.subject, f"volume {old} (Secret {source['secretName']}) is "
+                "secrets", pod.subject, f"volume {old} ({kind} {source['secretName']}) is "
                 f"the podman volume {new}, files owned 0:{fs_group}, mode {mode:04o}"))
         else:
             raise DemoError(f"{pod.subject}: volume {old} is of a kind this module does not "
