@@ -1,0 +1,8 @@
+from patterns.common.service import main_for
+
+from .config import load_config
+
+main = main_for("cert-renewer", load_config, "patterns.security.cert_renewer.renewer:run")
+
+if __name__ == "__main__":
+    main()
