@@ -21,7 +21,7 @@ from demo.errors import DemoError, Stopped
 from demo.runtimes import RUNTIMES, choose
 
 # Lab 0 (the plain two-container pod) first, as in the guides.
-PATTERNS = ("pod", "sidecar", "adapter", "ambassador")
+PATTERNS = ("pod", "sidecar", "adapter", "ambassador", "security")
 ERROR_LOG = ROOT / "build" / "demo-error.log"
 
 
