@@ -34,12 +34,9 @@ def regex_format() -> RegexFormat:
 
 def decode(fmt: str, lines: list[str], chunk: int) -> tuple[list[dict], AdapterMetrics]:
     metrics = AdapterMetrics(["golden"])
-    decoder = new_decoder(
-        fmt,
-        Context("golden", metrics, True, RESOURCE),
-        f"/var/log/app/{fmt}.log",
-        regex_format() if fmt == "regex" else None,
-    )
+    regex = regex_format() if fmt == "regex" else None
+    context = Context("golden", metrics, True, RESOURCE, regex=regex)
+    decoder = new_decoder(fmt, context, f"/var/log/app/{fmt}.log")
     records: list[dict] = []
     for start in range(0, len(lines), chunk):
         records += decoder.feed(lines[start : start + chunk], OBSERVED)

@@ -46,7 +46,8 @@ RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 def decoder(fmt: str, metrics: AdapterMetrics, emit: bool = True) -> formats.Decoder:
     regex = RegexFormat.compile(loggen.HOSTILE_REGEX) if fmt == "regex" else None
-    return new_decoder(fmt, Context("in", metrics, emit, {"service.name": "s"}), "/x.log", regex)
+    context = Context("in", metrics, emit, {"service.name": "s"}, regex=regex)
+    return new_decoder(fmt, context, "/x.log")
 
 
 def battery(fmt: str) -> tuple[list[str], list[loggen.Hostile]]:

@@ -23,7 +23,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from patterns.adapter.log_adapter.config import Config, InputSpec
-from patterns.adapter.log_adapter.formats import Context, Decoder, new_decoder, observed_now
+from patterns.adapter.log_adapter.formats import (
+    Context,
+    Decoder,
+    DecoderClass,
+    decoder_class,
+    observed_now,
+)
 from patterns.adapter.log_adapter.metrics import AdapterMetrics
 from patterns.adapter.log_adapter.output import Output, Stopped
 from patterns.common.follower import CheckpointStore, Chunk, Follower, Limits
@@ -86,8 +92,19 @@ class Adapter:
                    max_files=config.max_files),
         )
         self.contexts = {
-            spec.glob: Context(spec.name, metrics, self.emit, self.resource)
+            spec.glob: Context(
+                spec.name,
+                metrics,
+                self.emit,
+                self.resource,
+                regex=config.regex,
+                max_record_bytes=config.max_record_bytes,
+            )
             for spec in config.inputs
+        }
+        # Each input's format, imported now: a format that cannot load fails the start.
+        self.decoders: dict[str, DecoderClass] = {
+            spec.glob: decoder_class(spec.format) for spec in config.inputs
         }
         self.files: dict[str, _File] = {}
         self.heartbeat = time.monotonic()
@@ -215,13 +232,7 @@ class Adapter:
             spec = self._spec_for(path)
             if spec is None:
                 return None
-            decoder = new_decoder(
-                spec.format,
-                self.contexts[spec.glob],
-                path,
-                self.config.regex,
-                self.config.max_record_bytes,
-            )
+            decoder = self.decoders[spec.glob](self.contexts[spec.glob], path)
             state = self.files[path] = _File(spec, decoder)
         return state
 

@@ -26,18 +26,14 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from patterns.adapter.log_adapter.otel import KNOWN_METHODS, OTHER_METHOD
+
 # Seconds. Prometheus' default buckets, which suit request latencies.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 # The same bounds in microseconds, the access log's unit, so an observation is an integer
 # comparison and never a float conversion.
 DURATION_BOUNDS_US = tuple(round(b * 1_000_000) for b in DURATION_BUCKETS)
 
-KNOWN_METHODS = frozenset(
-    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
-)
-# The HTTP semantic conventions' value for a method outside the known set: clients choose
-# methods, so using them as a label as-is would let any client grow the series count.
-OTHER_METHOD = "_OTHER"
 OTHER_PATH = "_other"
 
 _ID_SEGMENT = re.compile(r"\d+|[0-9a-fA-F-]{16,}|[0-9a-fA-F]{8}-[0-9a-fA-F-]{27}")
@@ -83,7 +79,7 @@ class PathLabels:
     def __init__(self, max_paths: int) -> None:
         self.max_paths = max_paths
         self._known: set[str] = set()
-        self.cache: dict[str, str] = {}  # read directly by the combined decoder's loop
+        self.cache: dict[str, str] = {}  # looked at first by observe_request
 
     def __call__(self, target: str) -> str:
         label = self.cache.get(target)
@@ -107,6 +103,9 @@ class PathLabels:
 
 
 class AdapterMetrics(Collector):
+    """The tallies, and the decoders' `DecoderEvents` (formats/base.py): the updates below
+    are all a decoder knows of the metrics."""
+
     def __init__(self, inputs: Iterable[str], max_paths: int = 100) -> None:
         self.lock = threading.Lock()
         self.path_label = PathLabels(max_paths)
@@ -119,16 +118,20 @@ class AdapterMetrics(Collector):
         # input -> [parsed, rejected]; every configured input is exposed from the start.
         self.lines: dict[str, list[int]] = {name: [0, 0] for name in inputs}
 
-    # --- updates (caller holds `lock`) -------------------------------------------------
+    # --- updates: DecoderEvents (caller holds `lock`) ----------------------------------
 
     def observe_request(
         self, method: str, status: str, target: str | None, size: int, duration_us: int | None
     ) -> None:
-        """One access-log request. The combined decoder inlines this for speed; other
-        formats (json, regex) call it."""
+        """One request (`DecoderEvents`). Called once per access-log line: the path
+        label's cache is looked at here, before the labelling call, for speed."""
         if method not in KNOWN_METHODS:
             method = OTHER_METHOD
-        key = (method, status, OTHER_PATH if target is None else self.path_label(target))
+        if target is None:
+            path = OTHER_PATH
+        else:
+            path = self.path_label.cache.get(target) or self.path_label(target)
+        key = (method, status, path)
         entry = self.requests.get(key)
         if entry is None:
             entry = self.requests[key] = [0, 0]

@@ -22,6 +22,14 @@ from typing import Any
 
 Record = dict[str, Any]
 
+# HTTP methods the semantic conventions name; any other is `_OTHER` (with the method as
+# written in http.request.method_original): clients choose methods, so taking them as they
+# come would let any client grow a label's values.
+KNOWN_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+OTHER_METHOD = "_OTHER"
+
 UNSPECIFIED = 0
 
 # Level words seen in the wild (log4j, logback, Python logging, syslog) -> severity number.
