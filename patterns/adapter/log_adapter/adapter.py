@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from patterns.adapter.log_adapter.config import Config, InputSpec
 from patterns.adapter.log_adapter.formats import (
@@ -33,6 +32,7 @@ from patterns.adapter.log_adapter.formats import (
 from patterns.adapter.log_adapter.metrics import AdapterMetrics
 from patterns.adapter.log_adapter.output import Output, Stopped
 from patterns.common.follower import CheckpointStore, Chunk, Follower, Limits
+from patterns.common.follower.metrics import FollowerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +41,6 @@ log = logging.getLogger(__name__)
 # the pod's OOM kill came back at every restart on the same unread chunk. 8192 lines keep
 # a read of ordinary access-log lines (~130 bytes) whole and a read of any lines a few MiB.
 MAX_LINES_PER_READ = 8192
-
-# The follower's counters, exposed as adapter_file_events_total{event=...}.
-_FILE_EVENTS = (
-    "invalid_utf8_lines",
-    "long_lines",
-    "nul_lines",
-    "rotations",
-    "deletions",
-    "truncations",
-    "copies_found",
-    "truncations_without_copy",
-    "files_opened",
-    "files_closed",
-    "checkpoints_lost",
-)
-
 
 @dataclass
 class _File:
@@ -264,48 +248,28 @@ class Adapter:
         }
 
 
-class FollowerCollector(Collector):
-    """What the follower counted (repairs, rotations) and how far behind the adapter is."""
+class FollowerCollector(FollowerMetrics):
+    """What the follower counted (repairs, rotations) and how far behind the adapter is:
+    the suite's follower collector under adapter_, its events as one family
+    (adapter_file_events_total{event}), plus the lines the decoders hold."""
+
+    HELP = {
+        "lines_read": "Lines read from the inputs.",
+        "bytes_read": "Bytes read from the inputs.",
+        "file_events": "Input repairs and file events seen by the follower (invalid UTF-8"
+        " replaced, long lines split, rotations, truncations, ...).",
+        "files_followed": "Files open for reading.",
+        "backlog_bytes": "Bytes in followed files not yet handled (committed).",
+    }
 
     def __init__(self, adapter: Adapter) -> None:
+        super().__init__(adapter.follower, "adapter", help=self.HELP, events_family="file_events")
         self.adapter = adapter
 
     def collect(self) -> Iterator[Metric]:
-        follower = self.adapter.follower
-        events = CounterMetricFamily(
-            "adapter_file_events",
-            "Input repairs and file events seen by the follower (invalid UTF-8 replaced, "
-            "long lines split, rotations, truncations, ...).",
-            labels=["event"],
-        )
-        for name in _FILE_EVENTS:
-            events.add_metric([name], getattr(follower.stats, name))
-        yield events
-        refused = CounterMetricFamily(
-            "adapter_files_refused",
-            "Files not read, once per path: symlink, outside (of the globs' directories),"
-            " not_regular, pseudo_file (/proc), unreadable, too_many_files.",
-            labels=["reason"],
-        )
-        for reason, count in sorted(follower.stats.files_refused.items()):
-            refused.add_metric([reason], count)
-        yield refused
-        yield CounterMetricFamily(
-            "adapter_lines_read", "Lines read from the inputs.", value=follower.stats.lines_read
-        )
-        yield CounterMetricFamily(
-            "adapter_bytes_read", "Bytes read from the inputs.", value=follower.stats.bytes_read
-        )
+        yield from super().collect()
         yield GaugeMetricFamily(
             "adapter_lines_held",
             "Lines of multi-line records still being assembled (not yet counted).",
             value=self.adapter.held_lines(),
-        )
-        yield GaugeMetricFamily(
-            "adapter_backlog_bytes",
-            "Bytes in followed files not yet handled (committed).",
-            value=follower.backlog_bytes(),
-        )
-        yield GaugeMetricFamily(
-            "adapter_files_followed", "Files open for reading.", value=follower.followed
         )
