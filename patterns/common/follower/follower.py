@@ -13,8 +13,9 @@ and its copy (same head, at least as long as our position) is looked for and rea
 Beside this module: `access.py` decides what may be opened at all (links, FIFOs, /proc
 files, paths outside the globs' directories), `locate.py` finds a file's content again
 (a copytruncate's copy, a checkpointed file renamed or copied, generations rotated while
-we were down), `watch.py` says what inotify's events mean, `checkpoints.py` stores
-positions and `lines.py` turns bytes into lines.
+we were down), `recovery.py` reopens what the checkpoints name at start, `watch.py` says
+what inotify's events mean, `checkpoints.py` stores positions and `lines.py` turns bytes
+into lines.
 """
 
 from __future__ import annotations
@@ -34,14 +35,10 @@ from typing import Any
 from patterns.common.follower import inotify, watch
 from patterns.common.follower.access import REFUSALS, Access, signature
 from patterns.common.follower.access import pread as _pread
-from patterns.common.follower.checkpoints import (
-    Checkpoint,
-    CheckpointStore,
-    encode_checkpoint,
-    head_hash,
-)
+from patterns.common.follower.checkpoints import Checkpoint, CheckpointStore, encode_checkpoint
 from patterns.common.follower.lines import LineBuffer, LineStats
 from patterns.common.follower.locate import Locator
+from patterns.common.follower.recovery import Recovery, resume_offset
 from patterns.common.follower.stream import Chunk, Ident, Stream, up_to_line
 from patterns.common.follower.watch import DirectoryWatch
 
@@ -149,9 +146,9 @@ class Follower:
                 )
                 self._watcher.start()
             if self.store is not None:
-                checkpoints = self.store.load()
-                resumed = [self._resume(checkpoint) for checkpoint in checkpoints]
-                self._recover_generations(checkpoints, resumed)
+                Recovery(
+                    self._locate, self.stats, self._open, self._by_ident, self._matches
+                ).run(self.store.load())
             self._scan()
 
     def read(
@@ -455,56 +452,7 @@ class Follower:
         fd, st = opened
         return fd, (st.st_dev, st.st_ino), copy
 
-    # --- checkpoints at start -------------------------------------------------------------------
-
-    def _resume(self, checkpoint: Checkpoint) -> Stream | None:
-        """Reopen a checkpointed file where it is now: under its name, renamed (same
-        inode, same head) or copied (a copytruncate while we were down: same head)."""
-        found = self._locate.checkpointed(checkpoint, self._by_ident)
-        if found is not None:
-            path, ident = found
-            if ident != (checkpoint.dev, checkpoint.ino) or path != checkpoint.path:
-                log.info(
-                    "checkpointed file found elsewhere (renamed or copied while we were down)",
-                    extra={"path": checkpoint.path, "now_at": path},
-                )
-            return self._open(
-                path, origin=checkpoint.origin, live=self._matches(path), checkpoint=checkpoint
-            )
-        self.stats.checkpoints_lost += 1
-        log.warning(
-            "checkpointed file not found (deleted, or rewritten in place); its unshipped"
-            " lines are lost",
-            extra={"path": checkpoint.path, "offset": checkpoint.offset},
-        )
-        return None
-
-    def _recover_generations(
-        self, checkpoints: list[Checkpoint], resumed: list[Stream | None]
-    ) -> None:
-        """Files rotated away while we were down after the checkpointed one (an app that
-        rotated several times): named like the followed file (`app.log.1`, `app.log-2026…`,
-        not compressed), newer than the checkpointed file, not followed. Read from 0,
-        oldest first, before the live file."""
-        newest: dict[str, int] = {}
-        live_found: set[str] = set()
-        for checkpoint, stream in zip(checkpoints, resumed, strict=True):
-            if stream is not None and stream.live and stream.path == checkpoint.origin:
-                live_found.add(checkpoint.origin)
-            mtime = stream._mtime_ns() if stream is not None else checkpoint.mtime_ns
-            newest[checkpoint.origin] = max(newest.get(checkpoint.origin, 0), mtime)
-        for origin, reference in newest.items():
-            if origin in live_found or not reference:
-                continue
-            for path in self._locate.rotated_after(
-                origin, reference, self._by_ident, self._matches
-            ):
-                if self._open(path, origin=origin, live=False) is not None:
-                    self.stats.rotated_while_down += 1
-                    log.info(
-                        "file rotated away while we were down: reading it from the start",
-                        extra={"path": path, "origin": origin},
-                    )
+    # --- checkpoints ---------------------------------------------------------------------------
 
     def _checkpoint_entries(self, refresh: bool = False) -> list[str]:
         """Every followed file's checkpoint, encoded; only changed ones are encoded again
@@ -580,11 +528,7 @@ class Follower:
         if ident in self._by_ident:
             os.close(fd)
             return self._by_ident[ident]
-        offset = 0
-        if checkpoint is not None and st.st_size >= checkpoint.offset:
-            head = _pread(fd, checkpoint.head_len, 0)
-            if len(head) == checkpoint.head_len and head_hash(head) == checkpoint.head_hash:
-                offset = checkpoint.offset
+        offset = 0 if checkpoint is None else resume_offset(fd, st.st_size, checkpoint)
         self._seq += 1
         stream = self._add_stream(fd, ident, path, origin=origin, live=live, offset=offset)
         self.stats.files_opened += 1

@@ -69,10 +69,10 @@ class Stream:
             path=self.path,
             origin=self.origin,
             live=self.live,
-            mtime_ns=self._mtime_ns(),
+            mtime_ns=self.mtime_ns(),
         )
 
-    def _mtime_ns(self) -> int:
+    def mtime_ns(self) -> int:
         try:
             return os.fstat(self.fd).st_mtime_ns
         except OSError:
