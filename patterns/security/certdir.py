@@ -99,12 +99,19 @@ def _generation_name(target: str) -> str | None:
 def read_generation(cert_dir: str | os.PathLike[str]) -> Generation:
     """The current generation (`..data` resolved once). Raises NoGeneration."""
     name = current_name(cert_dir)
-    if name is None:
-        raise NoGeneration(f"{cert_dir}: no {DATA_LINK} generation yet")
-    directory = Path(cert_dir) / name
-    if directory.is_symlink() or not directory.is_dir():
-        raise NoGeneration(f"{directory}: not a generation directory")
-    return Generation(name=name, directory=directory)
+    while True:
+        if name is None:
+            raise NoGeneration(f"{cert_dir}: no {DATA_LINK} generation yet")
+        directory = Path(cert_dir) / name
+        if not directory.is_symlink() and directory.is_dir():
+            return Generation(name=name, directory=directory)
+        # Two switches between reading the link and looking at its target remove the
+        # target: a generation that is no longer current is not an error, the new one is
+        # read instead. The same name twice is a broken link.
+        now = current_name(cert_dir)
+        if now == name:
+            raise NoGeneration(f"{directory}: not a generation directory")
+        name = now
 
 
 def new_generation_name(serial: str, now: float | None = None) -> str:
@@ -144,10 +151,14 @@ def write_generation(
         _remove_generation(directory)
         raise
     tmp_link = base / _TMP_LINK
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp_link)
-    os.symlink(name, tmp_link)
-    os.replace(tmp_link, base / DATA_LINK)  # the switch: one rename
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_link)
+        os.symlink(name, tmp_link)
+        os.replace(tmp_link, base / DATA_LINK)  # the switch: one rename
+    except BaseException:
+        _remove_generation(directory)  # a failed switch leaves nothing behind to pile up
+        raise
     _ensure_file_links(base)
     _fsync_dir(base)
     for entry in os.listdir(base):
