@@ -84,6 +84,10 @@ def load_config(environ: Mapping[str, str]) -> Config:
     server_names = env.list("ISSUER_SERVER_NAMES", ["cert-issuer", "localhost"])
     if not server_names:
         env.problems.append("ISSUER_SERVER_NAMES: at least one name is needed")
+    for name in server_names:
+        if not (DNS_NAME.fullmatch(name.lower()) or _IP.fullmatch(name)):
+            env.problems.append(f"ISSUER_SERVER_NAMES item {name!r}: expected a DNS name "
+                                "or an IP address")
     config = Config(
         admin_host=env.str("ISSUER_HTTP_HOST", "0.0.0.0"),
         admin_port=env.port("ISSUER_HTTP_PORT", 9106),

@@ -134,8 +134,9 @@ class Renewer:
             },
         )
 
-    def renew_once(self) -> bool:
-        """One attempt: request, check, write. True once the new generation is in place."""
+    def renew_once(self) -> RenewalFailed | None:
+        """One attempt: request, check, write. None once the new generation is in place,
+        else why not (counted here, logged by the caller with the wait before the next)."""
         try:
             signed = request_certificate(self.config)
             try:
@@ -150,19 +151,7 @@ class Renewer:
         except RenewalFailed as failure:
             self.renewals.labels(result=failure.result).inc()
             self.failures += 1
-            installed = self.installed
-            log.warning(
-                "renewal failed",
-                extra={
-                    "result": failure.result,
-                    "error": failure.error,
-                    "attempt": self.failures,
-                    "current_serial": installed.info.serial if installed else None,
-                    "current_expires_in": round(installed.info.seconds_left(), 3)
-                    if installed else None,
-                },
-            )
-            return False
+            return failure
         self.renewals.labels(result="success").inc()
         if self.failures:
             log.info("issuer reachable again", extra={"failed_attempts": self.failures})
@@ -171,7 +160,7 @@ class Renewer:
             Installed(signed.info, generation.name, renew_at(signed.info, self.config)),
             "installed",
         )
-        return True
+        return None
 
     def due(self) -> bool:
         installed = self.installed
@@ -181,13 +170,22 @@ class Renewer:
         self.adopt_existing()
         stopping = self.runtime.stopping
         while not stopping.is_set():
-            if self.due() and not self.renew_once():
+            failure = self.renew_once() if self.due() else None
+            if failure is not None:
                 installed = self.installed
-                wait = backoff(
-                    self.failures - 1, self.config,
-                    installed.info.seconds_left() if installed else None,
+                left = installed.info.seconds_left() if installed else None
+                wait = backoff(self.failures - 1, self.config, left)
+                log.warning(
+                    "renewal failed",
+                    extra={
+                        "result": failure.result,
+                        "error": failure.error,
+                        "attempt": self.failures,
+                        "retry_in": round(wait, 3),
+                        "current_serial": installed.info.serial if installed else None,
+                        "current_expires_in": None if left is None else round(left, 3),
+                    },
                 )
-                log.info("retrying", extra={"retry_in": round(wait, 3)})
                 stopping.wait(wait)
                 continue
             installed = self.installed
