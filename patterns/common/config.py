@@ -210,7 +210,7 @@ class Env:
         except OSError as exc:
             problem = exc.strerror or str(exc)
         if problem is not None:
-            self.problems.append(f"{self._source.get(name, name)}={str(path)!r}: {problem}")
+            self.problems.append(f"{self._source.get(name, name)}={path}: {problem}")
         return path
 
     def check(self) -> None:

@@ -13,7 +13,11 @@ trickled a byte at a time holds its thread with no deadline, so `threads` such p
 every other client, probes included, out. These servers are the patterns' demo apps, in
 the place of a team's own app; an app served this way that untrusted clients reach belongs
 behind a buffering proxy (gunicorn's own advice) or on a worker with a request deadline.
-The sidecars' admin server (patterns/common/admin.py) is not gunicorn and has one."""
+The sidecars' admin server (patterns/common/admin.py) is not gunicorn and has one.
+
+An app's `run(config, runtime)` (its run.py) calls `serve(create_app, config.http, ...)`:
+from there gunicorn's master owns the process, its signals (SIGTERM: graceful stop) and its
+exit code, both in the master and in each worker it forks."""
 
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ from typing import Any
 
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
+
+from patterns.common.http_settings import HttpSettings
+
+log = logging.getLogger(__name__)
 
 
 class JsonGunicornLogger(glogging.Logger):
@@ -73,6 +81,28 @@ class GunicornServer(BaseApplication):
 
     def load(self) -> Any:
         return self.create_app()
+
+
+def serve(create_app: Callable[[], Any], http: HttpSettings, **settings: Any) -> None:
+    """Run gunicorn's master on `http` (the app's HttpSettings) until it stops; gunicorn
+    exits the process with its own status (0 after a graceful SIGTERM)."""
+    log.info("serving", extra={"bind": bind_address(http.host, http.port),
+                               "threads": http.threads})
+    GunicornServer(create_app, http.host, http.port, threads=http.threads,
+                   graceful_timeout=http.graceful_timeout, **settings).run()
+
+
+def close_extension(key: str) -> Callable[[Any, Any], None]:
+    """A `worker_exit` hook: close what the app keeps under `app.extensions[key]` (its
+    access log, its connection pool) when the worker that built it exits."""
+
+    def worker_exit(_server: Any, worker: Any) -> None:
+        app = getattr(worker, "wsgi", None)
+        held = getattr(app, "extensions", {}).get(key)
+        if held is not None:
+            held.close()
+
+    return worker_exit
 
 
 def bind_address(host: str, port: int) -> str:

@@ -1,11 +1,13 @@
-"""Start-up and shutdown shared by every service.
+"""Start-up and shutdown shared by every service: the one entry path.
 
-`run_service` turns a service's `load_config` and `run` functions into a process:
-JSON logging, configuration errors reported by variable name (exit 2), a missing extra
-reported by its name (exit 2: `log-adapter needs the `json` extra: pip install ...`), the
-admin server,
-SIGTERM/SIGINT handled gracefully (the first asks `run` to finish and exit 0; a second one
-exits at once), and a clean exit code.
+`main_for` / `run_service` turn a service's `load_config` and `run` functions into a
+process: JSON logging, configuration errors reported by variable name (exit 2: a bad value,
+a missing one, a directory that cannot be written), a missing extra reported by its name
+(exit 2: `log-adapter needs the `json` extra: pip install ...`), the admin server for a
+service whose settings have one, SIGTERM/SIGINT handled gracefully (the first asks `run` to
+finish and exit 0; a second one exits at once), and a clean exit code. The HTTP apps come
+through here too; their `run` hands the process to gunicorn's master, which installs its
+own signal handlers and exits as gunicorn does.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector
 
@@ -42,6 +44,8 @@ EXTRA_OF_MODULE = {
     "gunicorn": "web",
     "psycopg": "db",
     "psycopg_pool": "db",
+    "cryptography": "tls",
+    "httptools": "httptools",
 }
 
 
@@ -69,9 +73,11 @@ def load_entry(ref: str) -> Callable[..., object]:
     return target
 
 
+@runtime_checkable
 class AdminSettings(Protocol):
-    """What run_service needs from a service's config dataclass (read-only members, so
-    the frozen dataclasses the services use satisfy it under mypy)."""
+    """A service's config dataclass with these two gets the admin server (read-only
+    members, so the frozen dataclasses the services use satisfy it under mypy). The HTTP
+    apps have none: their own port serves their probes."""
 
     @property
     def admin_host(self) -> str: ...
@@ -80,7 +86,7 @@ class AdminSettings(Protocol):
     def admin_port(self) -> int: ...
 
 
-C = TypeVar("C", bound=AdminSettings)
+C = TypeVar("C")
 
 
 def new_registry() -> CollectorRegistry:
@@ -99,11 +105,17 @@ class Runtime:
 
     name: str
     registry: CollectorRegistry
-    admin: AdminServer
+    admin_server: AdminServer | None
     stopping: threading.Event = field(default_factory=threading.Event)
     # Called (from the signal handler) after `stopping` is set; asyncio services use it
     # to wake their loop.
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def admin(self) -> AdminServer:
+        if self.admin_server is None:
+            raise RuntimeError(f"{self.name}'s settings have no admin_host/admin_port")
+        return self.admin_server
 
     def request_stop(self) -> None:
         self.stopping.set()
@@ -134,10 +146,15 @@ def report_missing_extra(name: str, extra: str) -> int:
     return EXIT_CONFIG
 
 
+# A service's run(config, runtime): returns when the service is done; None means exit 0,
+# an int is the exit code (a batch that stopped early).
+RunFunction = Callable[[C, Runtime], "int | None"]
+
+
 def run_service(
     name: str,
     load_config: Callable[[Mapping[str, str]], C],
-    run: Callable[[C, Runtime], None] | str,
+    run: RunFunction[C] | str,
     environ: Mapping[str, str] | None = None,
 ) -> int:
     """Run a service to completion and return its exit code. `run` may be the function or
@@ -158,23 +175,24 @@ def run_service(
             raise
         return report_missing_extra(name, extra)
     registry = new_registry()
-    try:
-        admin = AdminServer(config.admin_host, config.admin_port, registry)
-    except OSError as exc:
-        print(
-            f"{name}: cannot listen on admin port {config.admin_host}:{config.admin_port}: {exc}",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    runtime = Runtime(name=name, registry=registry, admin=admin)
+    admin = None
+    if isinstance(config, AdminSettings):
+        try:
+            admin = AdminServer(config.admin_host, config.admin_port, registry)
+        except OSError as exc:
+            print(f"{name}: cannot listen on admin port {config.admin_host}:"
+                  f"{config.admin_port}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    runtime = Runtime(name=name, registry=registry, admin_server=admin)
     Gauge(
         "service_info", "Static facts about this service.", ["service"], registry=registry
     ).labels(service=name).set(1)
     _install_signal_handlers(runtime)
-    admin.start()
-    log.info("started", extra={"admin_port": admin.port})
+    if admin is not None:
+        admin.start()
+    log.info("started", extra={"admin_port": None if admin is None else admin.port})
     try:
-        service_run(config, runtime)
+        result = service_run(config, runtime)
     except ModuleNotFoundError as exc:
         # An extra imported only on a path a setting chooses (the ambassador's uvloop).
         extra = missing_extra(exc)
@@ -186,15 +204,17 @@ def run_service(
         log.exception("service failed")
         return 1
     finally:
-        admin.stop()
-    log.info("stopped")
-    return 0
+        if admin is not None:
+            admin.stop()
+    code = result if isinstance(result, int) else 0
+    log.info("stopped", extra={"exit_code": code})
+    return code
 
 
 def main_for(
     name: str,
     load_config: Callable[[Mapping[str, str]], C],
-    run: Callable[[C, Runtime], None] | str,
+    run: RunFunction[C] | str,
 ) -> Callable[[], None]:
     """A console-script entry point:
     `main = main_for("log-adapter", load_config, "patterns.adapter.log_adapter.app:run")`.

@@ -574,5 +574,6 @@ def test_bad_settings_and_unusable_data_dir_stop_the_collector_with_a_clear_mess
             "COLLECTOR_HTTP_PORT": str(free_port()),
         },
     )
-    assert unusable.wait(15) == 1
-    assert f"cannot use data dir {blocker / 'data'}" in unusable.output()
+    # A directory it cannot use is a configuration error like any other: exit 2, named.
+    assert unusable.wait(15) == 2
+    assert f"COLLECTOR_DATA_DIR={blocker / 'data'}: Not a directory" in unusable.output()

@@ -117,7 +117,7 @@ def test_a_console_script_without_its_extra_says_which_to_install(
 
 @pytest.mark.parametrize(("script", "run"), [
     ("log-adapter", "patterns.adapter.log_adapter.run:run"),
-    ("log-collector", "patterns.sidecar.collector.app:run"),
+    ("log-collector", "patterns.sidecar.collector.run:run"),
 ])
 def test_main_for_reports_a_missing_extra_of_the_code_it_names(
     script: str, run: str, tmp_path: Path

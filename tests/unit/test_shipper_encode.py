@@ -43,13 +43,15 @@ def test_no_lines_encode_to_nothing():
 def test_config_defaults():
     config = load_config({"SHIPPER_PATHS": "/var/log/app/*.log, /var/log/other.log"})
     assert config.paths == ["/var/log/app/*.log", "/var/log/other.log"]
-    assert config.tag == "app.logs"
-    assert (config.fluent_host, config.fluent_port, config.admin_port) == ("127.0.0.1", 24224, 9102)
+    assert config.forward.tag == "app.logs"
+    assert (config.forward.host, config.forward.port, config.admin_port) == (
+        "127.0.0.1", 24224, 9102
+    )
     assert str(config.state_dir) == "/var/lib/log-shipper"
     assert config.batch_bytes == 512 * 1024
     assert config.limits.max_line_bytes == 64 * 1024
     assert config.shutdown_timeout < 30, "must finish within Kubernetes' default grace period"
-    assert config.shared_key is None
+    assert config.forward.shared_key is None
 
 
 def test_config_errors_name_every_bad_variable():

@@ -74,7 +74,7 @@ def test_classic_sidecar_is_a_second_container_that_outlives_main_on_stop(docs):
     assert "restartPolicy" not in sidecar
     # The preStop sleep must cover main's graceful stop, inside the pod's grace period.
     sleep = sidecar["lifecycle"]["preStop"]["sleep"]["seconds"]
-    main_grace = web_app_config(env_of(container(spec, "main", init=False))).graceful_timeout
+    main_grace = web_app_config(env_of(container(spec, "main", init=False))).http.graceful_timeout
     drain = shipper_config(env_of(sidecar)).shutdown_timeout
     assert main_grace < sleep and sleep + drain < spec["terminationGracePeriodSeconds"]
 
@@ -116,9 +116,9 @@ def test_shipper_follows_the_files_main_writes_and_sends_to_the_collector(docs, 
     assert "emptyDir" in next(v for v in spec["volumes"] if v["name"] == state_volume)
     # It sends to the collector Service's forward port.
     service = docs[("Service", "log-collector")]
-    assert shipper.fluent_host == f"log-collector.{NAMESPACE}.svc"
+    assert shipper.forward.host == f"log-collector.{NAMESPACE}.svc"
     forward = next(p for p in service["spec"]["ports"] if p["name"] == "forward")
-    assert shipper.fluent_port == forward["port"]
+    assert shipper.forward.port == forward["port"]
     # Service links off: a Service named web-app would otherwise set WEB_APP_PORT=tcp://...
     assert spec["enableServiceLinks"] is False
 
@@ -137,8 +137,8 @@ def test_shippers_take_the_forward_shared_key_from_the_secret(docs, kind, name):
     sidecar = next(
         c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "sidecar"
     )
-    assert "SHIPPER_SHARED_KEY" not in env_of(sidecar)
-    assert secret_refs(sidecar)["SHIPPER_SHARED_KEY"] == FORWARD_SECRET
+    assert "FLUENT_SHARED_KEY" not in env_of(sidecar)
+    assert secret_refs(sidecar)["FLUENT_SHARED_KEY"] == FORWARD_SECRET
 
 
 def test_the_collector_reads_the_shippers_secret_if_it_reads_a_key(docs):

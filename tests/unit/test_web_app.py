@@ -242,7 +242,7 @@ def test_index_page_says_what_this_is_and_links_the_endpoints(client):
 
 def test_config_defaults_and_errors_name_every_bad_variable(tmp_path):
     config = load_config({})
-    assert (config.host, config.port) == ("0.0.0.0", 8080)
+    assert (config.http.host, config.http.port) == ("0.0.0.0", 8080)
     assert str(config.access_log_path) == "/var/log/app/access.log"
     assert (config.log_max_bytes, config.log_backups) == (256 * 1024, 10)
 

@@ -105,7 +105,7 @@ def create_app(config: Config) -> Flask:
             count = 0
         if not 1 <= count <= config.traffic_max:
             return jsonify(error=f"n must be an integer from 1 to {config.traffic_max}"), 400
-        base = f"http://127.0.0.1:{config.port}"
+        base = f"http://127.0.0.1:{config.http.port}"
         targets = ["/", "/orders", "/orders/7", "/orders/4242", "/checkout", "/slow?ms=20"]
         statuses: dict[str, int] = {}
         with requests.Session() as session:

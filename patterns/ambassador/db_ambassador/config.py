@@ -57,8 +57,13 @@ class Config:
         return self.health_user is not None
 
 
+# Old name -> new name: the old one still works (with a warning) until the next major
+# version. An interval between polls is `*_POLL_SECONDS` in every service.
+RENAMED = {"AMBASSADOR_HEALTH_INTERVAL": "AMBASSADOR_HEALTH_POLL_SECONDS"}
+
+
 def load_config(environ: Mapping[str, str]) -> Config:
-    env = Env(environ)
+    env = Env(environ, renamed=RENAMED)
     listen_host, listen_port = env.host_port("AMBASSADOR_LISTEN", "127.0.0.1:5432")
     upstreams: list[tuple[str, int]] = []
     for item in env.list("AMBASSADOR_UPSTREAMS", required=True):
@@ -85,7 +90,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
             env.problems.append(
                 f"AMBASSADOR_HEALTH_PASSWORD_FILE={password_file!r}: {exc.strerror}"
             )
-    health_interval = env.float("AMBASSADOR_HEALTH_INTERVAL", 2.0, min=0.1, max=3600)
+    health_interval = env.float("AMBASSADOR_HEALTH_POLL_SECONDS", 2.0, min=0.1, max=3600)
     config = Config(
         admin_host=env.str("AMBASSADOR_HTTP_HOST", "0.0.0.0"),
         admin_port=env.port("AMBASSADOR_HTTP_PORT", 9104),

@@ -272,13 +272,3 @@ class Ambassador:
             extra={"aborted_sessions": aborted, "seconds": round(time.monotonic() - started, 3)},
         )
 
-
-def run(config: Config, runtime: Runtime) -> None:
-    ambassador = Ambassador(config, runtime)  # registers its checks, opens the probes
-    if config.event_loop == "uvloop":
-        import uvloop
-
-        # libuv's loop roughly halves the relay's per-message cost.
-        uvloop.run(ambassador.serve())
-    else:
-        asyncio.run(ambassador.serve())

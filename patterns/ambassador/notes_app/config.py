@@ -6,31 +6,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from patterns.common.config import Env
+from patterns.common.http_settings import HttpSettings, http_settings
 
 
 @dataclass(frozen=True)
 class Config:
-    host: str
-    port: int
+    http: HttpSettings  # NOTES_APP_HOST, _PORT, _THREADS, _GRACEFUL_TIMEOUT
     # libpq URL or key=value string; the password can come from PGPASSWORD (a Secret).
     database_url: str
     pool_size: int
     # How long a request waits for a pooled connection before showing the error.
     db_timeout: float
-    threads: int
-    graceful_timeout: int
 
 
 def load_config(environ: Mapping[str, str]) -> Config:
     env = Env(environ)
     config = Config(
-        host=env.str("NOTES_APP_HOST", "0.0.0.0"),
-        port=env.port("NOTES_APP_PORT", 8080),
+        http=http_settings(env, "NOTES_APP"),
         database_url=env.str("DATABASE_URL", "postgresql://notes@localhost:5432/notes"),
         pool_size=env.int("NOTES_APP_POOL_SIZE", 4, min=1, max=100),
         db_timeout=env.float("NOTES_APP_DB_TIMEOUT", 5.0, min=0.1, max=300),
-        threads=env.int("NOTES_APP_THREADS", 4, min=1, max=64),
-        graceful_timeout=env.int("NOTES_APP_GRACEFUL_TIMEOUT", 10, min=1, max=300),
     )
     env.check()
     return config

@@ -73,7 +73,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         admin_port=env.port("COLLECTOR_HTTP_PORT", 8081),
         forward_host=env.str("COLLECTOR_FORWARD_HOST", "0.0.0.0"),
         forward_port=env.port("COLLECTOR_FORWARD_PORT", 24224),
-        data_dir=Path(env.str("COLLECTOR_DATA_DIR", "/var/lib/log-collector")),
+        data_dir=env.writable_dir("COLLECTOR_DATA_DIR", "/var/lib/log-collector"),
         shared_key=shared_key,
         users=users,
         server_hostname=env.str("COLLECTOR_HOSTNAME", socket.gethostname()),

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 import time
-from types import FrameType
 
-from patterns.common.service import new_registry
+from patterns.common.service import Runtime
 from patterns.sidecar.web_app.access_log import AccessLog, Request
 from patterns.sidecar.web_app.config import Config
 
@@ -22,19 +20,12 @@ log = logging.getLogger(__name__)
 _CHUNK = 100
 
 
-def run_batch(config: Config, lines: int, rate: float) -> int:
-    """Write `lines` lines at about `rate` lines per second (0: as fast as possible).
-    Returns the exit code: 0 when all were written."""
-    stopping = threading.Event()
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping batch early", extra={"signal": signal.Signals(signum).name})
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+def run_batch(config: Config, runtime: Runtime, lines: int, rate: float) -> int:
+    """Write `lines` lines at about `rate` lines per second (0: as fast as possible) until
+    `runtime.stopping` (SIGTERM). Returns the exit code: 0 when all were written."""
+    stopping = runtime.stopping
     access_log = AccessLog(
-        config.access_log_path, config.log_max_bytes, config.log_backups, new_registry()
+        config.access_log_path, config.log_max_bytes, config.log_backups, runtime.registry
     )
     started = time.monotonic()
     written = 0

@@ -107,9 +107,9 @@ class Shipper:
         self.stopping = runtime.stopping
         self.encoder = EntryEncoder()
         self.client = ForwardClient(
-            config.fluent_host,
-            config.fluent_port,
-            shared_key=config.shared_key,
+            config.forward.host,
+            config.forward.port,
+            shared_key=config.forward.shared_key,
             self_hostname=config.self_hostname,
             connect_timeout=config.connect_timeout,
             ack_timeout=config.ack_timeout,
@@ -271,7 +271,7 @@ class Shipper:
             started = time.monotonic()
             try:
                 self.client.send_packed(
-                    self.config.tag, entries, count, compressed=self.config.compress
+                    self.config.forward.tag, entries, count, compressed=self.config.compress
                 )
             except ForwardError as exc:
                 failures += 1
@@ -304,7 +304,6 @@ class Shipper:
 
 
 def run(config: Config, runtime: Runtime) -> None:
-    config.state_dir.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(config.state_dir, fsync=config.checkpoint_fsync)
     follower = Follower(config.paths, store, config.limits)
     shipper = Shipper(config, follower, runtime)
@@ -318,8 +317,8 @@ def run(config: Config, runtime: Runtime) -> None:
         "shipping",
         extra={
             "paths": config.paths,
-            "collector": f"{config.fluent_host}:{config.fluent_port}",
-            "tag": config.tag,
+            "collector": config.forward.address,
+            "tag": config.forward.tag,
             "inotify": follower.uses_inotify,
             "follow_symlinks": config.limits.follow_symlinks,
         },
