@@ -133,7 +133,7 @@ def ambassador_pods(
              "AMBASSADOR_UPSTREAMS": f"{db_pod.address}:5432,{standby_address}:5432",
              "AMBASSADOR_TLS_MODE": "verify-full",
              "AMBASSADOR_TLS_CA_FILE": "/etc/podpatterns/db-ca/ca.crt",
-             "AMBASSADOR_HTTP_PORT": "9104", "AMBASSADOR_HEALTH_INTERVAL": "1",
+             "AMBASSADOR_HTTP_PORT": "9104", "AMBASSADOR_HEALTH_POLL_SECONDS": "1",
              "AMBASSADOR_HEALTH_USER": "postgres", "AMBASSADOR_HEALTH_PASSWORD": PASSWORD},
         mounts={ca: "/etc/podpatterns/db-ca:ro"},
     )  # fmt: skip

@@ -108,8 +108,8 @@ def test_every_line_reaches_the_collector_once(sidecar: SidecarOnKind,
     also counts the classic variant's and the Job's), none lost and none twice. The
     kubelet's probes keep adding lines: the check reads the files first and is polled until
     no line arrived between its two reads."""
-    tag = sidecar.shipper.env("SHIPPER_TAG", "")
-    assert tag, "the shipper has no SHIPPER_TAG"
+    tag = sidecar.shipper.env("FLUENT_TAG", "")
+    assert tag, "the shipper has no FLUENT_TAG"
     eventually(lambda: check.every_line_collected_once(
         sidecar.exec(sidecar.app), f"{sidecar.app_log_dir}/access.log*",
         sidecar.exec(sidecar.collector), sidecar.counts_url, tag, at_least=TRAFFIC_LINES),
@@ -131,7 +131,7 @@ def test_the_job_completes_and_its_native_sidecar_shipped_every_line(
         shipper = next(c for c in spec.get("initContainers", [])
                        if "podpatterns/log-shipper:" in c["image"])
         assert shipper.get("restartPolicy") == "Always", "the Job's shipper is not native"
-        tag = RunningContainer(namespace, "", shipper["name"], shipper).env("SHIPPER_TAG", "")
+        tag = RunningContainer(namespace, "", shipper["name"], shipper).env("FLUENT_TAG", "")
         sidecar.cluster.kubectl("-n", namespace, "wait", "--for=condition=complete",
                                 f"job/{name}", "--timeout=300s")
         # Complete means the sidecar has exited too, so the count is final: exactly the

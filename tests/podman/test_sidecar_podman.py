@@ -80,8 +80,8 @@ def test_every_line_reaches_the_collector_once(pod) -> None:
     is read again on each poll in case something did)."""
     app, shipper, collector = pod["app"], pod["shipper"], pod["collector"]
     app_dir, _ = log_dirs(app, shipper)
-    tag = shipper.env("SHIPPER_TAG", "")
-    assert tag, "the shipper has no SHIPPER_TAG"
+    tag = shipper.env("FLUENT_TAG", "")
+    assert tag, "the shipper has no FLUENT_TAG"
     eventually(lambda: check.every_line_collected_once(
         app.exec, f"{app_dir}/access.log*", collector.exec, counts_url(collector), tag,
         at_least=TRAFFIC_LINES), f"the collector to hold every line of tag {tag}, once")
@@ -98,7 +98,7 @@ def test_the_batch_pods_lines_all_reach_the_collector(sidecar: PlayedPattern, po
         shipper = next(c for c in job.containers if "podpatterns/log-shipper:" in c.spec["image"])
         assert shipper.native_sidecar, "the Job's shipper is not a native sidecar"
         lines = int(main.spec["args"][main.spec["args"].index("--lines") + 1])
-        tag = shipper.env("SHIPPER_TAG", "")
+        tag = shipper.env("FLUENT_TAG", "")
         eventually(lambda main=main: state(main.container) == ("exited", 0),
                    f"{main.container} to write its {lines} lines and exit 0", timeout=180)
         eventually(lambda tag=tag, lines=lines: collector_tags(pod["collector"]).get(tag) == lines,

@@ -130,7 +130,7 @@ def ambassador(service):
                 ),
                 "AMBASSADOR_HTTP_HOST": "127.0.0.1",
                 "AMBASSADOR_HTTP_PORT": str(admin_port),
-                "AMBASSADOR_HEALTH_INTERVAL": "0.3",
+                "AMBASSADOR_HEALTH_POLL_SECONDS": "0.3",
                 # Frequent checks, but not ones that a busy machine makes time out (the
                 # default is the interval): tests about timeouts set their own.
                 "AMBASSADOR_HEALTH_TIMEOUT": "2",

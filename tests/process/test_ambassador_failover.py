@@ -111,7 +111,7 @@ def served_by(dsn: str) -> tuple[int, bool]:
 
 def test_primary_stopped_new_sessions_go_to_the_other_upstream(ambassador, pair):  # noqa: F811
     primary, standby = pair
-    amb = ambassador([primary.port, standby.port], AMBASSADOR_HEALTH_INTERVAL=str(HEALTH_INTERVAL))
+    amb = ambassador([primary.port, standby.port], AMBASSADOR_HEALTH_POLL_SECONDS=str(HEALTH_INTERVAL))
     assert served_by(amb.dsn()) == (primary.port, False)
     open_session = psycopg.connect(amb.dsn())
     open_session.execute("SELECT 1")
@@ -152,7 +152,7 @@ def test_with_health_credentials_the_promoted_standby_becomes_the_primary(ambass
     # The standby is listed FIRST: only the role check keeps writes on the real primary.
     amb = ambassador(
         [standby.port, primary.port],
-        AMBASSADOR_HEALTH_INTERVAL=str(HEALTH_INTERVAL),
+        AMBASSADOR_HEALTH_POLL_SECONDS=str(HEALTH_INTERVAL),
         AMBASSADOR_HEALTH_USER="postgres",
         AMBASSADOR_HEALTH_PASSWORD=PASSWORD,
     )
@@ -184,7 +184,7 @@ def test_with_health_credentials_the_promoted_standby_becomes_the_primary(ambass
 
 def test_a_stalled_server_is_tolerated_for_a_few_timeouts_then_marked_down(ambassador, pair):  # noqa: F811
     primary, _standby = pair
-    common = {"AMBASSADOR_HEALTH_INTERVAL": "0.2", "AMBASSADOR_HEALTH_TIMEOUT": "0.2"}
+    common = {"AMBASSADOR_HEALTH_POLL_SECONDS": "0.2", "AMBASSADOR_HEALTH_TIMEOUT": "0.2"}
     patient = ambassador([primary.port], AMBASSADOR_HEALTH_TIMEOUTS="100", **common)
     strict = ambassador([primary.port], AMBASSADOR_HEALTH_TIMEOUTS="2", **common)
     for amb in (patient, strict):
@@ -211,7 +211,7 @@ def test_the_open_sessions_of_a_hung_server_are_closed_not_left_hanging(ambassad
     # wait on its socket until TCP gives up (minutes). The health checks find the hang
     # (2 timeouts of 0.2 s here) and the ambassador closes the sessions of that upstream.
     primary, _standby = pair
-    amb = ambassador([primary.port], AMBASSADOR_HEALTH_INTERVAL="0.2",
+    amb = ambassador([primary.port], AMBASSADOR_HEALTH_POLL_SECONDS="0.2",
                      AMBASSADOR_HEALTH_TIMEOUT="0.2", AMBASSADOR_HEALTH_TIMEOUTS="2")  # fmt: skip
     conn = psycopg.connect(amb.dsn())
     conn.execute("SELECT 1")
@@ -241,7 +241,7 @@ def test_a_silent_primary_costs_a_new_session_only_its_share_of_the_connect_time
     amb = ambassador(
         [primary.port, standby.port],
         AMBASSADOR_TLS_MODE="verify-full", AMBASSADOR_TLS_CA_FILE=str(pki.ca_cert),
-        AMBASSADOR_HEALTH_INTERVAL="600", AMBASSADOR_CONNECT_TIMEOUT="4",
+        AMBASSADOR_HEALTH_POLL_SECONDS="600", AMBASSADOR_CONNECT_TIMEOUT="4",
     )  # fmt: skip
     assert served_by(amb.dsn()) == (primary.port, False)
     with frozen(primary, backends=False):
@@ -266,7 +266,7 @@ def test_a_cancel_reaches_a_session_on_the_standby_once_the_primary_is_back(amba
     # back and takes the new sessions again. A cancel for the old session must still reach
     # the standby, not the upstream new sessions go to.
     primary, standby = pair
-    amb = ambassador([primary.port, standby.port], AMBASSADOR_HEALTH_INTERVAL=str(HEALTH_INTERVAL))
+    amb = ambassador([primary.port, standby.port], AMBASSADOR_HEALTH_POLL_SECONDS=str(HEALTH_INTERVAL))
     primary.stop("fast")
     conn = psycopg.connect(amb.dsn())  # the refused primary falls through to the standby
     try:

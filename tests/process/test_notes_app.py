@@ -42,7 +42,7 @@ def test_notes_survive_a_failover(service, ambassador, pair):  # noqa: F811
     primary, standby = pair  # noqa: F811 (the pair's, not the primary fixture)
     amb = ambassador(
         [primary.port, standby.port],
-        AMBASSADOR_HEALTH_INTERVAL="0.5",
+        AMBASSADOR_HEALTH_POLL_SECONDS="0.5",
         AMBASSADOR_HEALTH_USER="postgres",
         AMBASSADOR_HEALTH_PASSWORD=PASSWORD,
     )

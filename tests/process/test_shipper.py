@@ -445,7 +445,7 @@ def test_shared_key_handshake_and_a_wrong_key_is_retried_not_dropped(service, tm
         tmp_path,
         collector,
         str(logs / "app.log"),
-        SHIPPER_SHARED_KEY="wrong",
+        FLUENT_SHARED_KEY="wrong",
         SHIPPER_SHUTDOWN_TIMEOUT="2",
     ).start()
     wait_until(
@@ -458,7 +458,7 @@ def test_shared_key_handshake_and_a_wrong_key_is_retried_not_dropped(service, tm
     assert wrong.proc.stop() == 0  # gives up after SHIPPER_SHUTDOWN_TIMEOUT, keeps position
     assert time.monotonic() - stopping < 5
     right = Shipper(
-        service, tmp_path, collector, str(logs / "app.log"), SHIPPER_SHARED_KEY="s3cret"
+        service, tmp_path, collector, str(logs / "app.log"), FLUENT_SHARED_KEY="s3cret"
     ).start()
     collector.wait_for(1000)
     assert_exactly_once(collector, 1000)

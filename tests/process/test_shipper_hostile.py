@@ -48,7 +48,7 @@ def test_a_link_to_proc_self_environ_never_ships_the_shared_key(service, tmp_pat
     collector.extra_env = {"COLLECTOR_SHARED_KEY": key}
     collector.start()
     (logs / "app.log").write_bytes(b"".join(seq_line(s) for s in range(100)))
-    # Planted by the app: the shipper's own environment (SHIPPER_SHARED_KEY) and a file
+    # Planted by the app: the shipper's own environment (FLUENT_SHARED_KEY) and a file
     # only the sidecar's user may read.
     (logs / "evil.log").symlink_to("/proc/self/environ")
     (logs / "shadow.log").symlink_to("/etc/shadow")
@@ -57,9 +57,9 @@ def test_a_link_to_proc_self_environ_never_ships_the_shared_key(service, tmp_pat
         tmp_path,
         collector,
         str(logs / "*.log"),
-        SHIPPER_SHARED_KEY=key,
+        FLUENT_SHARED_KEY=key,
         SHIPPER_INOTIFY="false",  # every new file below is found by a full scan
-        SHIPPER_POLL_INTERVAL="0.05",
+        SHIPPER_POLL_SECONDS="0.05",
     ).start()
     collector.wait_for(100)
     # Files created later are found by later scans, each of which looks at the links again.
@@ -68,7 +68,7 @@ def test_a_link_to_proc_self_environ_never_ships_the_shared_key(service, tmp_pat
         collector.wait_for(101 + n)
     stored = stored_bytes(collector)
     assert key.encode() not in stored
-    assert b"SHIPPER_SHARED_KEY" not in stored
+    assert b"FLUENT_SHARED_KEY" not in stored
     assert refused(shipper, "symlink") == 2, "counted once per path, not at every scan"
     assert_exactly_once(collector, 103)
     assert {Path(r["file"]).name for r in collector.records()} == {

@@ -83,7 +83,7 @@ def pod(service, tmp_path: Path) -> Pod:
     shipper_env = {
         "SHIPPER_PATHS": f"{log_dir}/*.log",
         "SHIPPER_STATE_DIR": str(tmp_path / "state"),
-        "SHIPPER_TAG": TAG,
+        "FLUENT_TAG": TAG,
         "SHIPPER_HTTP_HOST": "127.0.0.1",
         "SHIPPER_HTTP_PORT": str(free_port()),
         "FLUENT_HOST": "127.0.0.1",
