@@ -102,7 +102,7 @@ def run_local() -> None:
         pod.wait_ready("log-collector", f"{url('collector')}/readyz")
         # The sidecar starts before the app, as a native sidecar does in Kubernetes.
         pod.start("log-shipper", "patterns.sidecar.shipper", {
-            "SHIPPER_PATHS": f"{logs}/*.log", "SHIPPER_TAG": TAG,
+            "SHIPPER_PATHS": f"{logs}/*.log", "FLUENT_TAG": TAG,
             "SHIPPER_STATE_DIR": str(pod.path("shipper-state")),
             "SHIPPER_HTTP_HOST": "127.0.0.1", "SHIPPER_HTTP_PORT": str(PORTS["shipper"]),
             "FLUENT_HOST": "127.0.0.1", "FLUENT_PORT": str(PORTS["forward"]),
