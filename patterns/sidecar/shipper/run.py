@@ -20,12 +20,9 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from patterns.common.admin import json_response
 from patterns.common.follower import CheckpointStore, Chunk, Follower
@@ -33,6 +30,7 @@ from patterns.common.forward.client import ForwardClient, ForwardError
 from patterns.common.service import Runtime
 from patterns.sidecar.shipper.config import Config
 from patterns.sidecar.shipper.encode import EntryEncoder
+from patterns.sidecar.shipper.metrics import follower_metrics
 
 log = logging.getLogger(__name__)
 
@@ -50,54 +48,6 @@ class Batch:
     @property
     def count(self) -> int:
         return sum(count for _, count in self.requests)
-
-
-class FollowerMetrics(Collector):
-    """The follower's own counters, read at scrape time (no second bookkeeping)."""
-
-    _COUNTERS = {
-        "lines_read": "Lines read from the followed files.",
-        "bytes_read": "Bytes read from the followed files.",
-        "invalid_utf8_lines": "Lines with invalid UTF-8, shipped with U+FFFD replacements.",
-        "long_lines": "Lines longer than SHIPPER_MAX_LINE_BYTES (split or truncated).",
-        "nul_lines": "Lines (or pieces) containing NUL bytes, shipped as U+0000.",
-        "rotations": "Followed files renamed away (rename rotation).",
-        "deletions": "Followed files deleted.",
-        "truncations": "Followed files truncated in place (copytruncate, or a rewrite).",
-        "copies_found": "copytruncate copies found and read from the truncation point.",
-        "truncations_without_copy": "Truncations where no copy was found: lines between"
-        " the read position and the truncation may be lost.",
-        "files_opened": "Files opened for following.",
-        "files_closed": "Rotated or deleted files closed after they were fully shipped.",
-        "checkpoints_lost": "Checkpointed files found nowhere at start.",
-        "rotated_while_down": "Files rotated away while the shipper was down, found at"
-        " start (newer than the checkpointed file) and shipped from their beginning.",
-    }
-
-    def __init__(self, follower: Follower) -> None:
-        self.follower = follower
-
-    def collect(self) -> Iterator[Metric]:
-        stats = self.follower.stats
-        for name, documentation in self._COUNTERS.items():
-            yield CounterMetricFamily(f"shipper_{name}", documentation, value=getattr(stats, name))
-        refused = CounterMetricFamily(
-            "shipper_files_refused",
-            "Files not read, once per path: symlink, outside (of the globs' directories),"
-            " not_regular, pseudo_file (/proc), unreadable, too_many_files.",
-            labels=["reason"],
-        )
-        for reason, count in sorted(stats.files_refused.items()):
-            refused.add_metric([reason], count)
-        yield refused
-        yield GaugeMetricFamily(
-            "shipper_files_followed", "Files open and followed now.", value=self.follower.followed
-        )
-        yield GaugeMetricFamily(
-            "shipper_backlog_bytes",
-            "Bytes in followed files not yet acknowledged by the collector.",
-            value=self.follower.backlog_bytes(),
-        )
 
 
 class Shipper:
@@ -143,7 +93,7 @@ class Shipper:
             "1 if the last attempt to ship to the collector succeeded.",
             registry=registry,
         )
-        registry.register(FollowerMetrics(follower))
+        registry.register(follower_metrics(follower))
 
     # --- lifecycle ----------------------------------------------------------------------------
 
