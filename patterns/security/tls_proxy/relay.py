@@ -1,23 +1,24 @@
-"""One client connection: its TLS handshake, its request heads rewritten, its bytes relayed.
+"""One client connection: its TLS, its request heads rewritten, its bytes relayed.
 
-A connection is accepted by the proxy itself and registered at once (so the server's
-limits see handshakes in progress too), then handed to the loop with the TLS context of
-that moment: a certificate switch later never touches it.
+TLS runs here, on the accepted TCP transport, through an `ssl.SSLObject` over two memory
+BIOs (what asyncio's and uvloop's TLS layers do inside): each connection gets the context
+of the moment it was accepted, so a certificate switch never touches it; the proxy sees
+and bounds handshakes in progress like any other connection; and a refused handshake's
+alert (certificate required, unknown CA) is sent to the client before the close.
 
-Requests go through httptools (llhttp) as they arrive: every head is rebuilt without the
-headers a client may not set (identity.py) and with the proxy's own, then bodies follow
-as the parser delivers them (Content-Length bodies as they are, chunked ones re-framed
-chunk by chunk, trailers dropped). Nothing is parsed in Python byte by byte; the app's
-responses are passed back as bytes. One upstream connection per client connection,
-opened at its first request: the app sees the requests of one client on one connection,
-in order, and its responses need no parsing.
+Requests go through httptools (llhttp) as they are decrypted: every head is rebuilt
+without the headers a client may not set (identity.py) and with the proxy's own, then
+bodies follow as the parser delivers them (Content-Length bodies as they are, chunked
+ones re-framed chunk by chunk, trailers dropped). Nothing is parsed in Python byte by
+byte; the app's responses are encrypted and passed back as they come. One upstream
+connection per client connection, opened at its first request: the app sees one client's
+requests on one connection, in order, and its responses need no parsing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -35,6 +36,8 @@ HANDSHAKING, OPEN, CLOSING = 0, 1, 2
 # reset the connection and could lose the answer before the client reads it.
 DISCARD_LIMIT = 1024 * 1024
 LINGER = 1.0
+# Decrypted bytes taken per read call (a TLS record holds at most 16 KiB).
+READ_SIZE = 256 * 1024
 
 
 class Refusal(Exception):
@@ -61,11 +64,6 @@ def handshake_result(exc: BaseException) -> str:
             return "no_client_certificate"
         if "CERTIFICATE" in reason and "VERIFY" in reason:
             return "bad_client_certificate"
-        return "failed"
-    if isinstance(exc, (TimeoutError, ConnectionAbortedError)) and "longer" in str(exc):
-        return "timeout"  # uvloop and asyncio abort a handshake past its timeout this way
-    if isinstance(exc, TimeoutError):
-        return "timeout"
     return "failed"
 
 
@@ -82,7 +80,7 @@ class Upstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         client = self.client
         client.last_activity = client.loop.time()
-        client.transport.write(data)
+        client.send(data)
 
     def eof_received(self) -> bool:
         self.client.upstream_closed()
@@ -91,7 +89,7 @@ class Upstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.client.upstream_closed()
 
-    # The client's TLS write buffer is full: stop reading the app until it drains.
+    # The client's write buffer is full: stop reading the app until it drains.
     def pause_writing(self) -> None:
         self.client.transport.pause_reading()
 
@@ -102,21 +100,23 @@ class Upstream(asyncio.Protocol):
 class ClientConnection(asyncio.Protocol):
     """A client connection, from accept to close. Also httptools' callback object."""
 
-    def __init__(self, proxy: Proxy, sock: socket.socket, client_ip: str) -> None:
+    def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
-        self.sock: socket.socket | None = sock  # until the handshake is done
         self.loop = proxy.loop
         self.state = HANDSHAKING
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.accepted = self.last_activity = self.loop.time()
-        self.client_ip = client_ip
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls: ssl.SSLObject | None = None
         self.identity = b""
         self.parser: httptools.HttpRequestParser | None = None
         self.upstream: Upstream | None = None
         self.pending: list[bytes] | None = None  # request bytes while the upstream connects
         # The head being read: since when (None between requests), its size and fields.
         self.head_started: float | None = None
-        self.head_size = 0
+        self.head_size = 0  # request line and fields, as the parser passed them on
+        self.head_fed = 0  # bytes fed while the head was incomplete
         self.head_fields = 0
         self.head: list[bytes] = []
         self.url = b""
@@ -124,69 +124,89 @@ class ClientConnection(asyncio.Protocol):
         self.discarded = 0
         self.error: bytes | None = None  # a refusal to send once the app is done
         self.linger: asyncio.TimerHandle | None = None
-        self.task: asyncio.Task[None] | None = None  # the handshake, then the app's connect
+        self.task: asyncio.Task[None] | None = None  # the app's connect
 
-    # --- accept and handshake --------------------------------------------------------
-
-    async def handshake(self, sock: socket.socket, context: ssl.SSLContext) -> None:
-        """TLS on an accepted socket, with the context of this moment; connection_made
-        follows when it is done. The socket is the loop's from the first await on: until
-        then no byte of it is read, so none can be missed."""
-        try:
-            await self.loop.connect_accepted_socket(
-                lambda: self, sock, ssl=context,
-                ssl_handshake_timeout=self.proxy.config.handshake_timeout)  # fmt: skip
-        except Exception as exc:
-            if self.state == HANDSHAKING:  # not a connection the proxy closed itself
-                self.state = CLOSING
-                self.proxy.handshake_failed(exc)
-            self.proxy.forget(self)
-            with contextlib.suppress(OSError):
-                sock.close()  # if the loop never took it over (it detaches it otherwise)
+    # --- TLS -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """The handshake is done."""
         self.transport = transport  # type: ignore[assignment]
-        self.sock = None
-        if self.state != HANDSHAKING:  # evicted while the handshake finished
-            transport.abort()  # type: ignore[attr-defined]
-            return
+        context = self.proxy.accept(self)
+        if context is not None:
+            self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+
+    def _flush(self) -> None:
+        """Send what TLS has written (records, alerts, tickets)."""
+        outgoing = self.outgoing
+        if outgoing.pending:
+            self.transport.write(outgoing.read())
+
+    def _handshake(self) -> bool:
+        """Advance the handshake; True once it is done."""
+        tls = self.tls
+        assert tls is not None
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return False
+        except (ssl.SSLError, OSError) as exc:
+            self._flush()  # the alert that says why, before the close
+            self.state = CLOSING
+            self.proxy.handshake_failed(exc)
+            self.transport.close()
+            return False
+        self._flush()
         self.state = OPEN
-        ssl_object = transport.get_extra_info("ssl_object")
-        peer_cert = ssl_object.getpeercert() if ssl_object is not None else None
-        self.identity = identity_headers(self.client_ip, peer_cert or None)
+        peer_cert = tls.getpeercert()
+        self.identity = identity_headers(self.proxy.client_ip(self.transport), peer_cert or None)
         self.parser = httptools.HttpRequestParser(self)
         self.proxy.handshake_done(self)
+        return True
 
-    # --- client bytes ----------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        """Encrypt `data` to the client."""
+        tls = self.tls
+        if tls is None or self.state == HANDSHAKING or self.transport.is_closing():
+            return
+        try:
+            tls.write(data)
+        except (ssl.SSLError, OSError):
+            self.transport.abort()
+            return
+        self.transport.write(self.outgoing.read())
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
-        parser = self.parser
-        if parser is None:
-            self._discard(len(data))
-            return
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            context = exc.__context__
-            if isinstance(context, Refusal):
-                self.refuse(context.status, context.reason)
+        self.incoming.write(data)
+        if self.state != OPEN:
+            if self.state == HANDSHAKING and self.tls is not None:
+                if not self._handshake():
+                    return
             else:
-                raise
-            return
-        except httptools.HttpParserUpgrade:
-            self.refuse(501, "not_implemented")
-            return
-        except httptools.HttpParserError:
-            self.refuse(400, "bad_request")
-            return
-        # A head still incomplete after this read: the callbacks count what the parser
-        # passed on; this bounds what it may be holding back inside one field.
-        if self.head_started is not None:
-            self.head_size += len(data)
-            if self.head_size > 2 * self.proxy.config.max_header_bytes:
-                self.refuse(431, "too_large")
+                self._discard(len(data))
+                return
+        tls = self.tls
+        incoming = self.incoming
+        assert tls is not None
+        while incoming.pending or tls.pending():
+            try:
+                plain = tls.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify: the client is done
+                self.close()
+                return
+            except (ssl.SSLError, OSError):
+                self.transport.abort()
+                return
+            if not plain:
+                break
+            self._plain_received(plain)
+            if self.parser is None:  # refused: what follows is discarded
+                self._discard(incoming.pending)
+                return
+        if self.outgoing.pending:  # e.g. a TLS 1.3 key update
+            self._flush()
 
     def eof_received(self) -> bool:
         # TLS has no half-close: the client is done, so is the connection.
@@ -202,7 +222,7 @@ class ClientConnection(asyncio.Protocol):
             upstream.transport.close()
         self.proxy.forget(self)
 
-    # The app's writes back up behind a slow client: stop reading the client.
+    # The app's writes back up behind a slow client: stop reading the app.
     def pause_writing(self) -> None:
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None:
@@ -213,11 +233,36 @@ class ClientConnection(asyncio.Protocol):
         if upstream is not None and upstream.transport is not None:
             upstream.transport.resume_reading()
 
-    # --- httptools callbacks ---------------------------------------------------------
+    # --- requests ----------------------------------------------------------------------
+
+    def _plain_received(self, data: bytes) -> None:
+        parser = self.parser
+        assert parser is not None
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            context = exc.__context__
+            if not isinstance(context, Refusal):
+                raise
+            self.refuse(context.status, context.reason)
+            return
+        except httptools.HttpParserUpgrade:
+            self.refuse(501, "not_implemented")
+            return
+        except httptools.HttpParserError:
+            self.refuse(400, "bad_request")
+            return
+        # A head still incomplete after this read: the callbacks count what the parser
+        # passed on; this bounds what it may be holding back inside one field.
+        if self.head_started is not None:
+            self.head_fed += len(data)
+            if self.head_fed > 2 * self.proxy.config.max_header_bytes:
+                self.refuse(431, "too_large")
 
     def on_message_begin(self) -> None:
         self.head_started = self.last_activity
         self.head_size = 0
+        self.head_fed = 0
         self.head_fields = 0
         self.head = []
         self.url = b""
@@ -249,14 +294,14 @@ class ClientConnection(asyncio.Protocol):
         assert parser is not None
         if parser.should_upgrade():  # Upgrade or CONNECT: this proxy relays HTTP/1.1 only
             raise Refusal(501, "not_implemented")
-        start = b"%s %s HTTP/%s\r\n" % (
-            parser.get_method(), self.url, parser.get_http_version().encode())
-        self.head.insert(0, start)
-        self.head.append(self.identity)
-        self.head.append(b"\r\n")
+        head = self.head
+        head.insert(0, b"%s %s HTTP/%s\r\n" % (
+            parser.get_method(), self.url, parser.get_http_version().encode()))
+        head.append(self.identity)
+        head.append(b"\r\n")
         proxy = self.proxy
         proxy.slots[proxy.requests_slot] += 1
-        self.forward(self.head)
+        self.forward(head)
         self.head = []
 
     def on_body(self, body: bytes) -> None:
@@ -279,6 +324,7 @@ class ClientConnection(asyncio.Protocol):
         if self.pending is None:
             self.pending = []
             self.transport.pause_reading()  # until the app's connection is up
+            # Held here: the loop keeps only a weak reference to a task.
             self.task = self.loop.create_task(self._connect())
         self.pending.extend(parts)
 
@@ -324,19 +370,21 @@ class ClientConnection(asyncio.Protocol):
                 and not upstream.transport.is_closing():
             upstream.transport.write_eof()  # the app finishes, then closes: upstream_closed
         else:
-            if self.pending is not None:
-                self.pending = None
+            self.pending = None
             self._send_refusal()
 
     def _send_refusal(self) -> None:
         error, self.error = self.error, None
         if error is None or self.transport.is_closing():
             return
-        self.transport.write(error)
+        self.state = OPEN  # send() encrypts only on an open connection
+        self.send(error)
+        self.state = CLOSING
         self.transport.resume_reading()
         self._rearm_linger()
 
     def _discard(self, size: int) -> None:
+        self.incoming = ssl.MemoryBIO()  # what is discarded is not even decrypted
         self.discarded += size
         if self.discarded > DISCARD_LIMIT:
             self.transport.abort()
@@ -346,26 +394,27 @@ class ClientConnection(asyncio.Protocol):
     def _rearm_linger(self) -> None:
         if self.linger is not None:
             self.linger.cancel()
-        self.linger = self.loop.call_later(LINGER, self.transport.close)
+        self.linger = self.loop.call_later(LINGER, self.close)
 
     def close(self) -> None:
-        """Close after what is already written to the client has been sent."""
+        """Close after what is already written has been sent, with a close_notify."""
+        tls = self.tls
         self.state = CLOSING
         self.parser = None
+        if tls is not None and not self.transport.is_closing():
+            with contextlib.suppress(ssl.SSLError, OSError):
+                tls.unwrap()  # writes our close_notify; the client's is not awaited
+            self._flush()
         self.transport.close()
 
     def abort(self, reason: str) -> None:
         """Drop the connection now (a limit): counted under `reason`."""
-        if self.state == CLOSING and (self.transport is None or self.transport.is_closing()):
+        if self.transport.is_closing():
             return
-        self.proxy.closed(reason)
-        handshaking = self.state == HANDSHAKING
+        if self.state == HANDSHAKING and reason == "timeout":
+            self.proxy.row.add("handshakes:timeout")
+        else:
+            self.proxy.closed(reason)
         self.state = CLOSING
         self.parser = None
-        if handshaking and self.sock is not None:
-            # The loop owns the socket (or will): a shutdown ends its handshake at once
-            # and leaves closing the descriptor to its owner.
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
-        elif self.transport is not None:
-            self.transport.abort()
+        self.transport.abort()

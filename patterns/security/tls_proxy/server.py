@@ -27,12 +27,11 @@ from patterns.common.service import Runtime
 from .certs import CertStore
 from .config import Config
 from .metrics import SLOT, Row, SharedCounters, register
-from .relay import HANDSHAKING, ClientConnection, handshake_result
+from .relay import CLOSING, HANDSHAKING, ClientConnection, handshake_result
 
 log = logging.getLogger(__name__)
 
 DRAIN_QUIET = 0.5
-ACCEPT_BATCH = 64
 
 
 def raise_fd_limit() -> None:
@@ -70,25 +69,12 @@ class Proxy:
         self.connections: dict[ClientConnection, None] = {}  # insertion-ordered set
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.draining = False
-        self.listener: socket.socket = None  # type: ignore[assignment]
 
     # --- connections ------------------------------------------------------------------
 
-    def on_readable(self) -> None:
-        """Accept what the listening socket has (a batch per wake-up)."""
-        listener = self.listener
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, address = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # out of descriptors: what is queued waits its turn
-                log.warning("accept failed", extra={"error": str(exc)})
-                return
-            sock.setblocking(False)
-            self.accept(ClientConnection(self, sock, str(address[0])), sock)
-
-    def accept(self, connection: ClientConnection, sock: socket.socket) -> None:
+    def accept(self, connection: ClientConnection) -> ssl.SSLContext | None:
+        """Register a new connection; the TLS context its handshake gets (None: refused,
+        and its transport aborted)."""
         connections = self.connections
         if len(connections) >= self.config.max_connections:
             # The one quiet longest: a stalled handshake, or an idle or silent peer.
@@ -98,12 +84,17 @@ class Proxy:
         context = self.certs.context()
         if context is None or self.draining:
             self.row.add("handshakes:no_certificate" if context is None else "closed:shutdown")
-            sock.close()
-            return
+            connection.state = CLOSING
+            connection.transport.abort()
+            return None
         connections[connection] = None
         self.slots[self.row.base + SLOT["connections_open"]] = len(connections)
-        # Held by the connection: the loop keeps only a weak reference to a task.
-        connection.task = self.loop.create_task(connection.handshake(sock, context))
+        return context
+
+    @staticmethod
+    def client_ip(transport: asyncio.BaseTransport) -> str:
+        peer = transport.get_extra_info("peername")
+        return str(peer[0]) if peer else "-"
 
     def forget(self, connection: ClientConnection) -> None:
         if self.connections.pop(connection, False) is None:
@@ -115,9 +106,8 @@ class Proxy:
     def handshake_failed(self, exc: BaseException) -> None:
         result = handshake_result(exc)
         self.row.add(f"handshakes:{result}")
-        if log.isEnabledFor(logging.DEBUG) or result in ("no_client_certificate",
-                                                         "bad_client_certificate"):
-            log.info("handshake failed", extra={"result": result, "error": str(exc)[:200]})
+        # Debug only: a flood of bad handshakes must not become a flood of logs.
+        log.debug("handshake failed", extra={"result": result, "error": str(exc)[:200]})
 
     def closed(self, reason: str) -> None:
         self.row.add(f"closed:{reason}")
@@ -133,9 +123,12 @@ class Proxy:
         config = self.config
         idle_before = now - config.idle_timeout
         head_before = now - config.header_timeout
+        handshake_before = now - config.handshake_timeout
         for connection in list(self.connections):
             if connection.state == HANDSHAKING:
-                continue  # start_tls has its own timeout
+                if connection.accepted < handshake_before:
+                    connection.abort("timeout")
+                continue
             started = connection.head_started
             if started is not None and started < head_before:
                 connection.abort("request_timeout")
@@ -158,11 +151,12 @@ class Proxy:
         self.loop = asyncio.get_running_loop()
         self.loop.set_exception_handler(_quiet_exceptions)
         self.reload()
-        self.listener = sock
-        self.loop.add_reader(sock.fileno(), self.on_readable)
+        server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock,
+                                               backlog=4096)
         self.row.set("alive", 1)
-        interval = min(1.0, self.config.reload_seconds,
-                       self.config.header_timeout / 4, self.config.idle_timeout / 4)
+        config = self.config
+        interval = min(1.0, config.reload_seconds, config.handshake_timeout / 4,
+                       config.header_timeout / 4, config.idle_timeout / 4)
         since_reload = 0.0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -175,14 +169,13 @@ class Proxy:
                 self.reload()
             if tick is not None:
                 tick()
-        await self.drain()
+        await self.drain(server)
         self.row.set("alive", 0)
 
-    async def drain(self) -> None:
+    async def drain(self, server: asyncio.Server) -> None:
         """Stop accepting; let open connections finish for up to PROXY_DRAIN_SECONDS.
         A connection quiet for DRAIN_QUIET seconds is between requests: closed then."""
-        self.loop.remove_reader(self.listener.fileno())
-        self.listener.close()
+        server.close()
         self.draining = True
         deadline = self.loop.time() + self.config.drain_timeout
         while self.connections and self.loop.time() < deadline:
