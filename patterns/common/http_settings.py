@@ -5,7 +5,7 @@ imports this, and must import without the extra so that its absence is reported 
 
 | variable | default | meaning |
 | --- | --- | --- |
-| `<PREFIX>_HOST` | `0.0.0.0` | listen address |
+| `<PREFIX>_HOST` | the app's (`0.0.0.0` unless it says otherwise) | listen address |
 | `<PREFIX>_PORT` | the app's | listen port |
 | `<PREFIX>_THREADS` | `4` | threads of the single gunicorn worker (up to 64) |
 | `<PREFIX>_GRACEFUL_TIMEOUT` | the app's | seconds in-flight requests get after SIGTERM |
@@ -31,10 +31,16 @@ class HttpSettings:
 
 
 def http_settings(
-    env: Env, prefix: str, *, port: int = 8080, min_threads: int = 1, graceful_timeout: int = 10
+    env: Env,
+    prefix: str,
+    *,
+    host: str = "0.0.0.0",
+    port: int = 8080,
+    min_threads: int = 1,
+    graceful_timeout: int = 10,
 ) -> HttpSettings:
     return HttpSettings(
-        host=env.str(f"{prefix}_HOST", "0.0.0.0"),
+        host=env.str(f"{prefix}_HOST", host),
         port=env.port(f"{prefix}_PORT", port),
         threads=env.int(f"{prefix}_THREADS", 4, min=min_threads, max=64),
         graceful_timeout=env.int(f"{prefix}_GRACEFUL_TIMEOUT", graceful_timeout, min=1, max=300),
