@@ -1,5 +1,6 @@
 """The security lab's pod as local processes (cert-issuer, cert-renewer, tls-proxy,
-whoami-app) under continuous load across more than 20 renewals of a 4-second certificate.
+whoami-app): under continuous load across more than 20 renewals of a 4-second certificate,
+and with the CA down for longer than a renewal interval.
 
 Load: threads making a new TLS connection per request, and threads each keeping one
 connection alive for the whole run. It must show: zero failed requests; every certificate
@@ -11,19 +12,21 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from patterns.security import pki
-from tests.conftest import free_port, http_ok, wait_until
-from tests.process.test_cert_issuer import metric, start_issuer
-from tests.process.test_cert_renewer import start_renewer
+from tests.conftest import ServiceProcess, free_port, http_ok, wait_until
+from tests.process.test_cert_issuer import Issuer, metric, start_issuer
+from tests.process.test_cert_renewer import Renewer, start_renewer
 
 RENEWALS = 20  # after the first certificate
 NEW_CONNECTION_THREADS = 2
@@ -115,15 +118,30 @@ def installed_serials(log_text: str) -> list[str]:
     return serials
 
 
-@pytest.mark.timeout(240)
-def test_renewals_under_load(service, tmp_path: Path) -> None:
+@dataclass
+class Pod:
+    issuer: Issuer
+    renewer: Renewer
+    app: ServiceProcess
+    proxy: ServiceProcess
+    proxy_port: int
+    proxy_admin: int
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.issuer.ca_file))
+
+    def processes(self) -> list[ServiceProcess]:
+        return [self.proxy, self.renewer.proc, self.app, self.issuer.proc]
+
+
+def start_pod(service, tmp_path: Path, **renewer_env: str) -> Pod:
     issuer = start_issuer(service, tmp_path)
     app_port, proxy_port, proxy_admin = free_port(), free_port(), free_port()
     app = service("patterns.security.whoami_app", {
         "WHOAMI_APP_HOST": "127.0.0.1", "WHOAMI_APP_PORT": str(app_port),
     }, name="whoami-app")
     renewer = start_renewer(service, tmp_path, issuer, RENEWER_DNS_NAMES="localhost",
-                            RENEWER_LIFETIME_SECONDS="4", RENEWER_RENEW_FRACTION="0.5")
+                            **renewer_env)
     proxy = service("patterns.security.tls_proxy", {
         "PROXY_LISTEN": f"127.0.0.1:{proxy_port}",
         "PROXY_UPSTREAM": f"127.0.0.1:{app_port}",
@@ -138,6 +156,14 @@ def test_renewals_under_load(service, tmp_path: Path) -> None:
     wait_until(lambda: http_ok(f"http://127.0.0.1:{app_port}/readyz") or not app.alive(),
                timeout=30, what="the app")
     assert proxy.alive() and app.alive(), proxy.output() + app.output()
+    return Pod(issuer, renewer, app, proxy, proxy_port, proxy_admin)
+
+
+@pytest.mark.timeout(240)
+def test_renewals_under_load(service, tmp_path: Path) -> None:
+    pod = start_pod(service, tmp_path, RENEWER_LIFETIME_SECONDS="4",
+                    RENEWER_RENEW_FRACTION="0.5")
+    issuer, renewer, proxy_port = pod.issuer, pod.renewer, pod.proxy_port
 
     context = ssl.create_default_context(cafile=str(issuer.ca_file))
     load = Load(kept_alive_requests=[0] * KEPT_ALIVE_THREADS)
@@ -171,5 +197,75 @@ def test_renewals_under_load(service, tmp_path: Path) -> None:
     print(f"{len(installed) - 1} renewals crossed: {load.requests} requests, "
           f"{len(load.handshakes)} new handshakes, {len(served)} serials served, "
           f"kept-alive requests {load.kept_alive_requests}, 0 failed")
-    for proc in (proxy, renewer.proc, app, issuer.proc):
+    for proc in pod.processes():
         assert proc.stop() == 0, proc.output()[-2000:]
+
+
+def handshake(pod: Pod, verify: bool = True) -> tuple[float, x509.Certificate] | str:
+    """One request on a new connection: (when its handshake began, the served
+    certificate), or why it failed. Without `verify` an expired certificate is taken too,
+    so that the test, not the client, sees whether one was served."""
+    began = time.time()
+    context = pod.context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    connection = http.client.HTTPSConnection("localhost", pod.proxy_port,
+                                             context=context, timeout=10)
+    try:
+        connection.connect()
+        assert connection.sock is not None
+        cert = x509.load_der_x509_certificate(connection.sock.getpeercert(binary_form=True))
+        connection.request("GET", "/", headers={"Connection": "close"})
+        problem = _check(connection.getresponse())
+    except (OSError, http.client.HTTPException) as exc:
+        return repr(exc)
+    finally:
+        connection.close()
+    return problem or (began, cert)
+
+
+@pytest.mark.timeout(180)
+def test_ca_down_longer_than_a_renewal_interval(service, tmp_path: Path) -> None:
+    """The issuer killed just after a renewal: the proxy keeps serving the still-valid
+    certificate past the point the renewal was due, never past its notAfter, and serves
+    the next one once the issuer is back."""
+    pod = start_pod(service, tmp_path, RENEWER_LIFETIME_SECONDS="8",
+                    RENEWER_EXPIRY_MARGIN_SECONDS="3")
+    renewer = pod.renewer
+    done = renewer.renewals()
+    wait_until(lambda: renewer.renewals() > done, timeout=30, what="a renewal")
+    pod.issuer.proc.signal(signal.SIGKILL)
+    pod.issuer.proc.wait()
+    current = renewer.get("/api/certificate").json()
+    serial = current["serial"]
+    due = datetime.fromisoformat(current["renew_at"].replace("Z", "+00:00")).timestamp()
+
+    def serves_current() -> bool:  # the proxy picks it up within its reload interval
+        result = handshake(pod)
+        return not isinstance(result, str) and pki.serial_hex(result[1].serial_number) == serial
+
+    wait_until(serves_current, timeout=10, what="the proxy serving the renewed certificate")
+
+    served_after_due = 0
+    while True:
+        result = handshake(pod, verify=False)
+        if isinstance(result, str):
+            break  # refused: the proxy stops before notAfter
+        began, cert = result
+        assert pki.serial_hex(cert.serial_number) == serial
+        assert cert.not_valid_after_utc.timestamp() >= began
+        served_after_due += began > due
+    assert served_after_due > 0, "the proxy stopped serving before the renewal was even due"
+    assert renewer.renewals("issuer_unreachable") >= 3
+    wait_until(lambda: renewer.get("/readyz").status_code == 503, timeout=10,
+               what="the renewer unready inside the margin")
+    assert renewer.get("/healthz").status_code == 200
+
+    start_issuer(service, tmp_path, port=pod.issuer.port, ca_dir=pod.issuer.ca_dir)
+    wait_until(lambda: renewer.get("/readyz").status_code == 200, timeout=30,
+               what="the renewer ready again")
+    result = wait_until(lambda: not isinstance(r := handshake(pod), str) and r, timeout=30,
+                        what="the proxy serving again")
+    assert pki.serial_hex(result[1].serial_number) != serial
+    assert http_ok(f"http://127.0.0.1:{pod.proxy_admin}/readyz")
