@@ -223,3 +223,22 @@ def test_an_issuer_the_bundle_does_not_vouch_for_never_gets_the_token(
     assert issuer.metric("issuer_requests_total", result="unauthorized") == 0
     assert issuer.metric("issuer_requests_total", result="issued") == 0
     assert issuer.metric("issuer_connections_closed_total", reason="handshake_failed") >= 2
+
+
+def test_a_rotated_token_is_read_at_the_next_request(
+    service, tmp_path: Path, issuer: Issuer
+) -> None:
+    """The Secret rotates on both sides without a restart: refused (401, counted, the
+    issuer's sentence logged) while the renewer's copy is stale, renewed once it is not."""
+    own_token = tmp_path / "renewer-token"
+    own_token.write_text(TOKEN)
+    renewer = start_renewer(service, tmp_path, issuer, RENEWER_TOKEN_FILE=str(own_token),
+                            RENEWER_LIFETIME_SECONDS="2")
+    wait_until(lambda: renewer.renewals() >= 1, timeout=30, what="a first certificate")
+    issuer.token_file.write_text("rotated-token\n")
+    wait_until(lambda: renewer.renewals("refused") >= 2, timeout=30, what="refusals")
+    assert "the issuer answered 401: wrong token" in renewer.proc.output()
+    renewed = renewer.renewals()
+    own_token.write_text("rotated-token\n")
+    wait_until(lambda: renewer.renewals() > renewed, timeout=30, what="a renewal")
+    assert renewer.proc.alive() and "rotated-token" not in renewer.proc.output()
