@@ -13,6 +13,7 @@ from cryptography.x509.oid import NameOID
 
 from patterns.common.config import ConfigError
 from patterns.security import pki
+from patterns.security.cert_issuer.ca import CAError, init_ca
 from patterns.security.cert_issuer.config import DEFAULT_ALLOWED_NAMES, load_config
 from patterns.security.cert_issuer.policy import Refusal, authorize, name_allowed, parse
 
@@ -113,3 +114,24 @@ def test_config_defaults_and_errors(tmp_path: Path) -> None:
     token.write_text("t")
     with pytest.raises(ConfigError, match="ISSUER_MAX_LIFETIME_SECONDS='0'"):
         load_config({"ISSUER_TOKEN_FILE": str(token), "ISSUER_MAX_LIFETIME_SECONDS": "0"})
+
+
+def test_ca_dir_checks(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ca, created = init_ca(tmp_path / "ca")
+    assert created
+    again, created = init_ca(tmp_path / "ca")
+    assert not created and again.info == ca.info
+    # A Secret mounted for a non-root user: group-readable, and its ..data entries.
+    (tmp_path / "ca" / "ca.key").chmod(0o440)
+    (tmp_path / "ca" / "..data").mkdir()
+    with caplog.at_level("WARNING"):
+        init_ca(tmp_path / "ca")
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+    (tmp_path / "ca" / "ca.key").chmod(0o644)
+    with caplog.at_level("WARNING"):
+        init_ca(tmp_path / "ca")
+    assert "the CA key is readable by every user" in caplog.text
+    other_key, _ = pki.create_ca()
+    (tmp_path / "ca" / "ca.key").write_bytes(pki.key_to_pem(other_key))
+    with pytest.raises(CAError, match=r"ca\.key does not match ca\.crt"):
+        init_ca(tmp_path / "ca")

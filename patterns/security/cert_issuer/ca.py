@@ -113,9 +113,11 @@ def init_ca(ca_dir: Path) -> tuple[CertificateAuthority, bool]:
         raise CAError(f"{ca_dir}: {CA_KEY} or {CA_CERT} is not PEM") from None
     if not pki.key_matches_cert(key, cert):
         raise CAError(f"{ca_dir}: {CA_KEY} does not match {CA_CERT}")
+    # Group access is how a Kubernetes Secret reaches a non-root user (fsGroup, mode
+    # 0440); access for every user is a mistake worth a warning at each start.
     mode = stat.S_IMODE(os.stat(key_path).st_mode)
-    if mode & 0o077:
-        log.warning("the CA key is readable by others than its owner",
+    if mode & 0o007:
+        log.warning("the CA key is readable by every user",
                     extra={"path": str(key_path), "mode": oct(mode)})
     return CertificateAuthority(key, cert), False
 
