@@ -159,8 +159,12 @@ class PortForward:
             last = self.log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
             return (f"kubectl port-forward to local port {self.local} exited with "
                     f"{self.proc.returncode}: {last[0]}")
+        # Whether something listens first, then whose it is: asked the other way round, a
+        # forward that starts listening between the two questions looked like a stranger.
+        if not ports.in_use(self.local):
+            return None
         held = ports.held_by(self.local, "127.0.0.1", ports.session_members(self.proc.pid))
-        if held is False and ports.in_use(self.local):
+        if held is False:
             return (f"port {self.local} is held by {ports.holder(self.local)}, not by the "
                     f"kubectl port-forward this demo started (pid {self.proc.pid})")
         return None
