@@ -12,9 +12,10 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from demo import containers, podman
-from demo.errors import DemoError
+from demo.console import explore
 from demo.local import LocalPod, demo_seconds, say, wait_http
 from demo.ports import Port
+from demo.timing import every_second, how_long
 
 NAMESPACE = "podpatterns-adapter"
 PROFILE = "adapter"
@@ -61,25 +62,17 @@ def exercise(seconds: float, check: Callable[[], None]) -> None:
     """Generate traffic and show the adapter's metrics growing (0 seconds: until Ctrl-C).
     `check()` raises when something the demo started is gone: nothing else is counted."""
     say(f"generating traffic; the adapter's metrics are at {url('adapter')}/metrics "
-        + ("(Ctrl-C to stop)" if not seconds else f"for {seconds:.0f}s"))
-    started = time.monotonic()
-    try:
-        while not seconds or time.monotonic() - started < seconds:
-            check()
-            try:
-                requests.get(f"{url('app')}/traffic", params={"n": 30}, timeout=30)
-                t = tallies()
-            except requests.RequestException as error:
-                check()  # the precise reason, if a process or container is gone
-                raise DemoError(f"the demo's services stopped answering: {error}") from None
-            total = t.get("requests", 0) + t.get("5xx", 0)
-            say(f"{time.monotonic() - started:5.0f}s  requests {total:>6.0f}"
-                f"  of which 5xx {t.get('5xx', 0):>5.0f}"
+        f"({how_long(seconds)})")
+
+    def step() -> str:
+        requests.get(f"{url('app')}/traffic", params={"n": 30}, timeout=30)
+        t = tallies()
+        total = t.get("requests", 0) + t.get("5xx", 0)
+        return (f"requests {total:>6.0f}  of which 5xx {t.get('5xx', 0):>5.0f}"
                 f"  app ERROR records {t.get('app errors', 0):>5.0f}"
                 f"  lines parsed {t.get('parsed', 0):>6.0f} rejected {t.get('rejected', 0):>3.0f}")
-            time.sleep(1)
-    except KeyboardInterrupt:
-        say("Ctrl-C: stopping")
+
+    every_second(seconds, check, step)
 
 
 def show_twins(logs: Path, adapter_output: Path) -> None:
@@ -133,30 +126,38 @@ def run_local() -> None:
             "(series http_requests_by_path_total); the lab guide has the PromQL")
 
 
-def explore(runtime: str) -> None:
+# The request the explore hints follow, as the lab guide's step 2 does: its line in
+# access.log and the record the adapter made of it are both found by its path. /traffic
+# never asks for this order, so each holds one line and one record: the twins.
+TWIN_PATH = "/orders/2026"
+TWIN_LINE = f"grep 'GET {TWIN_PATH} ' /var/log/app/access.log"
+TWIN_RECORD = f"""grep '"url.path":"{TWIN_PATH}"'"""
+
+
+def request_twin() -> None:
+    """The one request whose line and record the hints show (a 404: no such order)."""
+    requests.get(url("app") + TWIN_PATH, timeout=10)
+
+
+def explore_commands(runtime: str, main: str = "<main>", adapter: str = "<adapter>"
+                     ) -> list[str]:
+    """What to look at after the demo; `main` and `adapter` name the Compose containers."""
     if runtime == "kind":
         kubectl = f"kubectl -n {NAMESPACE}"
-        say("explore:\n"
-            f"  {kubectl} logs deploy/legacy-app -c adapter | tail -3   # JSON records\n"
-            f"  {kubectl} exec deploy/legacy-app -c main -- tail -3 /var/log/app/access.log\n"
-            f"  {kubectl} exec deploy/legacy-app -c main -- python -c \"import urllib.request;"
-            " print(urllib.request.urlopen('http://localhost:9103/metrics').read().decode())\"\n"
-            "  make demo-clean")
+        in_main = f"{kubectl} exec deploy/legacy-app -c main --"
+        adapter_output = f"{kubectl} logs deploy/legacy-app -c adapter"
+        metrics = (f"{in_main} python -c \"import urllib.request; print(urllib.request"
+                   ".urlopen('http://localhost:9103/metrics').read().decode())\"")
     elif runtime == "podman":
         app = podman.pod_name("Deployment", "legacy-app")
-        say("explore:\n"
-            "  podman pod ps\n"
-            f"  podman logs {app}-adapter | tail -3          # JSON records\n"
-            f"  podman exec {app}-main tail -3 /var/log/app/access.log\n"
-            f"  curl {url('adapter')}/metrics\n"
-            "  make demo-clean")
+        in_main, adapter_output = f"podman exec {app}-main", f"podman logs {app}-adapter"
+        metrics = f"curl {url('adapter')}/metrics"
     else:
-        say("explore:\n"
-            "  docker ps --filter name=adapter\n"
-            "  docker logs <adapter-adapter container> | tail -3          # JSON records\n"
-            "  docker exec <adapter-main container> tail -3 /var/log/app/access.log\n"
-            f"  curl {url('adapter')}/metrics\n"
-            "  make demo-clean")
+        in_main, adapter_output = f"docker exec {main}", f"docker logs {adapter}"
+        metrics = f"curl {url('adapter')}/metrics"
+    return [f"{in_main} {TWIN_LINE}   # one request's line, as the app wrote it",
+            f"{adapter_output} | {TWIN_RECORD}   # its JSON twin, from the adapter",
+            metrics]
 
 
 def run_compose() -> None:
@@ -165,7 +166,10 @@ def run_compose() -> None:
         wait_http(url(name) + path,
                   check=lambda port=PORTS[name]: containers.check_compose_owner(PROFILE, port))
     exercise(demo_seconds(30), lambda: containers.check_compose_running(PROFILE, SERVICES))
-    explore("compose")
+    request_twin()
+    running = containers.compose_containers(PROFILE)
+    main, adapter = (running[s][:12] if s in running else f"<{s} container>" for s in SERVICES)
+    explore(explore_commands("compose", main, adapter))
 
 
 def run_kind() -> None:
@@ -174,7 +178,8 @@ def run_kind() -> None:
             containers.port_forward(NAMESPACE, "svc/legacy-app-metrics", PORTS["adapter"],
                                     9103) as metrics:
         exercise(demo_seconds(30), containers.check_all(app, metrics))
-    explore("kind")
+        request_twin()
+    explore(explore_commands("kind"))
 
 
 def run_podman() -> None:
@@ -183,4 +188,5 @@ def run_podman() -> None:
     for name, path in (("app", "/healthz"), ("adapter", "/readyz")):
         wait_http(url(name) + path, check=check)
     exercise(demo_seconds(30), check)
-    explore("podman")
+    request_twin()
+    explore(explore_commands("podman"))

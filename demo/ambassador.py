@@ -10,6 +10,7 @@ primary and promotes the standby.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -22,11 +23,12 @@ from pathlib import Path
 
 import requests
 
-from demo import STATE_DIR, containers, lifecycle, podman
+from demo import STATE_DIR, console, containers, lifecycle, podman
 from demo.errors import DemoError
 from demo.local import LocalPod, demo_seconds, say, wait_http
 from demo.ports import Port, free_port, in_use
 from demo.processes import alive, identity
+from demo.timing import every_second, how_long
 from tests import pg  # the same PostgreSQL cluster code the tests use
 
 DB_NAMESPACE = "podpatterns-db"
@@ -133,17 +135,9 @@ def exercise(seconds: float, check: Callable[[], None]) -> None:
     say("the app writes a note every second through localhost:5432; in another terminal:")
     say("    make ambassador-failover      # stop the primary, promote the standby")
     say(f"open {url('app')}/ for the notes, {url('admin')}/upstreams for the ambassador's "
-        "view " + ("(Ctrl-C to stop)" if not seconds else f"(for {seconds:.0f}s)"))
-    started = time.monotonic()
-    count = 0
-    try:
-        while not seconds or time.monotonic() - started < seconds:
-            check()
-            count += 1
-            say(f"{time.monotonic() - started:5.0f}s  {write_and_tell(count)}")
-            time.sleep(1)
-    except KeyboardInterrupt:
-        say("Ctrl-C: stopping")
+        f"view ({how_long(seconds)})")
+    count = itertools.count(1)
+    every_second(seconds, check, lambda: write_and_tell(next(count)))
 
 
 def write_and_tell(count: int, app: str | None = None) -> str:
@@ -339,24 +333,24 @@ def _standby_status(runtime: str, state: dict[str, object]) -> str:
 
 def explore(runtime: str) -> None:
     if runtime == "kind":
-        say("explore:\n"
-            f"  kubectl -n {APP_NAMESPACE} exec deploy/notes-app -c main -- python -c "
-            "'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8080/db\").read())'\n"
-            f"  kubectl -n {APP_NAMESPACE} logs deploy/notes-app -c ambassador\n"
-            f"  kubectl -n {DB_NAMESPACE} get pods\n"
-            "  make ambassador-failover ; make demo-clean")  # fmt: skip
+        console.explore([
+            f"kubectl -n {APP_NAMESPACE} exec deploy/notes-app -c main -- python -c "
+            "'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8080/db\").read())'",
+            f"kubectl -n {APP_NAMESPACE} logs deploy/notes-app -c ambassador",
+            f"kubectl -n {DB_NAMESPACE} get pods",
+            "make ambassador-failover"])  # fmt: skip
     elif runtime == "podman":
         app = podman.pod_name("Deployment", "notes-app")
-        say("explore:\n"
-            "  podman pod ps\n"
-            f"  curl -s {url('admin')}/upstreams ; curl -s {url('app')}/db\n"
-            f"  podman logs {app}-ambassador | tail -3\n"
-            "  make ambassador-failover ; make demo-clean")  # fmt: skip
+        console.explore([
+            "podman pod ps",
+            f"curl -s {url('admin')}/upstreams ; curl -s {url('app')}/db",
+            f"podman logs {app}-ambassador | tail -3",
+            "make ambassador-failover"])
     else:
-        say("explore:\n"
-            "  docker ps --filter name=ambassador\n"
-            f"  curl -s {url('admin')}/upstreams ; curl -s {url('app')}/db\n"
-            "  make ambassador-failover ; make demo-clean")  # fmt: skip
+        console.explore([
+            "docker ps --filter name=ambassador",
+            f"curl -s {url('admin')}/upstreams ; curl -s {url('app')}/db",
+            "make ambassador-failover"])
 
 
 def run_compose() -> None:

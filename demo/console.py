@@ -22,3 +22,11 @@ def warn(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
     except OSError:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+
+
+def explore(commands: list[str], guide: str | None = None) -> None:
+    """After a demo that leaves its pods up: commands to look around with (`# ...` after
+    one says what it shows), and last how to remove it all."""
+    where = f" ({guide})" if guide else ""
+    say(f"explore{where}:\n" + "".join(f"  {command}\n" for command in commands)
+        + "  make demo-clean")

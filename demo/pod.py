@@ -21,12 +21,14 @@ from typing import Any
 
 import requests
 
-from demo import containers
+from demo import console, containers
 from demo.errors import DemoError
 from demo.local import LocalPod, demo_seconds, say, wait_http
 from demo.ports import PROC, Port, session_members
+from demo.timing import poll
 
 NAMESPACE = "podpatterns-pod"
+GUIDE = "patterns/0-pod/README.md"
 PROFILE = "pod"
 OVERLAY = "0-pod"  # k8s/0-pod/kind
 POD = "two-containers"
@@ -153,14 +155,10 @@ def drained(lab: Lab) -> tuple[int, int]:
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
+    value = poll(predicate, timeout)
+    if not value:
+        raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return value
 
 
 def verdict(runtime: str, inode: int, restarts: dict[str, int], stop: str) -> None:
@@ -536,19 +534,17 @@ def apply_and_wait(rendered: str) -> None:
 def explore(runtime: str) -> None:
     if runtime == "kind":
         kubectl = f"kubectl -n {NAMESPACE}"
-        say("explore (patterns/0-pod/README.md):\n"
-            f"  {kubectl} get pod {POD}\n"
-            f"  {kubectl} exec {POD} -c main -- ls -li {LOG_DIR}\n"
-            f"  {kubectl} exec {POD} -c sidecar -- ls -li {LOG_DIR}\n"
-            f"  {kubectl} logs {POD} -c sidecar --tail 1\n"
-            "  make demo-clean")
+        console.explore([f"{kubectl} get pod {POD}",
+                         f"{kubectl} exec {POD} -c main -- ls -li {LOG_DIR}",
+                         f"{kubectl} exec {POD} -c sidecar -- ls -li {LOG_DIR}",
+                         f"{kubectl} logs {POD} -c sidecar --tail 1"], GUIDE)
     else:
-        say("explore (patterns/0-pod/README.md):\n"
-            f"  docker-compose --profile {PROFILE} ps\n"
-            f"  docker-compose exec pod-main ls -li {LOG_DIR}\n"
-            f"  docker-compose exec pod-sidecar ls -li {LOG_DIR}\n"
-            f"  curl -s {url('app')}/traffic?n=20; curl -s {url('sidecar')}/status\n"
-            "  make demo-clean")
+        console.explore([
+            "export IMAGE_TAG=dev   # docker-compose needs it set; the demo's build tagged :dev",
+            f"docker-compose --profile {PROFILE} ps",
+            f"docker-compose exec pod-main ls -li {LOG_DIR}",
+            f"docker-compose exec pod-sidecar ls -li {LOG_DIR}",
+            f"curl -s {url('app')}/traffic?n=20; curl -s {url('sidecar')}/status"], GUIDE)
 
 
 def clean() -> None:

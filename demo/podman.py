@@ -150,16 +150,27 @@ class PlannedContainer:
     native_sidecar: bool
 
     def env(self, name: str, default: str) -> str:
-        for item in self.spec.get("env", []):
-            if item["name"] == name and "value" in item:
-                return str(item["value"])
-        return default
+        return env_value(self.spec, name, default)
 
     def mount_of(self, volume: str) -> str | None:
-        for mount in self.spec.get("volumeMounts", []):
-            if mount["name"] == volume:
-                return str(mount["mountPath"])
-        return None
+        return mount_path(self.spec, volume)
+
+
+def env_value(container: dict[str, Any], name: str, default: str) -> str:
+    """The value a manifest's container sets for `name` (`default` if none, or from a
+    Secret or ConfigMap)."""
+    for item in container.get("env", []):
+        if item["name"] == name and "value" in item:
+            return str(item["value"])
+    return default
+
+
+def mount_path(container: dict[str, Any], volume: str) -> str | None:
+    """Where a manifest's container mounts `volume` (None: it does not)."""
+    for mount in container.get("volumeMounts", []):
+        if mount["name"] == volume:
+            return str(mount["mountPath"])
+    return None
 
 
 @dataclass

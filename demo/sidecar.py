@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import requests
 
-from demo import containers, podman
-from demo.errors import DemoError
+from demo import console, containers, podman
 from demo.local import LocalPod, demo_seconds, say, wait_http
 from demo.ports import Port
+from demo.timing import every_second, how_long
 
 NAMESPACE = "podpatterns-sidecar"
 PROFILE = "sidecar"
@@ -54,22 +54,13 @@ def exercise(seconds: float, check: Callable[[], None]) -> None:
     """Generate traffic and show lines arriving until `seconds` pass (0: until Ctrl-C).
     `check()` raises when something the demo started is gone: nothing else is counted."""
     say(f"generating traffic; watch the collector live at {url('collector')}/ "
-        + ("(Ctrl-C to stop)" if not seconds else f"for {seconds:.0f}s"))
-    started = time.monotonic()
-    try:
-        while not seconds or time.monotonic() - started < seconds:
-            check()
-            try:
-                requests.get(f"{url('app')}/traffic", params={"n": 2000}, timeout=10)
-                written, received = lines_written(), lines_received()
-            except requests.RequestException as error:
-                check()  # the precise reason, if a process or container is gone
-                raise DemoError(f"the demo's services stopped answering: {error}") from None
-            say(f"{time.monotonic() - started:5.0f}s  app wrote {written:>8} lines"
-                f"  collector has {received:>8}")
-            time.sleep(1)
-    except KeyboardInterrupt:
-        say("Ctrl-C: stopping")
+        f"({how_long(seconds)})")
+
+    def step() -> str:
+        requests.get(f"{url('app')}/traffic", params={"n": 2000}, timeout=10)
+        return f"app wrote {lines_written():>8} lines  collector has {lines_received():>8}"
+
+    every_second(seconds, check, step)
 
 
 def wait_for_collector(expected: int, timeout: float = 30) -> int:
@@ -124,27 +115,24 @@ def run_local() -> None:
 
 def explore(runtime: str) -> None:
     if runtime == "kind":
-        say("explore:\n"
-            f"  kubectl -n {NAMESPACE} get pods\n"
-            f"  kubectl -n {NAMESPACE} exec deploy/web-app -c main -- ls -l /var/log/app\n"
-            f"  kubectl -n {NAMESPACE} exec deploy/web-app -c sidecar -- ls -l /var/log/app\n"
-            f"  kubectl -n {NAMESPACE} port-forward svc/log-collector 8081"
-            f"  # then open {url('collector')}/\n"
-            "  make demo-clean")
+        console.explore([
+            f"kubectl -n {NAMESPACE} get pods",
+            f"kubectl -n {NAMESPACE} exec deploy/web-app -c main -- ls -l /var/log/app",
+            f"kubectl -n {NAMESPACE} exec deploy/web-app -c sidecar -- ls -l /var/log/app",
+            f"kubectl -n {NAMESPACE} port-forward svc/log-collector 8081"
+            f"  # then open {url('collector')}/"])
     elif runtime == "podman":
         app = podman.pod_name("Deployment", "web-app")
-        say("explore:\n"
-            "  podman pod ps\n"
-            f"  podman exec {app}-main ls -l /var/log/app\n"
-            f"  podman exec {app}-sidecar ls -l /var/log/app\n"
-            f"  open {url('collector')}/ (live records)\n"
-            "  make demo-clean")
+        console.explore([
+            "podman pod ps",
+            f"podman exec {app}-main ls -l /var/log/app",
+            f"podman exec {app}-sidecar ls -l /var/log/app",
+            f"open {url('collector')}/ (live records)"])
     else:
-        say("explore:\n"
-            "  docker ps --filter name=sidecar\n"
-            "  docker exec <sidecar-main container> ls -l /var/log/app\n"
-            f"  open {url('collector')}/ (live records), {url('shipper')}/metrics (the shipper)\n"
-            "  make demo-clean")
+        console.explore([
+            "docker ps --filter name=sidecar",
+            "docker exec <sidecar-main container> ls -l /var/log/app",
+            f"open {url('collector')}/ (live records), {url('shipper')}/metrics (the shipper)"])
 
 
 SERVICES = ["sidecar-main", "sidecar-shipper", "sidecar-collector"]
