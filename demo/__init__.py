@@ -6,8 +6,12 @@ otherwise plain local processes (a temporary directory as the shared volume, the
 loopback as the pod's localhost). The runner always says which one it chose and why.
 """
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# What the demos keep between runs (secrets, what a local demo started): gitignored.
-STATE_DIR = ROOT / ".demo"
+# What the demos keep between runs (secrets, what a demo started), and so what
+# `make demo-clean` stops: DEMO_STATE_DIR, relative to the repository's root unless
+# absolute; default .demo (gitignored). A second set of demos with a state directory of its
+# own (the guide tier's sessions) and `make demo-clean` there leave the others' alone.
+STATE_DIR = ROOT / (os.environ.get("DEMO_STATE_DIR") or ".demo")

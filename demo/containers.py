@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from demo import ROOT, lifecycle, podman, ports
+from demo import ROOT, lifecycle, podman, ports, processes
 from demo.console import say
 from demo.errors import DemoError
 from demo.runtimes import compose_command
@@ -221,12 +221,14 @@ def podman_up(pattern: str, publish: dict[tuple[str, int], int],
     says what it changes and why; returns once every container is ready. `publish`:
     {(workload, containerPort): host port}, on 127.0.0.1."""
     images = built_images()
+    processes.record_played("podman", pattern)
     lifecycle.on_abort(f"the {pattern} pods on podman", lambda: _podman_down(pattern))
     return podman.start(pattern, images, publish, secrets or [], say=say)
 
 
 def _podman_down(pattern: str) -> None:
     removed = podman.clean(pattern)
+    processes.forget_played("podman", pattern)
     if removed:
         say(f"removed the {pattern} pods on podman: {', '.join(removed)}")
 
@@ -417,9 +419,10 @@ def compose_up(profile: str) -> str:
 
 
 def clean(patterns: list[str], on_podman: list[str] | None = None) -> None:
-    """Remove what any demo left: Compose projects, kind namespaces (the cluster stays:
-    `make kind-down` deletes it), the pods of `on_podman` (default: every pattern) and the
-    podman network. A pattern's own leftovers are its module's clean()."""
+    """Remove what any demo left: the Compose project's containers and volumes, kind
+    namespaces (the cluster stays: `make kind-down` deletes it), the pods of `on_podman`
+    (default: every pattern) that this state directory's demos played, and the podman
+    network. A pattern's own leftovers are its module's clean()."""
     if compose_command() is not None:
         existing = _compose_quiet(patterns, "ps", "-q").stdout.split()
         down = _compose_quiet(patterns, "down", "-v", "--remove-orphans")
@@ -434,9 +437,12 @@ def clean(patterns: list[str], on_podman: list[str] | None = None) -> None:
             if (ROOT / overlay).is_dir():  # lab 0's (k8s/0-pod) is demo/pod.py's clean()
                 subprocess.run(["kubectl", "delete", "-k", str(overlay), "--ignore-not-found"],
                                cwd=ROOT)
-    if shutil.which("podman"):
+    # Only the pods this state directory's demos played: another's are not ours to remove.
+    played = [pattern for pattern in (patterns if on_podman is None else on_podman)
+              if pattern in processes.played("podman")]
+    if played and shutil.which("podman"):
         try:
-            for pattern in patterns if on_podman is None else on_podman:
+            for pattern in played:
                 _podman_down(pattern)
             if podman.remove_network():
                 say(f"removed the podman network {podman.NETWORK}")

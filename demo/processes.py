@@ -3,6 +3,11 @@
 out-of-memory kill): each process by PID with what tells it from a later process with the
 same PID (its start time), and the temporary directories to remove.
 
+Pods a demo plays on podman are written down there too (podman's names for them are fixed,
+the manifests' own): `make demo-clean` removes those of the patterns its state directory
+recorded, not another state directory's. Compose is scoped by its project
+(COMPOSE_PROJECT_NAME); kind's namespaces are the cluster's, whoever applied them.
+
 Every process a demo starts leads a session and a process group of its own (Ctrl-C in the
 terminal reaches only the runner, which stops them in order), so stopping one means
 signalling its group: whatever it forked goes too.
@@ -192,3 +197,22 @@ def stop_runner(pid: int, ident: str | None, timeout: float) -> None:
     if alive(pid, ident):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def record_played(runtime: str, pattern: str, state_dir: Path | None = None) -> None:
+    """A demo is about to start `pattern` on `runtime` (podman): `make demo-clean` with this
+    state directory removes it."""
+    directory = state_dir or STATE_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{runtime}-{pattern}.played").touch()
+
+
+def played(runtime: str, state_dir: Path | None = None) -> list[str]:
+    """The patterns demos of this state directory started on `runtime`."""
+    suffix = ".played"
+    return sorted(path.name[len(runtime) + 1:-len(suffix)]
+                  for path in (state_dir or STATE_DIR).glob(f"{runtime}-*{suffix}"))
+
+
+def forget_played(runtime: str, pattern: str, state_dir: Path | None = None) -> None:
+    ((state_dir or STATE_DIR) / f"{runtime}-{pattern}.played").unlink(missing_ok=True)

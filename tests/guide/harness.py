@@ -37,10 +37,11 @@ The environment is the test's, with `.venv/bin` removed from PATH (a user has no
 activated the venv: the guide says `.venv/bin/...`), plus DEMO_RUNTIME=<runtime> and
 DEMO_SECONDS=3 (so `make demo-<x>` in a TL;DR runs on the runtime under test and ends by
 itself; a block that needs a demo running until it stops it says `DEMO_SECONDS=0`),
-TMPDIR (a directory of the test's, removed after it: `mktemp` lands there) and, for
-Compose, COMPOSE_PROJECT_NAME (a project of the test's own, so that it never touches a
-demo you have running). The transcript of every block, its output and its time is written
-to build/guides/<guide>-<runtime>.transcript.
+TMPDIR (a directory of the test's, removed after it: `mktemp` lands there),
+DEMO_STATE_DIR (in TMPDIR: what the session's demos record, so that its `make demo-clean`
+stops only them) and, for Compose, COMPOSE_PROJECT_NAME (a project of the test's own, so
+that it never touches a demo you have running). The transcript of every block, its output
+and its time is written to build/guides/<guide>-<runtime>.transcript.
 """
 
 from __future__ import annotations
@@ -336,6 +337,9 @@ def session_env(runtime: str, tmpdir: Path, extra: Mapping[str, str] = {}) -> di
     env = {key: value for key, value in os.environ.items()
            if key not in ("VIRTUAL_ENV", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST",
                           "MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
-    env.update(PATH=path, TMPDIR=str(tmpdir), DEMO_RUNTIME=runtime, DEMO_SECONDS="3")
+    # The demos' records too are the session's: its `make demo-clean` stops what its own
+    # demos started, not a demo the user has running (nor does the user's stop the guide's).
+    env.update(PATH=path, TMPDIR=str(tmpdir), DEMO_RUNTIME=runtime, DEMO_SECONDS="3",
+               DEMO_STATE_DIR=str(tmpdir / "demo-state"))
     env.update(extra)
     return env
