@@ -13,9 +13,9 @@ and its copy (same head, at least as long as our position) is looked for and rea
 Beside this module: `access.py` decides what may be opened at all (links, FIFOs, /proc
 files, paths outside the globs' directories), `locate.py` finds a file's content again
 (a copytruncate's copy, a checkpointed file renamed or copied, generations rotated while
-we were down), `recovery.py` reopens what the checkpoints name at start, `watch.py` says
-what inotify's events mean, `checkpoints.py` stores positions and `lines.py` turns bytes
-into lines.
+we were down), `truncation.py` tells a file truncated in place and goes on from its copy,
+`recovery.py` reopens what the checkpoints name at start, `watch.py` says what inotify's
+events mean, `checkpoints.py` stores positions and `lines.py` turns bytes into lines.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from patterns.common.follower.lines import LineBuffer, LineStats
 from patterns.common.follower.locate import Locator
 from patterns.common.follower.recovery import Recovery, resume_offset
 from patterns.common.follower.stream import Chunk, Ident, Stream, up_to_line
+from patterns.common.follower.truncation import Truncations
 from patterns.common.follower.watch import DirectoryWatch
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,14 @@ class Follower:
         self._dirs = DirectoryWatch(events) if events is not None else None
         self._access = Access(self.globs, self.limits.follow_symlinks, self.stats.files_refused)
         self._locate = Locator(self._access)
+        self._truncations = Truncations(
+            self.limits.fingerprint_bytes,
+            self.stats,
+            self._access,
+            self._locate,
+            self._by_ident,
+            self._renew,
+        )
         self._watcher: threading.Thread | None = None
         self._activity = threading.Event()
         self._closing = threading.Event()
@@ -320,7 +329,7 @@ class Follower:
             block = _pread(stream.fd, want, stream.read_pos)
             now = time.monotonic()
             if not block:
-                if self._check_truncated(stream):
+                if self._truncations.check(stream):
                     return None
                 quiet = now - stream.last_growth
                 if not stream.live and quiet >= self.limits.rotate_wait:
@@ -332,10 +341,10 @@ class Follower:
                 if stream.live and self._flush_quiet is None:
                     self._rest(stream)
                 return None
-            if not self._head_intact(stream):
+            if not self._truncations.head_intact(stream):
                 # Truncated (and maybe rewritten) before or while we read: `block` may be
                 # new content at an old offset. Drop it; the new content is read from 0.
-                self._on_truncated(stream)
+                self._truncations.handle(stream)
                 return None
             read = len(block)
             if max_lines is not None:
@@ -386,71 +395,6 @@ class Follower:
         if count:
             self.stats.files_closed += 1
             self._save_pending = True
-
-    # --- identity, truncation, copies ---------------------------------------------------------
-
-    def _head_intact(self, stream: Stream) -> bool:
-        """True if the file still starts with the head we know (and extend the head while
-        the file is shorter than the fingerprint)."""
-        head = _pread(stream.fd, self.limits.fingerprint_bytes, 0)
-        if not head.startswith(stream.head):
-            return False
-        stream.head = head
-        return True
-
-    def _check_truncated(self, stream: Stream) -> bool:
-        try:
-            size = os.fstat(stream.fd).st_size
-        except OSError:
-            return False
-        if size < stream.read_pos or not self._head_intact(stream):
-            self._on_truncated(stream)
-            return True
-        return False
-
-    def _on_truncated(self, stream: Stream) -> None:
-        """The file was truncated in place (it may also have been renamed since). Its old
-        content goes on from the copy if there is one; the file itself is followed again
-        from 0 as a new stream on the same descriptor."""
-        self.stats.truncations += 1
-        position = stream.read_pos
-        copy = self._open_copy(stream.path, stream.head, position) if stream.head else None
-        del self._by_ident[stream.ident]
-        self._seq += 1
-        self._add_stream(
-            stream.fd, stream.ident, stream.path, origin=stream.origin, live=stream.live, offset=0
-        )
-        if copy is not None:
-            fd, ident, copy_path = copy
-            stream.fd, stream.ident, stream.path = fd, ident, copy_path
-            stream.live = False
-            stream.last_growth = time.monotonic()
-            self._by_ident[ident] = stream
-            self.stats.copies_found += 1
-            log.info(
-                "file truncated in place; reading the rest of its copy first",
-                extra={"path": stream.origin, "copy": copy_path, "offset": position},
-            )
-        else:
-            stream.fd = -1  # the descriptor now belongs to the renewed stream
-            stream.detached = True
-            stream.live = False
-            self.stats.truncations_without_copy += 1
-            log.warning(
-                "file truncated in place and no copy found: lines written after our position"
-                " and before the truncation are lost",
-                extra={"path": stream.origin, "offset": position},
-            )
-        # `stream` (old content) keeps its lower seq: it is read before `renewed`.
-
-    def _open_copy(self, path: str, head: bytes, position: int) -> tuple[int, Ident, str] | None:
-        """The copy a copytruncate made of `path` (see `Locator.copy_of`), opened."""
-        copy = self._locate.copy_of(path, head, position, self._by_ident)
-        opened = self._access.open(copy) if copy is not None else None
-        if copy is None or opened is None:
-            return None
-        fd, st = opened
-        return fd, (st.st_dev, st.st_ino), copy
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -503,8 +447,8 @@ class Follower:
         if stream.seq in self._short_heads:
             if not self._short_head(stream):
                 self._short_heads.discard(stream.seq)
-            elif not self._head_intact(stream):
-                self._on_truncated(stream)
+            elif not self._truncations.head_intact(stream):
+                self._truncations.handle(stream)
 
     def _wake_all(self) -> None:
         self._quiet.clear()
@@ -537,6 +481,13 @@ class Follower:
             extra={"path": path, "origin": origin, "offset": offset, "live": live},
         )
         return stream
+
+    def _renew(self, stream: Stream) -> None:
+        """Follow `stream`'s file again from 0, as a new stream on the same descriptor."""
+        self._seq += 1
+        self._add_stream(
+            stream.fd, stream.ident, stream.path, origin=stream.origin, live=stream.live, offset=0
+        )
 
     def _add_stream(
         self, fd: int, ident: Ident, path: str, *, origin: str, live: bool, offset: int
@@ -681,8 +632,8 @@ class Follower:
             stream = self._streams.get(seq)
             if stream is None or not self._short_head(stream):
                 self._short_heads.discard(seq)  # no longer short: it never is again
-            elif not self._head_intact(stream):
-                self._on_truncated(stream)
+            elif not self._truncations.head_intact(stream):
+                self._truncations.handle(stream)
 
     def _short_head(self, stream: Stream) -> bool:
         return len(stream.head) < self.limits.fingerprint_bytes and not (
