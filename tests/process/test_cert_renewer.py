@@ -188,9 +188,12 @@ def test_a_restart_reuses_the_installed_certificate_without_the_issuer(
     serial = first.serial()
     assert first.proc.stop() == 0
     assert issuer.proc.stop() == 0
-    again = start_renewer(service, tmp_path, issuer)
+    # Restarted with the key shared by group: the installed key's mode follows.
+    again = start_renewer(service, tmp_path, issuer, RENEWER_KEY_GROUP_READABLE="true")
     wait_until(lambda: ready(again), timeout=30, what="readiness from the installed certificate")
     assert again.serial() == serial
+    key_path = certdir.read_generation(again.cert_dir).key_path
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o640
     assert again.renewals("issuer_unreachable") == 0 and again.renewals() == 0
     assert "certificate reused" in again.proc.output()
 

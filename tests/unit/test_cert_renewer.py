@@ -43,12 +43,16 @@ def test_config_errors(files: dict[str, str]) -> None:
         load_config({**files, "RENEWER_ISSUER_URL": "http://cert-issuer:8444",
                      "RENEWER_LIFETIME_SECONDS": "10", "RENEWER_EXPIRY_MARGIN_SECONDS": "10",
                      "RENEWER_RETRY_MIN_SECONDS": "5", "RENEWER_RETRY_MAX_SECONDS": "1",
-                     "RENEWER_CA_BUNDLE": "/nonexistent/ca.crt"})
+                     "RENEWER_CA_BUNDLE": "/nonexistent/ca.crt",
+                     "RENEWER_DNS_NAMES": "localhost,bad name,ok.example,b\u00e4d.example"})
     message = str(caught.value)
     assert "RENEWER_ISSUER_URL='http://cert-issuer:8444': expected https://" in message
     assert "RENEWER_EXPIRY_MARGIN_SECONDS must be less than" in message
     assert "RENEWER_RETRY_MAX_SECONDS must be at least" in message
     assert "RENEWER_CA_BUNDLE='/nonexistent/ca.crt': no such file" in message
+    assert "RENEWER_DNS_NAMES item 'bad name': expected a DNS name" in message
+    assert "RENEWER_DNS_NAMES item 'b\u00e4d.example'" in message
+    assert "'ok.example'" not in message
 
 
 def _info(issued: datetime, lifetime: float) -> pki.CertInfo:

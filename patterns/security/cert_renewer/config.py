@@ -5,6 +5,8 @@ name, see patterns/common/service.py)."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,16 @@ from urllib.parse import urlsplit
 from patterns.common.config import Env
 
 DEFAULT_TOKEN_FILE = "/var/run/secrets/podpatterns/bootstrap-token/token"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,10 @@ def load_config(environ: Mapping[str, str]) -> Config:
     )
     if not config.dns_names:
         env.problems.append("RENEWER_DNS_NAMES: at least one name is needed")
+    for name in config.dns_names:
+        if not (_DNS_NAME.fullmatch(name) or _is_ip(name)):
+            env.problems.append(f"RENEWER_DNS_NAMES item {name!r}: expected a DNS name (ASCII "
+                                "letters, digits, hyphens, dots) or an IP address")
     if config.expiry_margin_seconds >= lifetime:
         env.problems.append(
             "RENEWER_EXPIRY_MARGIN_SECONDS must be less than RENEWER_LIFETIME_SECONDS"

@@ -5,7 +5,9 @@ port (/readyz, /metrics, /api/certificate)."""
 from __future__ import annotations
 
 import logging
+import os
 import random
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -119,6 +121,14 @@ class Renewer:
             return
         if info.seconds_left() <= self.config.expiry_margin_seconds:
             return
+        # The key's mode follows RENEWER_KEY_GROUP_READABLE even across a restart that
+        # changed it.
+        wanted = certdir.KEY_MODE_GROUP if self.config.key_group_readable else certdir.KEY_MODE
+        try:
+            if stat.S_IMODE(os.lstat(generation.key_path).st_mode) != wanted:
+                os.chmod(generation.key_path, wanted)
+        except OSError:
+            return
         self._install(Installed(info, generation.name, renew_at(info, self.config)), "reused")
 
     def _install(self, installed: Installed, how: str) -> None:
@@ -152,6 +162,11 @@ class Renewer:
             self.renewals.labels(result=failure.result).inc()
             self.failures += 1
             return failure
+        except Exception as exc:  # a bug, or an answer nothing above foresaw: retried too
+            log.exception("renewal attempt failed unexpectedly")
+            self.renewals.labels(result="issuer_error").inc()
+            self.failures += 1
+            return RenewalFailed("issuer_error", f"unexpected {type(exc).__name__}")
         self.renewals.labels(result="success").inc()
         if self.failures:
             log.info("issuer reachable again", extra={"failed_attempts": self.failures})
