@@ -467,6 +467,8 @@ def explore(runtime: str) -> None:
 
 def run_compose() -> None:
     prepare_secrets()
+    # docker-compose.yml bind-mounts them from here (DEMO_STATE_DIR may have moved them).
+    os.environ["SECURITY_SECRETS_DIR"] = str(SECRETS)
     containers.compose_up(PROFILE)
     for name in ("proxy_admin", "renewer", "issuer_admin"):
         wait_http(f"{url(name)}/readyz", timeout=180,
