@@ -130,11 +130,13 @@ class AdapterMetrics(Collector):
         if target is None:
             path = OTHER_PATH
         else:
-            path = self.path_label.cache.get(target) or self.path_label(target)
+            labels = self.path_label
+            path = labels.cache.get(target) or labels(target)
         key = (method, status, path)
-        entry = self.requests.get(key)
+        requests = self.requests
+        entry = requests.get(key)
         if entry is None:
-            entry = self.requests[key] = [0, 0]
+            entry = requests[key] = [0, 0]
         entry[0] += 1
         entry[1] += size
         if duration_us is not None:
