@@ -83,7 +83,8 @@ Guarantees and rules:
 - File names are bytes: a name that is not UTF-8 reaches `Chunk.path` with lone
   surrogates (Python's `surrogateescape`); whoever encodes it must repair it.
 - Counters for metrics are in `follower.stats` (a `FollowerStats`), plus
-  `follower.followed` (open files) and `follower.backlog_bytes()`.
+  `follower.followed` (open files) and `follower.backlog_bytes()`; `FollowerMetrics`
+  (metrics.py, needs prometheus_client) exposes them all under a service's prefix.
 """
 
 from patterns.common.follower.access import REFUSALS
