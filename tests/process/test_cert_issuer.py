@@ -325,3 +325,24 @@ def test_config_errors_name_the_variable(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert re.search(r"ISSUER_TOKEN_FILE='.*missing': No such file", result.stderr)
     assert "ISSUER_ALLOWED_NAMES item 'bad name'" in result.stderr
+
+
+def test_a_directory_that_is_not_a_ca_stops_the_issuer_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "ca").mkdir()
+    (tmp_path / "ca" / "notes.txt").write_text("not a CA")
+    (tmp_path / "token").write_text(TOKEN)
+    result = subprocess.run(
+        [sys.executable, "-m", ISSUER], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "ISSUER_CA_DIR": str(tmp_path / "ca"),
+             "ISSUER_TOKEN_FILE": str(tmp_path / "token"),
+             "ISSUER_LISTEN": f"127.0.0.1:{free_port()}", "ISSUER_HTTP_HOST": "127.0.0.1",
+             "ISSUER_HTTP_PORT": str(free_port())},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"cert-issuer: configuration error: ISSUER_CA_DIR={tmp_path / 'ca'} holds notes.txt "
+        "but no ca.key and ca.crt: give the issuer an empty directory or its CA"
+    ]
+    assert "Traceback" not in result.stdout
+

@@ -11,7 +11,7 @@ from patterns.common.service import EXIT_CONFIG, exit_if_extra_missing, main_for
 
 from .config import load_ca_dir, load_config
 
-_serve = main_for("cert-issuer", load_config, "patterns.security.cert_issuer.server:run")
+_serve = main_for("cert-issuer", load_config, "patterns.security.cert_issuer.run:run")
 
 
 def init_ca_command() -> int:

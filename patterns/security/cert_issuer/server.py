@@ -25,12 +25,11 @@ from http import HTTPStatus
 
 from prometheus_client import Counter, Gauge
 
-from patterns.common.admin import json_response
 from patterns.common.http_headers import NO_STORE, NOSNIFF, STRICT_POLICY
 from patterns.common.service import Runtime
 from patterns.security import pki
 
-from .ca import CAError, CertificateAuthority, init_ca
+from .ca import CertificateAuthority
 from .config import Config
 from .policy import Refusal, authorize, parse
 
@@ -259,34 +258,3 @@ def _response(status: int, body: bytes) -> bytes:
         "Connection: close",
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def _wake(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    loop.call_soon_threadsafe(stop.set)
-
-
-def run(config: Config, runtime: Runtime) -> None:
-    try:
-        ca, created = init_ca(config.ca_dir)
-    except CAError as exc:
-        log.error("CA directory unusable", extra={"error": str(exc)})
-        raise SystemExit(1) from None
-    if created:
-        log.info("CA created", extra={"ca_dir": str(config.ca_dir), "ca_serial": ca.info.serial})
-    issuer = Issuer(config, ca, runtime)
-    runtime.admin.liveness.append(lambda: (True, "ok"))
-    runtime.admin.readiness.append(
-        lambda: (issuer.listening, "listening" if issuer.listening else "not listening yet")
-    )
-    runtime.admin.route("/api/ca", lambda _query: json_response(ca.info.to_json()))
-    runtime.admin.open_probes()
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        runtime.on_stop.append(lambda: _wake(loop, stop))
-        if runtime.stopping.is_set():
-            return
-        await issuer.serve(stop)
-
-    asyncio.run(main())

@@ -101,7 +101,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         ca_bundle=ca_bundle,
         token_file=token_file,
         dns_names=tuple(name.lower() for name in env.list("RENEWER_DNS_NAMES", ["localhost"])),
-        cert_dir=Path(env.str("RENEWER_CERT_DIR", "/etc/tls")),
+        cert_dir=env.writable_dir("RENEWER_CERT_DIR", "/etc/tls"),
         lifetime_seconds=lifetime,
         renew_fraction=env.float("RENEWER_RENEW_FRACTION", 0.5, min=0.05, max=0.95),
         retry_min_seconds=retry_min,
