@@ -149,6 +149,22 @@ class Access:
             return "pseudo_file"
         return None
 
+    def directories_to_watch(self, globs: list[str]) -> set[str]:
+        """The directories the globs' files are in (for a directory with wildcards, those
+        it matches now) that exist and, unless links are followed, are reached through no
+        link: one the app planted, or the named directory replaced by one, is not watched."""
+        directories: set[str] = set()
+        for pattern in globs:
+            parent = os.path.dirname(pattern)
+            found = glob.glob(parent) if glob.has_magic(parent) else [parent]
+            directories.update(
+                d
+                for d in found
+                if os.path.isdir(d)
+                and (self.follow_symlinks or os.path.realpath(d) == self.expected_real(d))
+            )
+        return directories
+
     def expected_real(self, path: str) -> str | None:
         """The real path `path` has if no link is followed below its glob's directory;
         None if it is below none of them."""

@@ -578,24 +578,9 @@ class Follower:
 
     # --- inotify -------------------------------------------------------------------------------
 
-    def _glob_directories(self) -> set[str]:
-        directories: set[str] = set()
-        for pattern in self.globs:
-            parent = os.path.dirname(pattern)
-            found = glob.glob(parent) if glob.has_magic(parent) else [parent]
-            directories.update(d for d in found if os.path.isdir(d) and self._may_watch(d))
-        return directories
-
-    def _may_watch(self, directory: str) -> bool:
-        """Unless links are followed, a directory reached through one (a link the app
-        planted, or the named directory replaced by one) is not watched."""
-        return self.limits.follow_symlinks or (
-            os.path.realpath(directory) == self._access.expected_real(directory)
-        )
-
     def _update_watches(self) -> None:
         if self._dirs is not None:
-            self._dirs.watch(self._glob_directories())
+            self._dirs.watch(self._access.directories_to_watch(self.globs))
 
     def _handle_events(self, events: list[inotify.Event] | None = None) -> None:
         if self._dirs is None:
