@@ -1,1 +1,1 @@
-"""The security sidecar: certificate renewal and TLS in front of an app that only speaks plain HTTP."""
+"""The security sidecar: certificate renewal and TLS in front of a plain-HTTP app."""

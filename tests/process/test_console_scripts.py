@@ -103,8 +103,10 @@ CASES: dict[str, Case] = {
         lambda tmp: _loopback("WHOAMI_APP"),
         bad_number="WHOAMI_APP_THREADS",
     ),
-    "cert-issuer": Case(_issuer, bad_number="ISSUER_MAX_LIFETIME_SECONDS"),
-    "cert-renewer": Case(_renewer, bad_number="RENEWER_LIFETIME_SECONDS"),
+    "cert-issuer": Case(_issuer, bad_number="ISSUER_MAX_LIFETIME_SECONDS",
+                        unwritable_dir="ISSUER_CA_DIR"),
+    "cert-renewer": Case(_renewer, bad_number="RENEWER_LIFETIME_SECONDS",
+                         unwritable_dir="RENEWER_CERT_DIR"),
     "tls-proxy": Case(
         lambda tmp: {"PROXY_CERT_DIR": f"{tmp}/tls", "PROXY_LISTEN": f"127.0.0.1:{free_port()}",
                      "PROXY_UPSTREAM": f"127.0.0.1:{free_port()}", **_loopback("PROXY_HTTP")},

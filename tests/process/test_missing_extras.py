@@ -83,7 +83,22 @@ def environment(tmp_path: Path) -> dict[str, str]:
         "LEGACY_APP_LOG_DIR": str(tmp_path / "legacy"),
         "NOTES_APP_PORT": str(free_port()),
         "DATABASE_URL": f"postgresql://notes@127.0.0.1:{free_port()}/notes",
+        # The security lab: a token and a CA bundle that exist (their contents do not
+        # matter before the extra is imported), a CA directory to create.
+        "ISSUER_TOKEN_FILE": str(_file(tmp_path / "token", "t")),
+        "ISSUER_CA_DIR": str(tmp_path / "ca"),
+        "ISSUER_LISTEN": f"127.0.0.1:{free_port()}",
+        "ISSUER_HTTP_PORT": str(free_port()),
+        "RENEWER_TOKEN_FILE": str(tmp_path / "token"),
+        "RENEWER_CA_BUNDLE": str(_file(tmp_path / "ca.crt", "")),
+        "RENEWER_CERT_DIR": str(tmp_path / "tls"),
+        "RENEWER_HTTP_PORT": str(free_port()),
     }
+
+
+def _file(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 def run_hidden(script: str, extra: str, call: str,
