@@ -5,6 +5,7 @@ counted by its result, and the one in use kept; an expired certificate is never 
 from __future__ import annotations
 
 import datetime
+import time
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,10 @@ from patterns.security.tls_proxy.config import available_cpus, load_config
 from patterns.security.tls_proxy.identity import identity_headers, rfc4514_subject, stripped
 from tests.tls_certs import CA
 
-NOW = datetime.datetime.now(datetime.UTC)
-
 
 class Clock:
     def __init__(self) -> None:
-        self.now = NOW.timestamp()
+        self.now = time.time()
 
     def __call__(self) -> float:
         return self.now
@@ -69,6 +68,7 @@ def test_new_generation_swaps_the_context(tmp_path: Path, ca: CA) -> None:
 
 @pytest.mark.parametrize("bad", ["key_mismatch", "expired", "not_yet_valid", "garbage"])
 def test_bad_generation_refused_once_and_old_kept(tmp_path: Path, ca: CA, bad: str) -> None:
+    now = datetime.datetime.now(datetime.UTC)
     certs = store(tmp_path)
     good = ca.issue()
     ca.install(tmp_path / "tls", good)
@@ -77,9 +77,9 @@ def test_bad_generation_refused_once_and_old_kept(tmp_path: Path, ca: CA, bad: s
     if bad == "key_mismatch":
         ca.install(tmp_path / "tls", ca.issue(), key_of=ca.issue())
     elif bad == "expired":
-        ca.install(tmp_path / "tls", ca.issue(not_before=NOW - datetime.timedelta(hours=2)))
+        ca.install(tmp_path / "tls", ca.issue(not_before=now - datetime.timedelta(hours=2)))
     elif bad == "not_yet_valid":
-        ca.install(tmp_path / "tls", ca.issue(not_before=NOW + datetime.timedelta(hours=1)))
+        ca.install(tmp_path / "tls", ca.issue(not_before=now + datetime.timedelta(hours=1)))
     else:
         certdir.write_generation(tmp_path / "tls", b"not a key", b"not a cert", b"", "ab")
     assert certs.poll() == "bad"

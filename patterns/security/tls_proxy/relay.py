@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from .identity import identity_headers, stripped
+from .identity import STRIPPED, identity_headers, stripped
 
 if TYPE_CHECKING:
     from .server import Proxy
@@ -37,7 +37,7 @@ HANDSHAKING, OPEN, CLOSING = 0, 1, 2
 DISCARD_LIMIT = 1024 * 1024
 LINGER = 1.0
 # Decrypted bytes taken per read call (a TLS record holds at most 16 KiB).
-READ_SIZE = 256 * 1024
+READ_SIZE = 16 * 1024
 
 
 class Refusal(Exception):
@@ -282,9 +282,10 @@ class ClientConnection(asyncio.Protocol):
         config = self.proxy.config
         if self.head_size > config.max_header_bytes or self.head_fields > config.max_headers:
             raise Refusal(431, "too_large")
-        if stripped(name):
+        lowered = name.lower()
+        if lowered in STRIPPED or (b"_" in lowered and stripped(lowered)):
             return
-        if len(name) == 17 and name.lower() == b"transfer-encoding":
+        if lowered == b"transfer-encoding":
             self.chunked = True
         self.head.append(name + b": " + value + b"\r\n")
 
@@ -322,11 +323,19 @@ class ClientConnection(asyncio.Protocol):
             upstream.transport.writelines(parts)
             return
         if self.pending is None:
-            self.pending = []
-            self.transport.pause_reading()  # until the app's connection is up
-            # Held here: the loop keeps only a weak reference to a task.
-            self.task = self.loop.create_task(self._connect())
+            self.connect()
+        assert self.pending is not None
         self.pending.extend(parts)
+        self.transport.pause_reading()  # until the app's connection is up
+
+    def connect(self) -> None:
+        """Open the app's connection at the first complete request head, never earlier:
+        a peer that stalls a handshake or says nothing then costs the app nothing (an
+        app like gunicorn's gthread gives each new connection a thread until its first
+        request arrives, so idle connections from the proxy would lock it up)."""
+        self.pending = []
+        # Held here: the loop keeps only a weak reference to a task.
+        self.task = self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
         config = self.proxy.config
@@ -336,16 +345,18 @@ class ClientConnection(asyncio.Protocol):
                     lambda: Upstream(self), config.upstream_host, config.upstream_port)
         except (OSError, TimeoutError) as exc:
             self.proxy.upstream_failed(exc)
-            self.pending = None
-            self.refuse(502, "upstream_unavailable")
+            waiting, self.pending = self.pending, None
+            if waiting:  # a request waits for it: refused; else the next request tries again
+                self.refuse(502, "upstream_unavailable")
             return
-        if self.state != OPEN:
+        if self.state == CLOSING:
             transport.close()
             return
         self.upstream = upstream
         pending, self.pending = self.pending or [], None
-        transport.writelines(pending)
-        self.transport.resume_reading()
+        if pending:
+            transport.writelines(pending)
+            self.transport.resume_reading()
 
     def upstream_closed(self) -> None:
         """The app closed its side: after its last response, the client's is closed too."""
@@ -353,6 +364,7 @@ class ClientConnection(asyncio.Protocol):
             self._send_refusal()
         elif self.state == OPEN:
             self.close()
+
 
     # --- closing ---------------------------------------------------------------------
 
