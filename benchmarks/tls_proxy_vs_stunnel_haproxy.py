@@ -1,0 +1,214 @@
+"""The tls-proxy against stunnel4 and HAProxy 2.6 (Debian's packages) terminating the same
+TLS (ECDSA P-256, TLS 1.3) in front of the same static upstream, measured with `wrk` in
+one run: new handshakes per second (a connection per request: `-H 'Connection: close'`),
+requests per second on kept-alive connections (`wrk -t1 -c16`), the CPU each proxy spent
+per request, and the tls-proxy's peak RSS. Prints ratios, not pass/fail (targets: >= 0.8x
+HAProxy and >= 1.0x stunnel on both figures, RSS under 64 MiB).
+
+    .venv/bin/python benchmarks/tls_proxy_vs_stunnel_haproxy.py [--seconds 5] [--rounds 3]
+        [--connections 16] [--workers N]
+
+The static upstream is HAProxy in HTTP mode answering every request itself
+(`http-request return`), one thread. HAProxy's TLS frontend and the tls-proxy use the
+CPUs available (HAProxy's default threads, PROXY_WORKERS' default); stunnel starts a thread
+per connection. Needs haproxy, stunnel4 and wrk: apt-get install -y haproxy stunnel4 wrk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.tls_certs import CA  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tool(name: str) -> str:
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise SystemExit(f"needs {name}: apt-get install -y haproxy stunnel4 wrk")
+
+
+def wait_https(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listening on port {port} after {timeout}s")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def children(pid: int) -> list[int]:
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for kid in kids:
+            found.extend(children(int(kid)))
+    return sorted(set(found))
+
+
+def peak_rss_kib(pids: list[int]) -> list[int]:
+    peaks = []
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(int(line.split()[1]))
+    return peaks
+
+
+def wrk(port: int, seconds: int, connections: int, close: bool) -> float:
+    args = [tool("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s"]
+    if close:
+        args += ["-H", "Connection: close"]
+    result = subprocess.run([*args, f"https://127.0.0.1:{port}/"], capture_output=True,
+                            text=True, timeout=seconds + 60)  # fmt: skip
+    match = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
+    if result.returncode != 0 or match is None:
+        raise SystemExit(f"wrk on port {port} failed:\n{result.stdout}{result.stderr}")
+    errors = re.search(r"Socket errors: (.*)", result.stdout)
+    if errors or "Non-2xx" in result.stdout:
+        print(f"  note: port {port}: {errors.group(0) if errors else 'non-2xx responses'}")
+    return float(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=5, help="per measurement (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk -c (default 16)")
+    parser.add_argument("--workers", type=int, help="PROXY_WORKERS (default: the proxy's own)")
+    args = parser.parse_args()
+    haproxy, stunnel = tool("haproxy"), tool("stunnel4")
+    tool("wrk")
+
+    work = Path(tempfile.mkdtemp(prefix="podpatterns-tls-bench-"))
+    ca = CA()
+    served = ca.issue(("localhost",))
+    cert_dir = work / "tls"
+    ca.install(cert_dir, served)
+    _cert, key = served.write(work, "server")
+    combined = work / "combined.pem"
+    combined.write_bytes(served.key_pem + served.cert_pem + ca.cert_pem)
+    chain = work / "chain.pem"
+    chain.write_bytes(served.cert_pem + ca.cert_pem)
+
+    upstream, haproxy_port, stunnel_port, proxy_port = (free_port() for _ in range(4))
+    (work / "upstream.cfg").write_text(
+        "global\n  nbthread 1\n  maxconn 4000\n"
+        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
+        f"frontend static\n  bind 127.0.0.1:{upstream}\n"
+        '  http-request return status 200 content-type text/plain string "hello\\n"\n'
+    )
+    (work / "haproxy.cfg").write_text(
+        "global\n  maxconn 4000\n  ssl-default-bind-options ssl-min-ver TLSv1.2\n"
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
+        f"frontend tls\n  bind 127.0.0.1:{haproxy_port} ssl crt {combined}\n"
+        "  default_backend static\n"
+        f"backend static\n  server s1 127.0.0.1:{upstream}\n"
+    )
+    (work / "stunnel.conf").write_text(
+        f"foreground = yes\npid =\noutput = {work}/stunnel.log\ndebug = warning\n"
+        f"[tls]\naccept = 127.0.0.1:{stunnel_port}\nconnect = 127.0.0.1:{upstream}\n"
+        f"cert = {chain}\nkey = {key}\nsslVersionMin = TLSv1.2\n"
+    )
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        procs["upstream"] = subprocess.Popen(
+            [haproxy, "-db", "-f", str(work / "upstream.cfg")], **quiet)
+        procs["haproxy"] = subprocess.Popen([haproxy, "-db", "-f", str(work / "haproxy.cfg")],
+                                            **quiet)  # fmt: skip
+        procs["stunnel"] = subprocess.Popen([stunnel, str(work / "stunnel.conf")], **quiet)
+        env = {**os.environ, "PROXY_LISTEN": f"127.0.0.1:{proxy_port}",
+               "PROXY_UPSTREAM": f"127.0.0.1:{upstream}", "PROXY_CERT_DIR": str(cert_dir),
+               "PROXY_HTTP_PORT": str(free_port()), "LOG_LEVEL": "warning"}  # fmt: skip
+        if args.workers:
+            env["PROXY_WORKERS"] = str(args.workers)
+        procs["tls-proxy"] = subprocess.Popen(
+            [sys.executable, "-m", "patterns.security.tls_proxy"], env=env, cwd=ROOT, **quiet)
+        ports = {"haproxy": haproxy_port, "stunnel": stunnel_port, "tls-proxy": proxy_port}
+        for port in (upstream, *ports.values()):
+            wait_https(port)
+        time.sleep(1.0)  # the proxy's other workers
+        figures = {(n, k): [] for n in ports for k in ("handshakes", "keepalive")}
+        cpu = {(n, k): [] for n in ports for k in ("handshakes", "keepalive")}
+        # Rounds interleave the three, so a burst of load from elsewhere hits them alike.
+        for _ in range(args.rounds):
+            for kind in ("handshakes", "keepalive"):
+                for name, port in ports.items():
+                    processes = children(procs[name].pid)
+                    before = cpu_seconds(processes)
+                    rate = wrk(port, args.seconds, args.connections, close=kind == "handshakes")
+                    used = cpu_seconds(processes) - before
+                    figures[(name, kind)].append(rate)
+                    cpu[(name, kind)].append(used / (rate * args.seconds) * 1e6)
+        peaks = peak_rss_kib(children(procs["tls-proxy"].pid))
+        median = {key: statistics.median(values) for key, values in figures.items()}
+
+        print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, ECDSA P-256, {args.rounds} "
+              f"interleaved rounds, one run; medians ({os.cpu_count()} CPUs)")
+        print(f"{'':<11}{'handshakes/s':>14}{'CPU us/conn':>13}{'keep-alive req/s':>18}"
+              f"{'CPU us/req':>12}")
+        for name in ports:
+            print(f"{name:<11}{median[(name, 'handshakes')]:>14.0f}"
+                  f"{statistics.median(cpu[(name, 'handshakes')]):>13.0f}"
+                  f"{median[(name, 'keepalive')]:>18.0f}"
+                  f"{statistics.median(cpu[(name, 'keepalive')]):>12.1f}")
+        for peer, handshake_target in (("haproxy", 0.8), ("stunnel", 1.0)):
+            for kind in ("handshakes", "keepalive"):
+                ratio = median[("tls-proxy", kind)] / median[(peer, kind)]
+                rounds = " ".join(f"{p / q:.2f}" for p, q in zip(
+                    figures[("tls-proxy", kind)], figures[(peer, kind)], strict=True))
+                print(f"tls-proxy/{peer} {kind}: {ratio:.2f} (target >= {handshake_target}; "
+                      f"per round: {rounds})")
+        print(f"tls-proxy peak RSS: {max(peaks) / 1024:.1f} MiB in its largest process, "
+              f"{sum(peaks) / 1024:.1f} MiB over its {len(peaks)} processes (target < 64 MiB)")
+        print(f"load average after the run: {os.getloadavg()[0]:.1f}")
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
