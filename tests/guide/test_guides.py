@@ -30,6 +30,7 @@ def test_guide_on_compose(guide: Path, transcripts: Path,
     run_guide_session(guide, "compose", transcripts)
 
 
-def test_the_three_pattern_guides_are_found() -> None:
-    assert {guide.parent.name for guide in GUIDES} >= {"sidecar", "adapter", "ambassador"}, \
+def test_the_pattern_guides_are_found() -> None:
+    assert {guide.parent.name for guide in GUIDES} >= {"sidecar", "adapter", "ambassador",
+                                                        "security"}, \
         f"lab guides under {ROOT / 'patterns'}: {GUIDES}"
