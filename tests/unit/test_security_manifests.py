@@ -194,3 +194,25 @@ def test_the_network_policies_admit_exactly_what_the_lab_needs(docs: Docs) -> No
             assert admitted == expected.get((server.name, port), set()), (
                 f"{server.name}:{port} admits {sorted(s.name for s in admitted)}")
     assert not any(admits(docs, s, app, APP_PORT) for s in sources)
+
+
+def test_podman_plays_the_ca_bundle_configmap_as_a_volume_of_its_files() -> None:
+    """podman 4.3 cannot mount a ConfigMap the demo creates: demo/podman.py makes it a
+    volume of its files, as it does a Secret's, and names it when it is missing."""
+    from demo import podman as pm
+
+    namespace = security.NAMESPACE
+    given = [
+        pm.secret_document("cert-issuer-ca", namespace, {"ca.key": b"k", "ca.crt": b"c"}),
+        pm.secret_document("bootstrap-token", namespace, {"token": b"t"}),
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": "issuer-ca", "namespace": namespace},
+         "data": {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}},
+    ]
+    plan = pm.adapt("security", pm.render("security"), given, security.PODMAN_PUBLISH)
+    assert plan.missing == []
+    volume = next(v for v in plan.pod("secure-app").secret_volumes if v.secret == "issuer-ca")
+    assert volume.files == {"ca.crt": b"-----BEGIN CERTIFICATE-----\n"}
+    assert volume.mode == 0o644
+    without = pm.adapt("security", pm.render("security"), given[:2])
+    assert without.missing == [f"ConfigMap {namespace}/issuer-ca"]
