@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,23 @@ from tests.container.conftest import build_suite_images
 from tests.guide.session import compose_command
 
 TRANSCRIPTS = ROOT / "build" / "guides"
+
+# The guide tier's Compose and kind variants both need the images: built (or found) once a
+# session for each image tag (what the tree holds: a commit, or edits on top of it).
+_BUILT: dict[str, dict[str, str]] = {}
+
+
+def image_tag() -> str:
+    return subprocess.run([sys.executable, str(ROOT / "images" / "build.py"), "--print-tag"],
+                          capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
+
+
+def suite_images() -> dict[str, str]:
+    """build_suite_images(), once per session and image tag: service -> image reference."""
+    tag = image_tag()
+    if tag not in _BUILT:
+        _BUILT[tag] = build_suite_images()
+    return _BUILT[tag]
 
 
 @pytest.fixture(scope="session")
@@ -34,4 +52,4 @@ def compose_images() -> dict[str, str]:
         pytest.skip("needs a running Docker engine (dockerd)")
     if compose_command() is None:
         pytest.skip("needs Docker Compose: apt-get install docker-compose")
-    return build_suite_images()
+    return suite_images()

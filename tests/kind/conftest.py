@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 import yaml
 
+from demo.podman import env_value, mount_path
 from tests import pod_assertions as check
 from tests.conftest import ROOT, require_tool, wait_until
-from tests.container.conftest import build_suite_images
+from tests.guide.conftest import suite_images
 from tests.in_pod import http_get_script, parse_http_response
 from tests.pod_assertions import Exec
 
@@ -118,8 +119,9 @@ def kind_cluster() -> Iterator[Cluster]:
 
 @pytest.fixture(scope="session")
 def kind_images(kind_cluster: Cluster) -> dict[str, str]:
-    """Every suite image, built and loaded into the cluster's node."""
-    images = build_suite_images()
+    """Every suite image, built and loaded into the cluster's node (built once a session
+    for the guide tier's Compose variant and this one)."""
+    images = suite_images()
     for ref in images.values():
         run(["kind", "load", "docker-image", "--name", kind_cluster.name, ref], timeout=600)
     return images
@@ -197,16 +199,10 @@ class RunningContainer:
     spec: dict[str, Any]
 
     def env(self, name: str, default: str) -> str:
-        for item in self.spec.get("env", []):
-            if item["name"] == name and "value" in item:
-                return str(item["value"])
-        return default
+        return env_value(self.spec, name, default)
 
     def mount_of(self, volume: str) -> str | None:
-        for mount in self.spec.get("volumeMounts", []):
-            if mount["name"] == volume:
-                return str(mount["mountPath"])
-        return None
+        return mount_path(self.spec, volume)
 
 
 def all_containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """The lab guides' executable format (tests/guide/harness.py): every shell block is run by
 some runtime's test or says it is a reference listing, and expected outputs compare as
-the guides rely on."""
+the guides rely on. And their one shape: every patterns/*/README.md has the same sections
+in the same order (SHAPE)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests.guide.harness import (
     FLAGS,
     GUIDES,
     RUNTIMES,
+    Block,
     blocks,
     executable,
     fences,
@@ -122,3 +124,77 @@ def test_the_shells_job_notices_are_not_output(line: str) -> None:
                                   "Terminated: 15"])
 def test_output_is_not_taken_for_a_job_notice(line: str) -> None:
     assert not _JOB_NOTICE.match(line)
+
+
+# The shape every lab guide has (lab 0 and the patterns alike), its top-level sections in
+# this order: after the title and the purpose (the prose before the first of them), how to
+# get ready, the demo in one command, the lab itself with expected outputs, how to check
+# it worked, how to remove it, and the errors people hit. Sections after these (a
+# service's reference, its tests) are the guide's own.
+SHAPE = ("Prerequisites", "TL;DR", "Steps", "Verify", "Clean up", "Troubleshooting")
+
+
+def _sections(document: Document) -> list[tuple[str, int, int]]:
+    """(title, start, end) of every `## ` section of the document, outside code blocks."""
+    inside = [(fence.start, fence.end) for fence in fences(document)]
+    starts = []
+    offset = 0
+    for line in document.text.splitlines(keepends=True):
+        if line.startswith("## ") and not any(a <= offset < b for a, b in inside):
+            starts.append((line[3:].strip(), offset))
+        offset += len(line)
+    ends = [start for _title, start in starts[1:]] + [len(document.text)]
+    return [(title, start, end) for (title, start), end in zip(starts, ends, strict=True)]
+
+
+@pytest.mark.parametrize("guide", GUIDES, ids=_id)
+def test_every_guide_has_the_same_shape(guide: Path) -> None:
+    document = Document(guide.read_text(), str(guide))
+    sections = _sections(document)
+    titles = tuple(title for title, _start, _end in sections)
+    name = guide.relative_to(ROOT)
+    assert titles[:len(SHAPE)] == SHAPE, (
+        f"{name}: its `## ` sections must begin with {list(SHAPE)} in this order (others "
+        f"may follow); it has {list(titles)}")
+    found = {title: (start, end) for title, start, end in sections}
+    text = document.text
+    title_end = text.index("\n", text.index("# ")) + 1
+    assert text[title_end:found["Prerequisites"][0]].strip(), f"{name}: no purpose under its title"
+
+    def blocks_in(section: str) -> list[Block]:
+        start, end = found[section]
+        return [block for fence, block in blocks(document) if start <= fence.start < end]
+
+    assert blocks_in("TL;DR"), f"{name}: its TL;DR runs no command"
+    assert any(block.expected for block in blocks_in("Steps")), \
+        f"{name}: no step shows its expected output"
+    assert text[slice(*found["Verify"])].split("\n", 1)[1].strip(), f"{name}: Verify is empty"
+    everywhere = [block for _fence, block in blocks(document) if "cleanup" in block.flags]
+    assert everywhere == [block for block in blocks_in("Clean up") if "cleanup" in block.flags], \
+        f"{name}: every `cleanup` block belongs in its Clean up section"
+    for runtime in RUNTIMES:
+        assert any(runtime in block.runtimes for block in everywhere), \
+            f"{name}: Clean up has no block for {runtime}"
+    troubleshooting = text[slice(*found["Troubleshooting"])]
+    assert "| symptom | cause and fix |" in troubleshooting, (
+        f"{name}: Troubleshooting is a table `| symptom | cause and fix |`, each symptom the "
+        "error text people see")
+
+
+def test_the_guide_tier_builds_the_images_once_a_session_for_each_tag(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its Compose variant and its kind variant both ask for the images."""
+    import tests.guide.conftest as guide_tier
+
+    builds: list[str] = []
+    tag = ["0.1.0-abc"]
+    monkeypatch.setattr(guide_tier, "_BUILT", {})
+    monkeypatch.setattr(guide_tier, "image_tag", lambda: tag[0])
+    monkeypatch.setattr(guide_tier, "build_suite_images",
+                        lambda: builds.append(tag[0]) or {"web-app": f"web-app:{tag[0]}"})
+    first = guide_tier.suite_images()
+    assert guide_tier.suite_images() == first == {"web-app": "web-app:0.1.0-abc"}
+    assert builds == ["0.1.0-abc"]
+    tag[0] = "0.1.0-abc-dirty-12345678"  # an edit: another tag, another build
+    assert guide_tier.suite_images() == {"web-app": "web-app:0.1.0-abc-dirty-12345678"}
+    assert builds == ["0.1.0-abc", "0.1.0-abc-dirty-12345678"]
