@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.util
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -217,6 +218,20 @@ class Env:
         """Raise one ConfigError naming every problem found so far."""
         if self.problems:
             raise ConfigError("; ".join(self.problems))
+
+
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def event_loop(env: Env, name: str) -> str:
+    """An asyncio service's loop: `uvloop` (the default: the `uvloop` extra) or `asyncio`.
+    Chosen without the extra installed, it is a configuration error that says both ways
+    out, rather than an ImportError when the loop starts."""
+    chosen = env.choice(name, "uvloop", EVENT_LOOPS)
+    if chosen == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        env.problems.append(f"{name}=uvloop: uvloop is not installed "
+                            "(pip install 'podpatterns[uvloop]', or set it to asyncio)")
+    return chosen
 
 
 def parse_host_port(text: str) -> tuple[str, int] | None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from patterns.common.config import Env, parse_host_port
+from patterns.common.config import Env, event_loop, parse_host_port
 
 TLS_MODES = ("disable", "require", "verify-full")
 
@@ -113,10 +112,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         health_password_value=health_password,
         health_password_file=password_file,
         health_database=env.str("AMBASSADOR_HEALTH_DATABASE", "postgres"),
-        event_loop=env.choice("AMBASSADOR_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
+        event_loop=event_loop(env, "AMBASSADOR_EVENT_LOOP"),
     )
-    if config.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        env.problems.append("AMBASSADOR_EVENT_LOOP=uvloop: uvloop is not installed "
-                            "(pip install 'podpatterns[uvloop]', or set it to asyncio)")
     env.check()
     return config
