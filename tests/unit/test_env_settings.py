@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from patterns.adapter.log_adapter.config import load_config as adapter_config
+from patterns.ambassador.db_ambassador.config import load_config as ambassador_config
 from patterns.common.config import ConfigError, Env, checking_dirs
 from patterns.common.forward.settings import forward_settings
 from patterns.sidecar.shipper.config import RENAMED as SHIPPER_RENAMED
@@ -96,3 +97,12 @@ def test_the_shippers_old_forward_names_still_work():
     with pytest.raises(ConfigError, match="SHIPPER_SHARED_KEY and FLUENT_SHARED_KEY"):
         shipper_config({"SHIPPER_PATHS": "/x.log", "SHIPPER_SHARED_KEY": "old",
                         "FLUENT_SHARED_KEY": "new"})
+
+
+def test_the_ambassadors_old_health_interval_still_works():
+    config = ambassador_config({"AMBASSADOR_UPSTREAMS": "db:5432",
+                                "AMBASSADOR_HEALTH_INTERVAL": "0.5"})
+    assert config.health_interval == 0.5
+    with pytest.raises(ConfigError, match=r"AMBASSADOR_HEALTH_INTERVAL='soon': expected"):
+        ambassador_config({"AMBASSADOR_UPSTREAMS": "db:5432",
+                           "AMBASSADOR_HEALTH_INTERVAL": "soon"})
