@@ -217,7 +217,7 @@ def main_for(
     run: RunFunction[C] | str,
 ) -> Callable[[], None]:
     """A console-script entry point:
-    `main = main_for("log-adapter", load_config, "patterns.adapter.log_adapter.app:run")`.
+    `main = main_for("log-adapter", load_config, "patterns.adapter.log_adapter.run:run")`.
     Name `run` by reference when its module imports an extra's module (orjson, uvloop,
     Flask, psycopg), and keep the entry point's module free of such imports: then a missing
     extra is reported here, at start, by name."""
