@@ -296,3 +296,28 @@ def test_memory_stays_bounded_under_a_connection_flood(pod: Callable[..., Pod]) 
     after = rss_kib(proxy.proxy.pid)
     assert after < 64 * 1024, f"RSS {after} KiB"
     assert after - before < 4 * 1024, f"RSS grew from {before} to {after} KiB"
+
+
+def worker_pids(master: int) -> list[int]:
+    kids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [int(pid) for pid in kids]
+
+
+def test_a_dead_worker_is_started_again(pod: Callable[..., Pod]) -> None:
+    import os
+    import signal
+
+    proxy = pod()  # two workers: the first process and one more
+    assert proxy.metric("proxy_workers_alive") == 2
+    (worker,) = worker_pids(proxy.proxy.pid)
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: worker_pids(proxy.proxy.pid) not in ([], [worker]), timeout=20,
+               what="the worker started again")  # fmt: skip
+    wait_until(lambda: proxy.metric("proxy_workers_alive") == 2 and proxy.ready(), timeout=20,
+               what="both workers serving")  # fmt: skip
+    assert all(proxy.whoami(proxy.connect())["proto"] == "https" for _ in range(6))
+    (replacement,) = worker_pids(proxy.proxy.pid)
+    proxy.proxy.stop()  # SIGTERM: the first process stops the others, then exits 0
+    assert proxy.proxy.wait() == 0
+    assert not Path(f"/proc/{replacement}").exists() or \
+        "zombie" in Path(f"/proc/{replacement}/status").read_text()

@@ -147,3 +147,14 @@ def test_tls_versions(proxy: Running) -> None:
         context.minimum_version = context.maximum_version = version
         with proxy.tls_socket(context=context) as sock:
             assert sock.version() == version.name.replace("v1_", "v1.")
+
+
+def test_large_bodies_stream_both_ways(proxy: Running) -> None:
+    body = bytes(range(256)) * 12_000  # 3 MB, every byte value
+    conn = proxy.https()
+    conn.request("POST", "/upload", body=body)  # Content-Length
+    assert echo(conn.getresponse())["body"].encode("latin-1") == body
+    conn.request("POST", "/chunks", body=iter([body[:1_000_000], body[1_000_000:]]),
+                 encode_chunked=True)  # fmt: skip
+    assert echo(conn.getresponse())["body"].encode("latin-1") == body
+    conn.close()

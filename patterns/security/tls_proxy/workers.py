@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+from .certs import EXPIRY_GUARD
 from .config import Config
 from .metrics import SharedCounters
 
@@ -63,7 +64,7 @@ class Workers:
         now = time.time()
         down = [i for i, proc in self.procs.items()
                 if proc.poll() is not None or self.counters.row(i).get("alive") != 1
-                or self.counters.row(i).get("not_after") <= now]  # fmt: skip
+                or self.counters.row(i).get("not_after") - EXPIRY_GUARD <= now]  # fmt: skip
         if down:
             return False, f"workers not serving yet: {sorted(down)}"
         return True, "ok"
