@@ -37,6 +37,9 @@ class _Follower:
     def commit(self, chunk: Chunk) -> None:
         self.committed.append(chunk)
 
+    def unread(self, path: str) -> bool:
+        return False  # every file is read to its end
+
 
 def test_the_adapter_forgets_a_quiet_file_after_emitting_what_it_held(tmp_path: Path) -> None:
     config = load_config({

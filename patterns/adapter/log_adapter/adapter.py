@@ -159,11 +159,16 @@ class Adapter:
         self._commit(state, chunk)
 
     def flush_quiet(self, now: float) -> None:
-        """Emit records whose file has been quiet for multiline_flush_seconds, then forget
-        the file: its decoder holds nothing and is made again for its next line. Without
-        that, every file name the app ever wrote would stay in memory."""
+        """Emit records whose file has been quiet for multiline_flush_seconds and is read
+        to its end, then forget the file: its decoder holds nothing and is made again for
+        its next line. Without that, every file name the app ever wrote would stay in
+        memory."""
         for path, state in list(self.files.items()):
             if now - state.last_line < self.config.multiline_flush_seconds:
+                continue
+            if state.decoder.held_lines and self.follower.unread(path):
+                # Not quiet, only not read yet (the loop was busy with other files): the
+                # record may go on in the lines after, and flushing it now would split it.
                 continue
             if state.decoder.held_lines:
                 observed = observed_now()

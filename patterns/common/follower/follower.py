@@ -241,6 +241,20 @@ class Follower:
         with self._lock:
             return any(s.buffer.pending for s in self._streams.values() if not s.closed)
 
+    def unread(self, path: str) -> bool:
+        """Whether a file followed under the name `path` (a chunk's `path`) has bytes
+        that were not read yet: the lines after the last ones handed out are there."""
+        with self._lock:
+            for stream in self._streams.values():
+                if stream.origin != path or stream.detached or stream.closed:
+                    continue
+                try:
+                    if os.fstat(stream.fd).st_size > stream.read_pos:
+                        return True
+                except OSError:
+                    continue
+            return False
+
     def backlog_bytes(self) -> int:
         """Bytes in followed files not yet committed (what a restart would read again)."""
         with self._lock:
