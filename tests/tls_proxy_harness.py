@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from patterns.security.tls_proxy.config import Config, load_config
-from patterns.security.tls_proxy.metrics import SharedCounters
+from patterns.security.tls_proxy.counters import SharedCounters
 from patterns.security.tls_proxy.server import run_worker
 from tests.conftest import free_port, wait_until
 from tests.tls_certs import CA

@@ -38,6 +38,7 @@ DISCARD_LIMIT = 1024 * 1024
 LINGER = 1.0
 # Decrypted bytes taken per read call (a TLS record holds at most 16 KiB).
 READ_SIZE = 16 * 1024
+VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
 
 class Refusal(Exception):
@@ -295,15 +296,12 @@ class ClientConnection(asyncio.Protocol):
         assert parser is not None
         if parser.should_upgrade():  # Upgrade or CONNECT: this proxy relays HTTP/1.1 only
             raise Refusal(501, "not_implemented")
-        head = self.head
-        head.insert(0, b"%s %s HTTP/%s\r\n" % (
-            parser.get_method(), self.url, parser.get_http_version().encode()))
-        head.append(self.identity)
-        head.append(b"\r\n")
+        version = parser.get_http_version()
+        line = b"%s %s %s\r\n" % (parser.get_method(), self.url, VERSIONS.get(version)
+                                   or b"HTTP/" + version.encode())  # fmt: skip
         proxy = self.proxy
         proxy.slots[proxy.requests_slot] += 1
-        self.forward(head)
-        self.head = []
+        self.forward([line, *self.head, self.identity, b"\r\n"])
 
     def on_body(self, body: bytes) -> None:
         if self.chunked:

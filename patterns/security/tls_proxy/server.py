@@ -20,14 +20,15 @@ import resource
 import socket
 import ssl
 from collections.abc import Callable
-
-from patterns.common.admin import json_response
-from patterns.common.service import Runtime
+from typing import TYPE_CHECKING
 
 from .certs import CertStore
 from .config import Config
-from .metrics import SLOT, Row, SharedCounters, register
+from .counters import SLOT, Row, SharedCounters
 from .relay import CLOSING, HANDSHAKING, ClientConnection, handshake_result
+
+if TYPE_CHECKING:
+    from patterns.common.service import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,9 @@ def run_worker(config: Config, counters: SharedCounters, index: int, stop_hook:
 
 
 def run(config: Config, runtime: Runtime) -> None:
+    # Only the first process serves the admin port and the metrics: the other workers
+    # (worker.py) never import prometheus_client.
+    from .metrics import register
     from .workers import Workers
 
     counters = SharedCounters(config.workers)
@@ -244,7 +248,7 @@ def run(config: Config, runtime: Runtime) -> None:
 
     runtime.admin.readiness.append(ready)
     runtime.admin.liveness.append(workers.alive)
-    runtime.admin.route("/api/certificate", lambda _query: _certificate_view(certs, workers))
+    runtime.admin.route("/api/certificate", lambda _query: _certificate_view(certs))
     runtime.admin.open_probes()
 
     def stop_hook(wake: Callable[[], None]) -> None:
@@ -265,7 +269,9 @@ def run(config: Config, runtime: Runtime) -> None:
         row.set("alive", 0)
 
 
-def _certificate_view(certs: CertStore, workers: object) -> tuple[int, str, bytes]:
+def _certificate_view(certs: CertStore) -> tuple[int, str, bytes]:
+    from patterns.common.admin import json_response
+
     certificate = certs.certificate()
     if certificate is None:
         return json_response({"error": "no certificate loaded yet"}, 503)

@@ -12,7 +12,7 @@ from types import FrameType
 from patterns.common.jsonlog import setup_logging
 
 from .config import load_config
-from .metrics import SharedCounters
+from .counters import SharedCounters
 from .server import run_worker
 from .workers import ENV_COUNTERS_FD, ENV_INDEX, ENV_WORKERS
 

@@ -15,7 +15,7 @@ import time
 
 from .certs import EXPIRY_GUARD
 from .config import Config
-from .metrics import SharedCounters
+from .counters import SharedCounters
 
 log = logging.getLogger(__name__)
 
