@@ -5,6 +5,7 @@ what is not HTTP/1.1 is refused with its status and the connection closed."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from collections.abc import Iterator
@@ -157,4 +158,54 @@ def test_large_bodies_stream_both_ways(proxy: Running) -> None:
     conn.request("POST", "/chunks", body=iter([body[:1_000_000], body[1_000_000:]]),
                  encode_chunked=True)  # fmt: skip
     assert echo(conn.getresponse())["body"].encode("latin-1") == body
+    conn.close()
+
+
+@pytest.fixture
+def strict(tmp_path: Path) -> Iterator[Running]:
+    limits = {"PROXY_HANDSHAKE_TIMEOUT_SECONDS": "0.5", "PROXY_HEADER_TIMEOUT_SECONDS": "0.5",
+              "PROXY_IDLE_TIMEOUT_SECONDS": "0.5"}  # fmt: skip
+    with echo_upstream() as upstream, in_process_proxy(tmp_path, upstream, env=limits) as running:
+        yield running
+
+
+def closed_by_proxy(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, ssl.SSLError):
+        return True
+
+
+def test_a_stalled_handshake_is_closed(strict: Running) -> None:
+    from tests.conftest import wait_until
+
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=30) as sock:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, then nothing
+        assert closed_by_proxy(sock)
+    wait_until(lambda: strict.total("handshakes:timeout") == 1, what="the timeout counted")
+
+
+def test_a_head_trickled_past_its_deadline_is_closed(strict: Running) -> None:
+    from tests.conftest import wait_until
+
+    with strict.tls_socket() as sock:
+        sock.settimeout(30)
+        sock.sendall(b"GET / HTTP/1.1\r\n")
+
+        def trickle() -> bool:  # a byte at a time: busy, but the head never completes
+            with contextlib.suppress(OSError):
+                sock.sendall(b"X")
+            return strict.total("closed:request_timeout") == 1
+
+        wait_until(trickle, timeout=30, interval=0.1, what="the head's deadline")
+        assert closed_by_proxy(sock)
+    assert strict.total("requests") == 0
+
+
+def test_an_idle_keep_alive_connection_is_closed(strict: Running) -> None:
+    conn = strict.https()
+    conn.request("GET", "/")
+    assert echo(conn.getresponse())["path"] == "/"
+    assert closed_by_proxy(conn.sock)  # type: ignore[arg-type]
+    assert strict.total("closed:idle_timeout") == 1
     conn.close()
