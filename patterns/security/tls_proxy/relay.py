@@ -90,7 +90,8 @@ class Upstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.client.upstream_closed()
 
-    # The client's write buffer is full: stop reading the app until it drains.
+    # The app reads the request slower than the client sends it: stop reading the client
+    # until the app has taken what is buffered for it.
     def pause_writing(self) -> None:
         self.client.transport.pause_reading()
 
