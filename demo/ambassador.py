@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from demo import STATE_DIR, console, containers, lifecycle, podman
+from demo import ROOT, console, containers, lifecycle, podman
 from demo.errors import DemoError
 from demo.local import LocalPod, demo_seconds, say, wait_http
 from demo.ports import Port, free_port, in_use
@@ -41,7 +41,10 @@ PORTS = {"app": 8084, "admin": 9104}
 PODMAN_PUBLISH = {("notes-app", 8080): PORTS["app"], ("notes-app", 9104): PORTS["admin"]}
 # The pod's containers: the databases are the outside world, whose failure is the lesson.
 SERVICES = ["ambassador-main", "ambassador-ambassador"]
-SECRETS = STATE_DIR / "ambassador"
+# The lab's secrets and state stay in .demo/ambassador whatever DEMO_STATE_DIR says: the
+# Compose file mounts them from there, and the lab guide reads them there. (So a guide
+# session's `make demo-clean` also stops a local ambassador demo of the user's.)
+SECRETS = ROOT / ".demo" / "ambassador"
 STATE = SECRETS / "state.json"
 PGDATA = "/var/lib/pgdata/data"
 # The demo's CA and server certificate last 30 days (tests/pg.py make_pki): a demo that
