@@ -321,3 +321,36 @@ def test_a_dead_worker_is_started_again(pod: Callable[..., Pod]) -> None:
     assert proxy.proxy.wait() == 0
     assert not Path(f"/proc/{replacement}").exists() or \
         "zombie" in Path(f"/proc/{replacement}/status").read_text()
+
+
+def test_not_ready_and_refusing_until_a_certificate_arrives(
+    tmp_path: Path, service: Callable[..., ServiceProcess]
+) -> None:
+    port, admin = free_port(), free_port()
+    cert_dir = tmp_path / "empty"
+    proc = service(PROXY, {"PROXY_LISTEN": f"127.0.0.1:{port}", "PROXY_HTTP_PORT": str(admin),
+                           "PROXY_CERT_DIR": str(cert_dir), "PROXY_WORKERS": "1",
+                           "PROXY_RELOAD_SECONDS": "0.1"})  # fmt: skip
+
+    def readyz() -> tuple[int, str] | None:  # None until the admin port answers
+        try:
+            response = requests.get(f"http://127.0.0.1:{admin}/readyz", timeout=2)
+        except requests.RequestException:
+            return None
+        return response.status_code, response.text
+
+    # Past "starting" (the checks not registered yet): the proxy's own verdict.
+    status, text = wait_until(
+        lambda: (answer := readyz()) is not None and "starting" not in answer[1] and answer,
+        timeout=20, what="/readyz answering")  # fmt: skip
+    assert status == 503 and "no certificate loaded yet" in text
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        socket_ = socket.create_connection(("127.0.0.1", port), timeout=5)
+        ssl.create_default_context().wrap_socket(socket_, server_hostname="localhost")
+    ca = CA()
+    ca.install(cert_dir, ca.issue(("localhost",)))
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{admin}/readyz"), timeout=20,
+               what="ready once a generation is there")  # fmt: skip
+    text = requests.get(f"http://127.0.0.1:{admin}/metrics", timeout=5).text
+    assert 'proxy_handshakes_total{result="no_certificate"} 1.0' in text
+    assert proc.alive()
