@@ -111,7 +111,8 @@ def served_by(dsn: str) -> tuple[int, bool]:
 
 def test_primary_stopped_new_sessions_go_to_the_other_upstream(ambassador, pair):  # noqa: F811
     primary, standby = pair
-    amb = ambassador([primary.port, standby.port], AMBASSADOR_HEALTH_POLL_SECONDS=str(HEALTH_INTERVAL))
+    amb = ambassador([primary.port, standby.port],
+                     AMBASSADOR_HEALTH_POLL_SECONDS=str(HEALTH_INTERVAL))
     assert served_by(amb.dsn()) == (primary.port, False)
     open_session = psycopg.connect(amb.dsn())
     open_session.execute("SELECT 1")
@@ -266,7 +267,8 @@ def test_a_cancel_reaches_a_session_on_the_standby_once_the_primary_is_back(amba
     # back and takes the new sessions again. A cancel for the old session must still reach
     # the standby, not the upstream new sessions go to.
     primary, standby = pair
-    amb = ambassador([primary.port, standby.port], AMBASSADOR_HEALTH_POLL_SECONDS=str(HEALTH_INTERVAL))
+    amb = ambassador([primary.port, standby.port],
+                     AMBASSADOR_HEALTH_POLL_SECONDS=str(HEALTH_INTERVAL))
     primary.stop("fast")
     conn = psycopg.connect(amb.dsn())  # the refused primary falls through to the standby
     try:
