@@ -81,7 +81,16 @@ class Upstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         client = self.client
         client.last_activity = client.loop.time()
-        client.send(data)
+        tls = client.tls
+        if client.state != OPEN or tls is None:
+            client.send(data)  # the refusal path: send() decides
+            return
+        try:
+            tls.write(data)
+        except (ssl.SSLError, OSError):
+            client.transport.abort()
+            return
+        client.transport.write(client.outgoing.read())
 
     def eof_received(self) -> bool:
         self.client.upstream_closed()
@@ -123,6 +132,7 @@ class ClientConnection(asyncio.Protocol):
         self.head: list[bytes] = []
         self.url = b""
         self.chunked = False
+        self.chunk_data = False  # the current chunk carried data (the last one carries none)
         self.discarded = 0
         self.error: bytes | None = None  # a refusal to send once the app is done
         self.linger: asyncio.TimerHandle | None = None
@@ -190,10 +200,11 @@ class ClientConnection(asyncio.Protocol):
         tls = self.tls
         incoming = self.incoming
         assert tls is not None
-        while incoming.pending or tls.pending():
+        while True:
             try:
+                # A record holds at most READ_SIZE bytes: one read takes a whole record.
                 plain = tls.read(READ_SIZE)
-            except ssl.SSLWantReadError:
+            except ssl.SSLWantReadError:  # the rest of a record is still on its way
                 break
             except ssl.SSLZeroReturnError:  # close_notify: the client is done
                 self.close()
@@ -207,6 +218,8 @@ class ClientConnection(asyncio.Protocol):
             if self.parser is None:  # refused: what follows is discarded
                 self._discard(incoming.pending)
                 return
+            if not incoming.pending:
+                break
         if self.outgoing.pending:  # e.g. a TLS 1.3 key update
             self._flush()
 
@@ -261,16 +274,11 @@ class ClientConnection(asyncio.Protocol):
             if self.head_fed > 2 * self.proxy.config.max_header_bytes:
                 self.refuse(431, "too_large")
 
-    def on_message_begin(self) -> None:
-        self.head_started = self.last_activity
-        self.head_size = 0
-        self.head_fed = 0
-        self.head_fields = 0
-        self.head = []
-        self.url = b""
-        self.chunked = False
-
+    # httptools calls only the callbacks an object has: a request without a chunked body
+    # costs on_url, on_header per field and on_headers_complete, nothing per body byte.
     def on_url(self, url: bytes) -> None:
+        if self.head_started is None:  # a new request (its URL may come in pieces)
+            self.head_started = self.last_activity
         self.url += url
         self.head_size += len(url)
         if self.head_size > self.proxy.config.max_header_bytes:
@@ -292,7 +300,6 @@ class ClientConnection(asyncio.Protocol):
         self.head.append(name + b": " + value + b"\r\n")
 
     def on_headers_complete(self) -> None:
-        self.head_started = None
         parser = self.parser
         assert parser is not None
         if parser.should_upgrade():  # Upgrade or CONNECT: this proxy relays HTTP/1.1 only
@@ -300,18 +307,30 @@ class ClientConnection(asyncio.Protocol):
         version = parser.get_http_version()
         line = b"%s %s %s\r\n" % (parser.get_method(), self.url, VERSIONS.get(version)
                                    or b"HTTP/" + version.encode())  # fmt: skip
+        head = [line, *self.head, self.identity, b"\r\n"]
+        # Ready for the next request's head.
+        self.head_started = None
+        self.head_size = self.head_fed = self.head_fields = 0
+        self.head = []
+        self.url = b""
         proxy = self.proxy
         proxy.slots[proxy.requests_slot] += 1
-        self.forward([line, *self.head, self.identity, b"\r\n"])
+        self.forward(head)
 
     def on_body(self, body: bytes) -> None:
         if self.chunked:
+            self.chunk_data = True
             self.forward((b"%x\r\n" % len(body), body, b"\r\n"))
         else:
             self.forward((body,))
 
-    def on_message_complete(self) -> None:
-        if self.chunked:
+    # Chunked bodies only: a chunk that ends without data was the last one.
+    def on_chunk_header(self) -> None:
+        self.chunk_data = False
+
+    def on_chunk_complete(self) -> None:
+        if not self.chunk_data:
+            self.chunked = False
             self.forward((b"0\r\n\r\n",))
 
     # --- the upstream ----------------------------------------------------------------
