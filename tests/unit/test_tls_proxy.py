@@ -209,3 +209,14 @@ def test_an_idle_keep_alive_connection_is_closed(strict: Running) -> None:
     assert closed_by_proxy(conn.sock)  # type: ignore[arg-type]
     assert strict.total("closed:idle_timeout") == 1
     conn.close()
+
+
+def test_a_refused_pipelined_request_is_answered_after_the_ones_before(proxy: Running) -> None:
+    with proxy.tls_socket() as sock:
+        # One record: the second is refused while the app's connection is still opening.
+        sock.sendall(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\n\x00\r\n\r\n")
+        reply = read_all(sock)
+    first, _, rest = reply.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.0 200 ") or first.startswith(b"HTTP/1.1 200 ")
+    assert b'"path": "/first"' in rest
+    assert rest.index(b"HTTP/1.1 400 ") > rest.index(b'"path": "/first"')

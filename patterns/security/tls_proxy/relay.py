@@ -363,17 +363,22 @@ class ClientConnection(asyncio.Protocol):
                     lambda: Upstream(self), config.upstream_host, config.upstream_port)
         except (OSError, TimeoutError) as exc:
             self.proxy.upstream_failed(exc)
-            waiting, self.pending = self.pending, None
-            if waiting:  # a request waits for it: refused; else the next request tries again
+            self.pending = None
+            if self.error is not None:  # a later request was refused meanwhile: the first
+                self.error = error_response(502)  # answer the client reads is this one
+                self._send_refusal()
+            else:
                 self.refuse(502, "upstream_unavailable")
             return
-        if self.state == CLOSING:
+        if self.transport.is_closing() or (self.state == CLOSING and self.error is None):
             transport.close()
             return
         self.upstream = upstream
         pending, self.pending = self.pending or [], None
-        if pending:
-            transport.writelines(pending)
+        transport.writelines(pending)
+        if self.error is not None:  # refused meanwhile: the app answers what came before
+            transport.write_eof()  # then closes, and the refusal follows (upstream_closed)
+        else:
             self.transport.resume_reading()
 
     def upstream_closed(self) -> None:
@@ -399,9 +404,9 @@ class ClientConnection(asyncio.Protocol):
         if upstream is not None and upstream.transport is not None \
                 and not upstream.transport.is_closing():
             upstream.transport.write_eof()  # the app finishes, then closes: upstream_closed
-        else:
-            self.pending = None
+        elif not self.pending:
             self._send_refusal()
+        # else: requests wait for the app's connection; _connect sends them, then this.
 
     def _send_refusal(self) -> None:
         error, self.error = self.error, None
