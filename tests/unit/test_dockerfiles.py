@@ -134,6 +134,11 @@ def test_each_service_gets_its_own_extras_ports_and_packages() -> None:
         "legacy-app": ("web", "8080", ""),
         "db-ambassador": ("uvloop", "5432 9104", ""),
         "notes-app": ("web-db", "8080", "postgresql-client"),
+        # The security lab: the app's 8080 is loopback-only in the pod (EXPOSE documents it).
+        "whoami-app": ("web", "8080", ""),
+        "cert-issuer": ("tls", "8444 9106", ""),
+        "cert-renewer": ("tls", "9107", ""),
+        "tls-proxy": ("uvloop-httptools", "8443 9108", ""),
     }
     got = {spec.service: tuple(dict(spec.build_args)[name]
                                for name in ("EXTRAS", "PORTS", "APT_PACKAGES"))

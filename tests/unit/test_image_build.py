@@ -54,7 +54,8 @@ def test_each_service_image_gets_only_its_extras(tmp_path: Path) -> None:
     assert requirement_names(tmp_path / "requirements" / "uvloop.txt") == core | {"uvloop"}
     expected = {"log-collector": "json", "log-shipper": "core", "log-adapter": "json",
                 "db-ambassador": "uvloop", "web-app": "web", "legacy-app": "web",
-                "notes-app": "web-db"}
+                "notes-app": "web-db", "whoami-app": "web", "cert-issuer": "tls",
+                "cert-renewer": "tls", "tls-proxy": "uvloop-httptools"}
     assert {spec.service: spec.requirements for spec in specs} == \
         {**expected, "postgres": None}
 
