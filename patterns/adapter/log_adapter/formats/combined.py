@@ -136,8 +136,8 @@ class CombinedDecoder:
                         nbytes = 0 if size == "-" else int(size)
                         micros = None if duration is None else int(duration)
                         label_method = method if method in known else OTHER_METHOD
-                        record = (
-                            self._record(
+                        if emit:
+                            record = self._record(
                                 line,
                                 observed,
                                 timestamp,
@@ -153,12 +153,10 @@ class CombinedDecoder:
                                 agent,
                                 micros,
                             )
-                            if emit
-                            else None
-                        )
-                        observe(label_method, status, target, nbytes, micros)
-                        if record is not None:
+                            observe(label_method, status, target, nbytes, micros)
                             records.append(record)
+                        else:
+                            observe(label_method, status, target, nbytes, micros)
                         continue
             except Exception as exc:  # a fault on this line costs this line
                 ctx.fault("combined", exc)
