@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from patterns.common.config import Env
+from patterns.common.config import Env, event_loop
 
 
 @dataclass(frozen=True)
@@ -83,10 +82,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         max_headers=env.int("PROXY_MAX_HEADERS", 100, min=1, max=10_000),
         connect_timeout=env.float("PROXY_CONNECT_TIMEOUT_SECONDS", 5.0, min=0.1, max=300),
         drain_timeout=env.float("PROXY_DRAIN_SECONDS", 10.0, min=0, max=3600),
-        event_loop=env.choice("PROXY_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
+        event_loop=event_loop(env, "PROXY_EVENT_LOOP"),
     )
-    if config.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        env.problems.append("PROXY_EVENT_LOOP=uvloop: uvloop is not installed "
-                            "(pip install 'podpatterns[uvloop]', or set it to asyncio)")
     env.check()
     return config

@@ -1,5 +1,5 @@
-"""The proxy in one process: the listener, the connection table and its limits, the
-certificate reloads, and (in the first process) the other workers.
+"""The proxy's server, one in each worker process (run.py runs the first, worker.py the
+others): the listener, the connection table and its limits, the certificate reloads.
 
 Limits, so that no peer can lock others out or grow memory without bound:
 - at most PROXY_MAX_CONNECTIONS per worker, handshakes in progress included; when the
@@ -20,15 +20,11 @@ import resource
 import socket
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from .certs import CertStore
 from .config import Config
 from .counters import SLOT, Row, SharedCounters
 from .relay import CLOSING, HANDSHAKING, ClientConnection, handshake_result
-
-if TYPE_CHECKING:
-    from patterns.common.service import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -226,55 +222,3 @@ def run_worker(config: Config, counters: SharedCounters, index: int, stop_hook:
         uvloop.run(main())
     else:
         asyncio.run(main())
-
-
-def run(config: Config, runtime: Runtime) -> None:
-    # Only the first process serves the admin port and the metrics: the other workers
-    # (worker.py) never import prometheus_client.
-    from .metrics import register
-    from .workers import Workers
-
-    counters = SharedCounters(config.workers)
-    certs = CertStore(config.cert_dir, config.client_ca_file)
-    workers = Workers(config, counters)
-    register(runtime.registry, counters, certs.certificate)
-    row = counters.row(0)
-
-    def ready() -> tuple[bool, str]:
-        ok, detail = certs.ready()
-        if not ok:
-            return ok, detail
-        return workers.ready()
-
-    runtime.admin.readiness.append(ready)
-    runtime.admin.liveness.append(workers.alive)
-    runtime.admin.route("/api/certificate", lambda _query: _certificate_view(certs))
-    runtime.admin.open_probes()
-
-    def stop_hook(wake: Callable[[], None]) -> None:
-        runtime.on_stop.append(wake)
-        if runtime.stopping.is_set():
-            wake()
-
-    log.info("listening", extra={
-        "listen": f"{config.listen_host}:{config.listen_port}",
-        "upstream": f"{config.upstream_host}:{config.upstream_port}",
-        "cert_dir": str(config.cert_dir), "workers": config.workers,
-        "mutual_tls": config.client_ca_file is not None})  # fmt: skip
-    workers.start()
-    try:
-        run_worker(config, counters, 0, stop_hook, tick=workers.check, certs=certs)
-    finally:
-        workers.stop()
-        row.set("alive", 0)
-
-
-def _certificate_view(certs: CertStore) -> tuple[int, str, bytes]:
-    from patterns.common.admin import json_response
-
-    certificate = certs.certificate()
-    if certificate is None:
-        return json_response({"error": "no certificate loaded yet"}, 503)
-    view = certificate.view()
-    view["serving"] = certs.context() is not None
-    return json_response(view)
