@@ -52,6 +52,8 @@ def test_probes_and_metrics(client: FlaskClient) -> None:
 
 def test_settings() -> None:
     config = load_config({})
-    assert (config.host, config.port) == ("127.0.0.1", 8080)
+    assert (config.http.host, config.http.port) == ("127.0.0.1", 8080)
+    # Longer than the proxy's idle timeout, so the proxy closes idle connections first.
+    assert config.keepalive == 75
     with pytest.raises(ConfigError, match="WHOAMI_APP_PORT"):
         load_config({"WHOAMI_APP_PORT": "0"})
