@@ -165,7 +165,7 @@ class UpstreamPool:
         self.preferred = preferred
 
     async def check_forever(self) -> None:
-        """A check round every AMBASSADOR_HEALTH_INTERVAL (the first one is the caller's)."""
+        """A check round every AMBASSADOR_HEALTH_POLL_SECONDS (the first one is the caller's)."""
         while True:
             await asyncio.sleep(self.config.health_interval)
             await self.check_all()
