@@ -44,6 +44,7 @@ from patterns.common.follower.truncation import Truncations
 from patterns.common.follower.watch import DirectoryWatch
 
 log = logging.getLogger(__name__)
+_DONE_KEPT = 4096  # closed files remembered (see `Follower._done`)
 
 
 
@@ -118,6 +119,10 @@ class Follower:
         self._seq = 0
         self._rr = 0
         self._started = False
+        self._started_ns = 0  # wall clock at start: later files were written while we ran
+        # Files read to their end and closed (device, inode, modification time): a search
+        # for generations we missed must not read them again (the time tells a reused inode).
+        self._done: dict[tuple[int, int, int], None] = {}
         self._next_scan = 0.0
         events = inotify.open_inotify() if self.limits.use_inotify else None
         self._dirs = DirectoryWatch(events) if events is not None else None
@@ -149,6 +154,7 @@ class Follower:
             if self._started:
                 return
             self._started = True
+            self._started_ns = time.time_ns()
             if self._dirs is not None:
                 self._watcher = threading.Thread(
                     target=self._watch, name="follower-watch", daemon=True
@@ -399,6 +405,10 @@ class Follower:
 
     def _close(self, stream: Stream, count: bool = True) -> None:
         stream.closed = True
+        if count and stream.fd >= 0:
+            self._done[(*stream.ident, stream.mtime_ns())] = None
+            while len(self._done) > _DONE_KEPT:
+                del self._done[next(iter(self._done))]
         if stream.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(stream.fd)
@@ -569,6 +579,7 @@ class Follower:
                 self._moved_away(stream)
         for ident, path in candidates:
             if ident not in self._by_ident:
+                self._follow_missed_generations(path)  # older than what is there now
                 self._open(path, origin=path, live=True)
         self._capture_heads()
 
@@ -589,6 +600,28 @@ class Follower:
             "file deleted" if deleted else "file rotated",
             extra={"path": stream.origin, "now_at": stream.path},
         )
+        self._follow_missed_generations(stream.origin)
+
+    def _follow_missed_generations(self, origin: str) -> None:
+        """Files the app created under `origin` and rotated away again before we looked
+        (we lag: by the time an event is handled, its name may already hold a later file):
+        named like it, written since we started, neither followed nor read and closed.
+        Read from 0, oldest first, before any later file is opened; else they are lost."""
+        for path in self._locate.rotated_after(
+            origin, self._started_ns - 1, self._by_ident, self._matches
+        ):
+            try:
+                st = os.stat(path, follow_symlinks=self.limits.follow_symlinks)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino, st.st_mtime_ns) in self._done:
+                continue
+            if self._open(path, origin=origin, live=False) is not None:
+                self.stats.rotations += 1
+                log.info(
+                    "file created and rotated away between two looks: reading it from the start",
+                    extra={"path": path, "origin": origin},
+                )
 
     # --- inotify -------------------------------------------------------------------------------
 
@@ -616,6 +649,7 @@ class Follower:
                 rescan = rescan or self._matches(path)
             elif change.kind == watch.CREATED:
                 if self._matches(path):
+                    self._follow_missed_generations(path)  # older than what is there now
                     self._open(path, origin=path, live=True)
             elif change.kind in (watch.MOVED_FROM, watch.DELETED):
                 rescan = rescan or self._matches(path)
@@ -648,9 +682,13 @@ class Follower:
             return
         stream = self._by_ident.get((st.st_dev, st.st_ino))
         if stream is None:
-            live = self._matches(target)
-            if self._open(target, origin=source, live=live) is not None and not live:
-                self.stats.rotations += 1
+            if self._matches(target):
+                self._open(target, origin=source, live=True)
+            else:  # `target` and the generations rotated before it, oldest first
+                self._follow_missed_generations(source)
+                unseen = (st.st_dev, st.st_ino) not in self._by_ident  # not named like it
+                if unseen and self._open(target, origin=source, live=False) is not None:
+                    self.stats.rotations += 1
         elif self._matches(target):
             stream.path = stream.origin = target
         elif stream.live:
