@@ -68,26 +68,38 @@ def answer(sock: socket.socket, timeout: float = 30) -> str:
 
 
 @contextlib.contextmanager
-def trickling(c: Collector, count: int, every: float) -> Iterator[list[int]]:
+def trickling(
+    c: Collector, count: int, every: float, first_ahead: bool = False
+) -> Iterator[list[int]]:
     """`count` sockets each sending a valid request one byte every `every` seconds; yields
-    how many bytes each has sent so far (-1 once the collector closed it)."""
+    how many bytes each has sent so far (-1 once the collector closed it). `first_ahead`:
+    the collector has read the first socket's first byte before the others send theirs, so
+    its request is the one that started first by the collector's own clock."""
     frame = protocol.encode_packed_forward("trickle", packed(["x"] * 100), 100, "t")
     socks = [connect(c) for _ in range(count)]
     sent = [0] * count
     stop = threading.Event()
+    if first_ahead:
+        socks[0].send(frame[:1])
+        sent[0] = 1
+        wait_until(
+            lambda: c.metric("collector_received_bytes_total") >= 1, what="the first byte read"
+        )
 
     def run() -> None:
-        position = 0
-        while not stop.is_set() and position < len(frame):
+        while not stop.is_set():
+            sending = False
             for i, sock in enumerate(socks):
-                if sent[i] < 0:
+                if not 0 <= sent[i] < len(frame):
                     continue
+                sending = True
                 try:
-                    sock.send(frame[position : position + 1])
+                    sock.send(frame[sent[i] : sent[i] + 1])
                     sent[i] += 1
                 except OSError:
                     sent[i] = -1
-            position += 1
+            if not sending:
+                return
             stop.wait(every)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -99,6 +111,13 @@ def trickling(c: Collector, count: int, every: float) -> Iterator[list[int]]:
         thread.join()
         for sock in socks:
             sock.close()
+
+
+def all_read(c: Collector, sent: list[int]) -> bool:
+    """The collector has read every byte the trickles sent (none sent while we asked)."""
+    before = sum(max(n, 0) for n in sent)
+    read = c.metric("collector_received_bytes_total")
+    return read >= before and sum(max(n, 0) for n in sent) == before
 
 
 # --- item 4: lock-out ---------------------------------------------------------------------
@@ -146,9 +165,13 @@ def test_a_table_full_of_trickling_sockets_still_makes_room(
     collector: Callable[..., Collector],
 ) -> None:
     c = collector(COLLECTOR_MAX_CONNECTIONS="8", COLLECTOR_FRAME_TIMEOUT="600")
-    with trickling(c, count=8, every=0.5) as sent:
-        wait_until(lambda: min(sent) >= 1, what="every socket receiving")
+    # The first socket's request starts first by the collector's clock, not only by ours:
+    # bytes sent microseconds apart may be read in another order.
+    with trickling(c, count=8, every=0.5, first_ahead=True) as sent:
         wait_until(lambda: c.metric("collector_connections") == 8, what="a full table")
+        # Every byte sent has been read, so no trickle is still idle in the collector's eyes
+        # (an idle one would rightly be the first to give way).
+        wait_until(lambda: min(sent) >= 1 and all_read(c, sent), what="every socket receiving")
         client = c.client(connect_timeout=5, ack_timeout=5)
         wait_until(lambda: acked(client, "good", "in"), timeout=30, interval=0.2, what="acked")
         client.close()
