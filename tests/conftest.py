@@ -22,7 +22,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ from typing import Any
 import pytest
 import requests
 import yaml
+
+from demo.timing import poll
 
 ROOT = Path(__file__).resolve().parent.parent
 TIERS = ("unit", "process", "container", "kind", "podman")
@@ -122,14 +123,10 @@ def free_port() -> int:
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
     """Poll `predicate` until it returns a truthy value; fail the test on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    value = poll(predicate, timeout, interval)
+    if not value:
+        pytest.fail(f"timed out after {timeout}s waiting for {what}")
+    return value
 
 
 def http_ok(url: str) -> bool:

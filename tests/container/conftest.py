@@ -22,7 +22,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from demo.timing import poll
 from tests.conftest import ROOT
 from tests.in_pod import http_get_script, parse_http_response
 
@@ -220,15 +220,11 @@ class Pods:
                    interval: float = 0.25) -> Any:
         """Poll until `predicate()` is truthy; on timeout fail with every container's
         state and logs."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout}s waiting for {what}\n{self.describe()}",
-                            pytrace=False)
-            time.sleep(interval)
+        value = poll(predicate, timeout, interval)
+        if not value:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}\n{self.describe()}",
+                        pytrace=False)
+        return value
 
     def remove_all(self) -> None:
         for made in reversed(self.made):
