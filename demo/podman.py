@@ -806,8 +806,12 @@ def start(pattern: str, images: Mapping[str, str], publish: Mapping[tuple[str, i
     """What the demo's podman runtime does before it shows the pattern: give podman the
     images, adapt the manifests, say what podman changes and why, play them, and wait
     until every container is ready."""
-    load_images(images, say)
-    plan = adapt(pattern, render(pattern, images), secrets, publish)
+    documents = render(pattern, images)
+    # Only this lab's images: a learner's first podman demo copies a few, not the suite.
+    used = {container["image"] for doc in documents
+            for container in _all_containers(_pod_spec(doc) or {})}
+    load_images({service: ref for service, ref in images.items() if ref in used}, say)
+    plan = adapt(pattern, documents, secrets, publish)
     say("what podman changes, and why:")
     for line in plan.describe():
         say("  " + line)

