@@ -41,9 +41,10 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from patterns.common.http_headers import NO_STORE, NOSNIFF, STRICT_POLICY, page_policy
+from patterns.common.metrics import counter_by
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,11 @@ class AdminServer:
         self._probes_open = threading.Event()
         # Why the last /metrics exposition failed (None: it worked): /readyz reports it.
         self._exposition_error: str | None = None
-        self._closed = Counter(
+        self._closed = counter_by(
             "admin_connections_closed",
             "Admin HTTP connections closed by the server, by reason.",
-            ["reason"],
-            registry=registry,
+            "reason", CLOSE_REASONS, registry,
         )
-        for reason in CLOSE_REASONS:
-            self._closed.labels(reason=reason)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.create_server((host, port), family=family, backlog=128)
         self._connections: dict[_Connection, None] = {}  # insertion-ordered set

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Gauge
 
 from patterns.common.http_headers import NO_STORE, NOSNIFF, STRICT_POLICY
+from patterns.common.metrics import counter_by
 from patterns.common.service import Runtime
 from patterns.security import pki
 
@@ -60,19 +61,14 @@ class Issuer:
     def __init__(self, config: Config, ca: CertificateAuthority, runtime: Runtime) -> None:
         self.config = config
         self.ca = ca
-        self.requests = Counter(
-            "issuer_requests", "API requests by result.", ["result"], registry=runtime.registry
+        self.requests = counter_by(
+            "issuer_requests", "API requests by result.", "result", RESULTS, runtime.registry
         )
-        for result in RESULTS:
-            self.requests.labels(result=result)
-        self.closed = Counter(
+        self.closed = counter_by(
             "issuer_connections_closed",
             "API connections closed by a limit, by reason.",
-            ["reason"],
-            registry=runtime.registry,
+            "reason", CLOSE_REASONS, runtime.registry,
         )
-        for reason in CLOSE_REASONS:
-            self.closed.labels(reason=reason)
         self.open_gauge = Gauge(
             "issuer_connections_open", "API connections open.", registry=runtime.registry
         )

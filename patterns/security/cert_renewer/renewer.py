@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from patterns.common.admin import json_response
+from patterns.common.metrics import counter_by
 from patterns.common.service import Runtime
 from patterns.security import certdir, pki
 
@@ -65,14 +65,11 @@ class Renewer:
         self.runtime = runtime
         self.installed: Installed | None = None
         self.failures = 0  # consecutive failed attempts
-        self.renewals = Counter(
+        self.renewals = counter_by(
             "renewer_renewals",
             "Renewal attempts by result (success installs a new certificate).",
-            ["result"],
-            registry=runtime.registry,
+            "result", RESULTS, runtime.registry,
         )
-        for result in RESULTS:
-            self.renewals.labels(result=result)
         runtime.registry.register(_StateCollector(self))
 
     # --- what the admin port shows ----------------------------------------------------
