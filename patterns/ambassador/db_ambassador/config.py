@@ -8,6 +8,8 @@ from pathlib import Path
 
 from patterns.common.config import Env, event_loop, parse_host_port
 
+from .routes import ROUTES
+
 TLS_MODES = ("disable", "require", "verify-full")
 
 
@@ -38,6 +40,8 @@ class Config:
     # Read at every check, so a rotated Secret is picked up without a restart.
     health_password_file: str | None
     health_database: str
+    # The routing rule (routes/ROUTES) that picks a new session's upstreams.
+    route: str
     event_loop: str
 
     def health_password(self) -> str:
@@ -112,6 +116,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         health_password_value=health_password,
         health_password_file=password_file,
         health_database=env.str("AMBASSADOR_HEALTH_DATABASE", "postgres"),
+        route=env.choice("AMBASSADOR_ROUTE", "priority", tuple(ROUTES)),
         event_loop=event_loop(env, "AMBASSADOR_EVENT_LOOP"),
     )
     env.check()

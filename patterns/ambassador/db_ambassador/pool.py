@@ -1,5 +1,6 @@
 """The upstream pool: the upstreams in priority order, their health and roles, which one
-new sessions go to (failover), and opening a connection to it.
+new sessions go to (failover, and the routing rule AMBASSADOR_ROUTE names: `routes/`),
+and opening a connection to it.
 
 The pool knows nothing of clients. It tells the server, through `on_failed`, when an
 upstream that still carries sessions fails its check; the server closes them."""
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry
 
 from .config import Config
 from .metrics import PoolMetrics
+from .routes import Startup, route_function
 from .upstream import Upstream, UpstreamError, check, describe, open_upstream, tls_context
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class UpstreamPool:
         self.tls = tls_context(config)
         self.on_failed = on_failed
         self.metrics = PoolMetrics(registry, self.upstreams)
+        self.route = route_function(config.route)
         # Where new sessions go first: the head of candidates() at the last check round.
         self.preferred: Upstream | None = None
 
@@ -73,12 +76,33 @@ class UpstreamPool:
             u for u in healthy if u.in_recovery is not False
         ]
 
-    async def connect(self) -> tuple[Upstream, asyncio.StreamReader, asyncio.StreamWriter]:
-        """A connection to the first candidate that answers within AMBASSADOR_CONNECT_TIMEOUT,
-        ready for the client's startup packet; NoUpstream if none does."""
+    def routed(self, startup: Startup) -> Sequence[Upstream]:
+        """The upstreams a session that sent `startup` may go to, in the order to try
+        them: what the routing rule makes of candidates(). A rule that raises is a bug in
+        it, not the client's: logged, and the session goes where `priority` sends it."""
         candidates = self.candidates()
         if not candidates:
             raise NoUpstream(self.unreachable_message())
+        try:
+            chosen = self.route(startup, candidates)
+        except Exception:
+            log.exception("routing rule failed", extra={"route": self.config.route})
+            return candidates
+        if not chosen:
+            raise NoUpstream(
+                f"db-ambassador: AMBASSADOR_ROUTE={self.config.route} sends this session to "
+                "none of the healthy upstreams: "
+                + ", ".join(f"{u.name} ({u.role})" for u in candidates)
+            )
+        return chosen
+
+    async def connect(
+        self, packet: bytes = b""
+    ) -> tuple[Upstream, asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the first upstream the routing rule chooses for the client's
+        startup `packet` that answers within AMBASSADOR_CONNECT_TIMEOUT, ready for that
+        packet; NoUpstream if none does."""
+        candidates = self.routed(Startup(packet))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.connect_timeout
         errors = []
