@@ -173,7 +173,8 @@ class Ambassador:
             return
         self.connecting += 1
         try:
-            upstream, up_reader, up_writer = await self.pool.connect()  # within connect_timeout
+            # The rule (AMBASSADOR_ROUTE) sees the startup packet; within connect_timeout.
+            upstream, up_reader, up_writer = await self.pool.connect(packet)
         except NoUpstream as exc:
             self._refuse(writer, "no_healthy_upstream", pgwire.CONNECTION_FAILURE, str(exc))
             return
