@@ -1,6 +1,7 @@
 """The tls-proxy's certificate store: a new generation is loaded into a new context, a
-bad one (key not matching, expired, not yet valid, not a certificate) is refused once,
-counted by its result, and the one in use kept; an expired certificate is never offered."""
+bad one (key not matching, expired, not yet valid, not a certificate, not verifying against
+its own ca.crt or without one) is refused once, counted by its result, and the one in use
+kept; an expired certificate is never offered."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def test_new_generation_swaps_the_context(tmp_path: Path, ca: CA) -> None:
     assert certs.serial() == second.serial
 
 
-@pytest.mark.parametrize("bad", ["key_mismatch", "expired", "not_yet_valid", "garbage"])
+@pytest.mark.parametrize("bad", ["key_mismatch", "expired", "not_yet_valid", "garbage",
+                                 "other_ca", "empty_ca", "no_ca", "client_only"])
 def test_bad_generation_refused_once_and_old_kept(tmp_path: Path, ca: CA, bad: str) -> None:
     now = datetime.datetime.now(datetime.UTC)
     certs = store(tmp_path)
@@ -80,6 +82,17 @@ def test_bad_generation_refused_once_and_old_kept(tmp_path: Path, ca: CA, bad: s
         ca.install(tmp_path / "tls", ca.issue(not_before=now - datetime.timedelta(hours=2)))
     elif bad == "not_yet_valid":
         ca.install(tmp_path / "tls", ca.issue(not_before=now + datetime.timedelta(hours=1)))
+    elif bad == "other_ca":  # signed by a CA that is not the generation's ca.crt
+        ca.install(tmp_path / "tls", CA("another CA").issue())
+    elif bad == "empty_ca":
+        issued = ca.issue()
+        certdir.write_generation(tmp_path / "tls", issued.key_pem,
+                                 issued.cert_pem + ca.cert_pem, b"", issued.serial)
+    elif bad == "no_ca":
+        ca.install(tmp_path / "tls", ca.issue())
+        certdir.read_generation(tmp_path / "tls").ca_path.unlink()
+    elif bad == "client_only":  # a client certificate cannot serve: its purpose is wrong
+        ca.install(tmp_path / "tls", ca.issue(client=True))
     else:
         certdir.write_generation(tmp_path / "tls", b"not a key", b"not a cert", b"", "ab")
     assert certs.poll() == "bad"

@@ -3,24 +3,32 @@ generation into a new SSLContext, checked, and swapped in only if good.
 
 The renewer switches generations atomically (patterns/security/certdir.py); the proxy polls
 the `..data` link's target and, when it changes, builds a NEW context from that one
-generation directory. `load_cert_chain` refuses a key that does not match the certificate;
-a certificate that is not valid right now is refused here. A refused generation is counted
-and logged once, and the context in use stays. Connections already open keep the context
-they were made with, so a switch never breaks them.
+generation directory. A refused generation is counted and logged once, and the context in
+use stays. Connections already open keep the context they were made with, so a switch
+never breaks them.
+
+A generation is checked as a client would check it: the new context serves one handshake
+in memory (two `ssl.SSLObject`s over `MemoryBIO`s, nothing on the network) to a client that
+trusts only the generation's own `ca.crt` (the CA the renewer got the certificate from).
+What that client verified is what is served: the chain to ca.crt, the key (the server
+signs the handshake with it; `load_cert_chain` refuses a key that is not the
+certificate's), the purpose (server authentication); its `getpeercert()` gives the dates,
+serial and names of exactly the leaf the context offers. A generation without a readable
+ca.crt, or whose certificate does not verify against it, is refused: every client that
+trusts the CA would refuse it too, while the one in use still works until it expires. The
+dates are judged here, by the store's clock (the one readiness uses): a certificate not
+valid yet, or within EXPIRY_GUARD of its notAfter, is refused. (The proxy's image has no
+`cryptography`; this needs only the standard library's public API.)
 
 The proxy never offers a certificate after its notAfter: `context()` returns None from
 EXPIRY_GUARD seconds before it (a handshake takes a moment, and the client checks the
 certificate when it arrives), so new handshakes are refused and /readyz says 503 until a
 valid generation arrives.
-
-The proxy's image has no `cryptography`: the certificate's dates, serial and names are read
-with the standard library's decoder (`ssl._ssl._test_decode_cert`, the one CPython's own
-tests and `ssl.get_server_certificate` users rely on; it parses the first PEM certificate
-of a file, here the leaf).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import time
@@ -28,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from patterns.security import certdir
 
@@ -38,6 +47,11 @@ EXPIRY_GUARD = 1.0
 MAX_FILE_BYTES = 1024 * 1024
 # TLS 1.2 suites: forward secret key exchange and AEAD only (TLS 1.3's are all of that).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (x509_vfy.h; the ssl module has no name for it): the
+# in-memory check leaves the dates to this module's clock.
+NO_CHECK_TIME = ssl.VerifyFlags(0x200000)
+# Flights of the in-memory handshake: the client has its answer after two.
+HANDSHAKE_ROUNDS = 4
 
 
 class BadGeneration(Exception):
@@ -54,6 +68,20 @@ class Certificate:
     not_after: float
     dns_names: tuple[str, ...]
 
+    @classmethod
+    def of(cls, peer: dict[str, Any], generation: str) -> Certificate:
+        """From `getpeercert()` of a verified peer. Raises BadGeneration."""
+        try:
+            return cls(
+                generation=generation,
+                serial=format(int(peer["serialNumber"], 16), "x"),
+                not_before=float(ssl.cert_time_to_seconds(peer["notBefore"])),
+                not_after=float(ssl.cert_time_to_seconds(peer["notAfter"])),
+                dns_names=tuple(v for k, v in peer.get("subjectAltName", ()) if k == "DNS"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadGeneration(f"cannot read the certificate's dates and serial: {exc}") from exc
+
     def view(self) -> dict[str, object]:
         return {
             "serial": self.serial,
@@ -68,63 +96,86 @@ def rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
-def describe(cert_path: Path, generation: str) -> Certificate:
-    """The leaf's dates, serial and DNS names. Raises BadGeneration."""
-    try:
-        decoded = ssl._ssl._test_decode_cert(str(cert_path))  # type: ignore[attr-defined]
-        return Certificate(
-            generation=generation,
-            serial=format(int(decoded["serialNumber"], 16), "x"),
-            not_before=float(ssl.cert_time_to_seconds(decoded["notBefore"])),
-            not_after=float(ssl.cert_time_to_seconds(decoded["notAfter"])),
-            dns_names=tuple(v for k, v in decoded.get("subjectAltName", ()) if k == "DNS"),
-        )
-    except (ssl.SSLError, OSError, KeyError, ValueError) as exc:
-        raise BadGeneration(f"cannot read the certificate: {exc}") from exc
+def _check_sizes(*paths: Path) -> None:
+    for path in paths:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise BadGeneration(f"{path.name} is larger than {MAX_FILE_BYTES} bytes")
 
 
-def new_context(
-    key_path: Path, cert_path: Path, client_ca_file: Path | None
-) -> ssl.SSLContext:
+def new_context(key_path: Path, cert_path: Path) -> ssl.SSLContext:
     """A server context: TLS 1.2 and 1.3 only, forward secret AEAD suites, no compression
-    or renegotiation, session tickets on (resumption skips the costly key exchange), and
-    client certificates required and verified when `client_ca_file` is set."""
+    or renegotiation, session tickets on (resumption skips the costly key exchange).
+    Raises SSLError (KEY_VALUES_MISMATCH: the key is not the certificate's) or OSError."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.maximum_version = ssl.TLSVersion.TLSv1_3
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    for path in (key_path, cert_path):
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise BadGeneration(f"{path.name} is larger than {MAX_FILE_BYTES} bytes")
 
     def no_password() -> bytes:  # an encrypted key is refused, never prompted for
         raise BadGeneration("the key is encrypted")
 
-    # Raises SSLError (KEY_VALUES_MISMATCH) when the key is not the certificate's.
     context.load_cert_chain(cert_path, key_path, password=no_password)
-    if client_ca_file is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cafile=client_ca_file)
     return context
+
+
+def served_certificate(context: ssl.SSLContext, ca_path: Path) -> dict[str, Any]:
+    """`getpeercert()` of a client that completed a handshake with `context` in memory,
+    trusting only `ca_path` (no host name check: the names are reported, not chosen here;
+    no date check: the caller's clock judges them). Raises SSLCertVerificationError when
+    the chain does not verify, SSLError or OSError when ca_path cannot be loaded."""
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED
+    client.check_hostname = False
+    client.verify_flags |= NO_CHECK_TIME
+    client.load_verify_locations(cafile=ca_path)
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client_side = client.wrap_bio(to_client, to_server)
+    server_side = context.wrap_bio(to_server, to_client, server_side=True)
+    for _ in range(HANDSHAKE_ROUNDS):
+        try:
+            client_side.do_handshake()
+            return client_side.getpeercert() or {}
+        except ssl.SSLWantReadError:
+            pass
+        with contextlib.suppress(ssl.SSLWantReadError):
+            server_side.do_handshake()
+    raise BadGeneration(f"no handshake with itself in {HANDSHAKE_ROUNDS} rounds")
 
 
 def load_generation(
     generation: certdir.Generation, client_ca_file: Path | None, now: float
 ) -> tuple[ssl.SSLContext, Certificate]:
-    """The context and certificate of one generation, if it may be served now.
-    Raises BadGeneration naming why not."""
-    certificate = describe(generation.cert_path, generation.name)
+    """The context and certificate of one generation, if it may be served now: client
+    certificates required and verified against `client_ca_file` when it is set. Raises
+    BadGeneration naming why not."""
+    key_path, cert_path, ca_path = generation
+    try:
+        _check_sizes(key_path, cert_path)
+        context = new_context(key_path, cert_path)
+    except (ssl.SSLError, OSError) as exc:
+        raise BadGeneration(f"cannot load key and certificate: {exc}") from exc
+    try:
+        _check_sizes(ca_path)
+        peer = served_certificate(context, ca_path)
+    except ssl.SSLCertVerificationError as exc:
+        raise BadGeneration(f"{cert_path.name} does not verify against {ca_path.name}: "
+                            f"{exc.verify_message}") from exc
+    except (ssl.SSLError, OSError) as exc:
+        raise BadGeneration(f"cannot check {cert_path.name} against {ca_path.name}: "
+                            f"{exc}") from exc
+    certificate = Certificate.of(peer, generation.name)
     if now < certificate.not_before:
         raise BadGeneration(f"certificate {certificate.serial} is not valid before "
                             f"{rfc3339(certificate.not_before)}")
     if now >= certificate.not_after - EXPIRY_GUARD:
         raise BadGeneration(f"certificate {certificate.serial} expired at "
                             f"{rfc3339(certificate.not_after)}")
-    try:
-        context = new_context(generation.key_path, generation.cert_path, client_ca_file)
-    except (ssl.SSLError, OSError) as exc:
-        raise BadGeneration(f"cannot load key and certificate: {exc}") from exc
+    if client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise BadGeneration(f"cannot load the client CA {client_ca_file}: {exc}") from exc
+        context.verify_mode = ssl.CERT_REQUIRED
     return context, certificate
 
 
