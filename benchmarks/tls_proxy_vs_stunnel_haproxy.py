@@ -1,17 +1,28 @@
 """The tls-proxy against stunnel4 and HAProxy 2.6 (Debian's packages) terminating the same
 TLS (ECDSA P-256, TLS 1.3) in front of the same static upstream, measured with `wrk` in
-one run: new handshakes per second (a connection per request: `-H 'Connection: close'`),
+one run: new connections per second (a TLS handshake per request: `-H 'Connection: close'`),
 requests per second on kept-alive connections (`wrk -t1 -c16`), the CPU each proxy spent
-per request, and the tls-proxy's peak RSS. Prints ratios, not pass/fail (targets: >= 0.8x
-HAProxy and >= 1.0x stunnel on both figures, RSS under 64 MiB).
+per connection or request (less sensitive to other load on the machine than the rates),
+and the tls-proxy's peak RSS. Prints each round's figures and ratios, then the medians;
+not pass/fail (targets: >= 0.8x HAProxy and >= 1.0x stunnel on both figures, RSS under
+64 MiB).
 
     .venv/bin/python benchmarks/tls_proxy_vs_stunnel_haproxy.py [--seconds 5] [--rounds 3]
         [--connections 16] [--workers N]
 
+Kept equal, so the ratios compare the proxies and nothing else:
+- CPUs: HAProxy's TLS frontend runs its default threads (one per CPU), the tls-proxy its
+  default PROXY_WORKERS (one per CPU), stunnel a thread per connection.
+- TLS: all three offer OpenSSL's default groups and TLS 1.3 session tickets, and wrk
+  resumes a session when it reconnects, so every server does the same work per new
+  connection. A probe before the rounds prints, per server, the protocol, cipher and key
+  exchange group negotiated and whether a second connection resumed the first's session.
+- Load from elsewhere: the three take turns within each round, in a rotating order,
+  after a warm-up; the CPU figures are the ones to trust on a busy machine.
+
 The static upstream is HAProxy in HTTP mode answering every request itself
-(`http-request return`), one thread. HAProxy's TLS frontend and the tls-proxy use the
-CPUs available (HAProxy's default threads, PROXY_WORKERS' default); stunnel starts a thread
-per connection. Needs haproxy, stunnel4 and wrk: apt-get install -y haproxy stunnel4 wrk.
+(`http-request return`), one thread. Needs haproxy, stunnel4, wrk and openssl:
+apt-get install -y haproxy stunnel4 wrk openssl.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -106,6 +118,37 @@ def wrk(port: int, seconds: int, connections: int, close: bool) -> float:
     return float(match.group(1))
 
 
+def negotiated(port: int) -> str:
+    """What a client gets from the server on `port`: protocol, cipher, key exchange group
+    (openssl s_client's "Server Temp Key"), and whether a second connection offering the
+    first's session (its TLS 1.3 ticket) resumed it, as wrk's reconnections do."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+
+    def connect(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession, bool, str]:
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                 server_hostname="localhost", session=session) as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            while tls.recv(65536):  # the tickets arrive with the response
+                pass
+            cipher = tls.cipher()
+            return tls.session, tls.session_reused, f"{tls.version()} {cipher and cipher[0]}"
+
+    session, _, protocol = connect(None)
+    _, resumed, _ = connect(session)
+    shown = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost"],
+        input=b"", capture_output=True, timeout=30).stdout.decode(errors="replace")
+    group = re.search(r"(?:Server|Peer) Temp Key: ([^,\n]+)", shown)
+    return (f"{protocol} {group.group(1) if group else '?'}, "
+            f"{'resumes' if resumed else 'does NOT resume'} sessions")
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.0f}-{max(values):.0f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5, help="per measurement (default 5)")
@@ -165,37 +208,64 @@ def main() -> None:
         for port in (upstream, *ports.values()):
             wait_https(port)
         time.sleep(1.0)  # the proxy's other workers
-        figures = {(n, k): [] for n in ports for k in ("handshakes", "keepalive")}
-        cpu = {(n, k): [] for n in ports for k in ("handshakes", "keepalive")}
-        # Rounds interleave the three, so a burst of load from elsewhere hits them alike.
-        for _ in range(args.rounds):
-            for kind in ("handshakes", "keepalive"):
-                for name, port in ports.items():
+        for name, port in ports.items():
+            print(f"{name:<10} {negotiated(port)}")
+        kinds = ("handshakes", "keepalive")
+        figures: dict[tuple[str, str], list[float]] = {(n, k): [] for n in ports for k in kinds}
+        cpu: dict[tuple[str, str], list[float]] = {(n, k): [] for n in ports for k in kinds}
+        for port in ports.values():  # warm-up: caches, the proxy's first allocations
+            wrk(port, 1, args.connections, close=True)
+        print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, ECDSA P-256, {args.rounds} "
+              f"interleaved rounds, one run ({os.cpu_count()} CPUs)")
+        header = (f"{'':<11}{'handshakes/s':>14}{'CPU us/conn':>13}{'keep-alive req/s':>18}"
+                  f"{'CPU us/req':>12}")  # fmt: skip
+        names = list(ports)
+        for round_ in range(args.rounds):
+            # Each round the three take turns, in a rotated order, so a burst of load from
+            # elsewhere and the position in the round hit them alike.
+            order = names[round_ % len(names):] + names[:round_ % len(names)]
+            for kind in kinds:
+                for name in order:
                     processes = children(procs[name].pid)
                     before = cpu_seconds(processes)
-                    rate = wrk(port, args.seconds, args.connections, close=kind == "handshakes")
+                    rate = wrk(ports[name], args.seconds, args.connections,
+                               close=kind == "handshakes")  # fmt: skip
                     used = cpu_seconds(processes) - before
                     figures[(name, kind)].append(rate)
-                    cpu[(name, kind)].append(used / (rate * args.seconds) * 1e6)
+                    cpu[(name, kind)].append(used / max(rate * args.seconds, 1) * 1e6)
+            print(f"round {round_ + 1} (order: {', '.join(order)}; load average "
+                  f"{os.getloadavg()[0]:.1f})\n{header}")
+            for name in names:
+                print(f"{name:<11}{figures[(name, 'handshakes')][-1]:>14.0f}"
+                      f"{cpu[(name, 'handshakes')][-1]:>13.0f}"
+                      f"{figures[(name, 'keepalive')][-1]:>18.0f}"
+                      f"{cpu[(name, 'keepalive')][-1]:>12.1f}")
+            print("  tls-proxy / " + ", ".join(
+                f"{peer} {kind} {figures[('tls-proxy', kind)][-1] / figures[(peer, kind)][-1]:.2f}"
+                for peer in ("haproxy", "stunnel") for kind in kinds))
         peaks = peak_rss_kib(children(procs["tls-proxy"].pid))
         median = {key: statistics.median(values) for key, values in figures.items()}
 
-        print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, ECDSA P-256, {args.rounds} "
-              f"interleaved rounds, one run; medians ({os.cpu_count()} CPUs)")
-        print(f"{'':<11}{'handshakes/s':>14}{'CPU us/conn':>13}{'keep-alive req/s':>18}"
-              f"{'CPU us/req':>12}")
-        for name in ports:
+        print(f"medians over {args.rounds} rounds (spread: lowest-highest)\n{header}")
+        for name in names:
             print(f"{name:<11}{median[(name, 'handshakes')]:>14.0f}"
                   f"{statistics.median(cpu[(name, 'handshakes')]):>13.0f}"
                   f"{median[(name, 'keepalive')]:>18.0f}"
                   f"{statistics.median(cpu[(name, 'keepalive')]):>12.1f}")
-        for peer, handshake_target in (("haproxy", 0.8), ("stunnel", 1.0)):
-            for kind in ("handshakes", "keepalive"):
+            print(f"{'':<11}{spread(figures[(name, 'handshakes')]):>14}"
+                  f"{spread(cpu[(name, 'handshakes')]):>13}"
+                  f"{spread(figures[(name, 'keepalive')]):>18}"
+                  f"{spread(cpu[(name, 'keepalive')]):>12}")
+        for peer, target in (("haproxy", 0.8), ("stunnel", 1.0)):
+            for kind in kinds:
                 ratio = median[("tls-proxy", kind)] / median[(peer, kind)]
                 rounds = " ".join(f"{p / q:.2f}" for p, q in zip(
                     figures[("tls-proxy", kind)], figures[(peer, kind)], strict=True))
-                print(f"tls-proxy/{peer} {kind}: {ratio:.2f} (target >= {handshake_target}; "
-                      f"per round: {rounds})")
+                cpu_ratio = (statistics.median(cpu[(peer, kind)])
+                             / statistics.median(cpu[("tls-proxy", kind)]))
+                print(f"tls-proxy/{peer} {kind}: {ratio:.2f} (target >= {target}; per round: "
+                      f"{rounds}; by CPU per {'conn' if kind == 'handshakes' else 'req'}: "
+                      f"{cpu_ratio:.2f})")
         print(f"tls-proxy peak RSS: {max(peaks) / 1024:.1f} MiB in its largest process, "
               f"{sum(peaks) / 1024:.1f} MiB over its {len(peaks)} processes (target < 64 MiB)")
         print(f"load average after the run: {os.getloadavg()[0]:.1f}")
