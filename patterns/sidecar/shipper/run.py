@@ -31,6 +31,7 @@ from patterns.common.service import Runtime
 from patterns.sidecar.shipper.config import Config
 from patterns.sidecar.shipper.encode import EntryEncoder
 from patterns.sidecar.shipper.metrics import follower_metrics
+from patterns.sidecar.shipper.tags import TAG_RULE, Tags, load_rule
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ MAX_LINES_PER_BATCH = 20_000
 @dataclass(frozen=True)
 class Batch:
     chunk: Chunk
+    tag: str  # the Forward tag of all of its requests (tags.py)
     requests: list[tuple[bytes, int]]  # (entries, count): one Forward request each
 
     @property
@@ -92,6 +94,15 @@ class Shipper:
             "shipper_collector_up",
             "1 if the last attempt to ship to the collector succeeded.",
             registry=registry,
+        )
+        self.tags = Tags(
+            load_rule(TAG_RULE, config.forward.tag),
+            config.forward.tag,
+            Counter(
+                "shipper_tags_refused",
+                "Batches sent under FLUENT_TAG because the tag rule's tag was unusable.",
+                registry=registry,
+            ),
         )
         registry.register(follower_metrics(follower))
 
@@ -156,7 +167,7 @@ class Shipper:
                     return
                 continue
             requests = self.encoder.requests(chunk.lines, chunk.path, time.time())
-            if not self._enqueue(Batch(chunk, requests)):
+            if not self._enqueue(Batch(chunk, self.tags(chunk.path), requests)):
                 return
 
     def _enqueue(self, batch: Batch | None) -> bool:
@@ -201,13 +212,13 @@ class Shipper:
             if batch is None:
                 return
             for entries, count in batch.requests:
-                if not self._deliver(entries, count, batch.chunk.path):
+                if not self._deliver(batch.tag, entries, count, batch.chunk.path):
                     return  # shutdown deadline: not committed, read again next time
                 self.acked_events.inc(count)
             self.follower.commit(batch.chunk)
             self.acked_batches.inc()
 
-    def _deliver(self, entries: bytes, count: int, path: str) -> bool:
+    def _deliver(self, tag: str, entries: bytes, count: int, path: str) -> bool:
         """Send until acked (True), or until the shutdown deadline (False)."""
         delay = self.config.retry_min
         failures = 0
@@ -220,9 +231,7 @@ class Shipper:
             self.client.connect_timeout = min(self.config.connect_timeout, remaining)
             started = time.monotonic()
             try:
-                self.client.send_packed(
-                    self.config.forward.tag, entries, count, compressed=self.config.compress
-                )
+                self.client.send_packed(tag, entries, count, compressed=self.config.compress)
             except ForwardError as exc:
                 failures += 1
                 self.collector_up.set(0)
@@ -269,6 +278,7 @@ def run(config: Config, runtime: Runtime) -> None:
             "paths": config.paths,
             "collector": config.forward.address,
             "tag": config.forward.tag,
+            "tag_rule": TAG_RULE,
             "inotify": follower.uses_inotify,
             "follow_symlinks": config.limits.follow_symlinks,
         },
