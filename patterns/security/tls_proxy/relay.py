@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from .identity import STRIPPED, identity_headers, stripped
+from .identity import STRIPPED, stripped
 
 if TYPE_CHECKING:
     from .server import Proxy
@@ -38,6 +38,9 @@ DISCARD_LIMIT = 1024 * 1024
 LINGER = 1.0
 # Decrypted bytes taken per read call (a TLS record holds at most 16 KiB).
 READ_SIZE = 16 * 1024
+# One worker's read buffer: a connection's plaintext is parsed before the next is read.
+_BUFFER = bytearray(READ_SIZE)
+_VIEW = memoryview(_BUFFER)
 VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
 
@@ -70,6 +73,8 @@ def handshake_result(exc: BaseException) -> str:
 
 class Upstream(asyncio.Protocol):
     """The app's side of one client connection: whatever it sends goes to the client."""
+
+    __slots__ = ("client", "transport")
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -109,18 +114,31 @@ class Upstream(asyncio.Protocol):
 
 
 class ClientConnection(asyncio.Protocol):
-    """A client connection, from accept to close. Also httptools' callback object."""
+    """A client connection, from accept to close. Also httptools' callback object.
+
+    Every connection ends with no reference cycle left (connection_lost drops the parser
+    and the upstream, which point back at it): its TLS state, buffers and transports are
+    freed by reference counting at once, not by a later garbage collection."""
+
+    __slots__ = ("accepted", "chunk_data", "chunked", "discarded", "error", "head",
+                 "head_fed", "head_fields", "head_size", "head_started", "identity",
+                 "incoming", "last_activity", "linger", "loop", "max_header_bytes",
+                 "max_headers", "outgoing", "parser", "pending", "proxy", "state", "task",
+                 "tls", "transport", "upstream", "url")  # fmt: skip
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.loop = proxy.loop
+        config = proxy.config
+        self.max_header_bytes = config.max_header_bytes
+        self.max_headers = config.max_headers
         self.state = HANDSHAKING
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.accepted = self.last_activity = self.loop.time()
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.tls: ssl.SSLObject | None = None
-        self.identity = b""
+        self.identity = b""  # the identity headers and the blank line that ends a head
         self.parser: httptools.HttpRequestParser | None = None
         self.upstream: Upstream | None = None
         self.pending: list[bytes] | None = None  # request bytes while the upstream connects
@@ -129,7 +147,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_size = 0  # request line and fields, as the parser passed them on
         self.head_fed = 0  # bytes fed while the head was incomplete
         self.head_fields = 0
-        self.head: list[bytes] = []
+        self.head: list[bytes] = [b""]  # [request line, kept fields...]
         self.url = b""
         self.chunked = False
         self.chunk_data = False  # the current chunk carried data (the last one carries none)
@@ -169,8 +187,7 @@ class ClientConnection(asyncio.Protocol):
             return False
         self._flush()
         self.state = OPEN
-        peer_cert = tls.getpeercert()
-        self.identity = identity_headers(self.proxy.client_ip(self.transport), peer_cert or None)
+        self.identity = self.proxy.identity(self.transport, tls.getpeercert() or None)
         self.parser = httptools.HttpRequestParser(self)
         self.proxy.handshake_done(self)
         return True
@@ -202,8 +219,10 @@ class ClientConnection(asyncio.Protocol):
         assert tls is not None
         while True:
             try:
-                # A record holds at most READ_SIZE bytes: one read takes a whole record.
-                plain = tls.read(READ_SIZE)
+                # A record holds at most READ_SIZE bytes: one read takes a whole record,
+                # into the worker's one buffer (the parser copies what it keeps).
+                # (typeshed types read() as bytes; with a buffer it returns a count)
+                size: int = tls.read(READ_SIZE, _BUFFER)  # type: ignore[assignment]
             except ssl.SSLWantReadError:  # the rest of a record is still on its way
                 break
             except ssl.SSLZeroReturnError:  # close_notify: the client is done
@@ -212,9 +231,9 @@ class ClientConnection(asyncio.Protocol):
             except (ssl.SSLError, OSError):
                 self.transport.abort()
                 return
-            if not plain:
+            if not size:
                 break
-            self._plain_received(plain)
+            self._plain_received(_VIEW[:size])
             if self.parser is None:  # refused: what follows is discarded
                 self._discard(incoming.pending)
                 return
@@ -229,10 +248,11 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSING
-        self.parser = None
+        self.parser = None  # it holds this connection's callbacks: a cycle
         if self.linger is not None:
             self.linger.cancel()
-        upstream = self.upstream
+            self.linger = None
+        upstream, self.upstream = self.upstream, None  # it points back here: a cycle
         if upstream is not None and upstream.transport is not None:
             upstream.transport.close()
         self.proxy.forget(self)
@@ -250,7 +270,7 @@ class ClientConnection(asyncio.Protocol):
 
     # --- requests ----------------------------------------------------------------------
 
-    def _plain_received(self, data: bytes) -> None:
+    def _plain_received(self, data: bytes | memoryview) -> None:
         parser = self.parser
         assert parser is not None
         try:
@@ -271,7 +291,7 @@ class ClientConnection(asyncio.Protocol):
         # passed on; this bounds what it may be holding back inside one field.
         if self.head_started is not None:
             self.head_fed += len(data)
-            if self.head_fed > 2 * self.proxy.config.max_header_bytes:
+            if self.head_fed > 2 * self.max_header_bytes:
                 self.refuse(431, "too_large")
 
     # httptools calls only the callbacks an object has: a request without a chunked body
@@ -281,7 +301,7 @@ class ClientConnection(asyncio.Protocol):
             self.head_started = self.last_activity
         self.url += url
         self.head_size += len(url)
-        if self.head_size > self.proxy.config.max_header_bytes:
+        if self.head_size > self.max_header_bytes:
             raise Refusal(431, "too_large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -289,8 +309,7 @@ class ClientConnection(asyncio.Protocol):
             return  # a trailer after a chunked body: dropped
         self.head_fields += 1
         self.head_size += len(name) + len(value) + 4
-        config = self.proxy.config
-        if self.head_size > config.max_header_bytes or self.head_fields > config.max_headers:
+        if self.head_size > self.max_header_bytes or self.head_fields > self.max_headers:
             raise Refusal(431, "too_large")
         lowered = name.lower()
         if lowered in STRIPPED or (b"_" in lowered and stripped(lowered)):
@@ -305,13 +324,14 @@ class ClientConnection(asyncio.Protocol):
         if parser.should_upgrade():  # Upgrade or CONNECT: this proxy relays HTTP/1.1 only
             raise Refusal(501, "not_implemented")
         version = parser.get_http_version()
-        line = b"%s %s %s\r\n" % (parser.get_method(), self.url, VERSIONS.get(version)
-                                   or b"HTTP/" + version.encode())  # fmt: skip
-        head = [line, *self.head, self.identity, b"\r\n"]
+        head = self.head
+        head[0] = b"%s %s %s\r\n" % (parser.get_method(), self.url, VERSIONS.get(version)
+                                      or b"HTTP/" + version.encode())  # fmt: skip
+        head.append(self.identity)
         # Ready for the next request's head.
         self.head_started = None
         self.head_size = self.head_fed = self.head_fields = 0
-        self.head = []
+        self.head = [b""]
         self.url = b""
         proxy = self.proxy
         proxy.slots[proxy.requests_slot] += 1

@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from .certs import CertStore
 from .config import Config
 from .counters import SLOT, Row, SharedCounters
+from .identity import identity_headers
 from .relay import CLOSING, HANDSHAKING, ClientConnection, handshake_result
 
 log = logging.getLogger(__name__)
 
 DRAIN_QUIET = 0.5
+IDENTITY_CACHE = 4096
 
 
 def raise_fd_limit() -> None:
@@ -64,6 +68,7 @@ class Proxy:
         self.certs = certs
         self.first = first  # the first worker counts the reloads for all (same files)
         self.connections: dict[ClientConnection, None] = {}  # insertion-ordered set
+        self.identities: dict[str, bytes] = {}  # client address -> identity() without a cert
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.draining = False
 
@@ -88,10 +93,22 @@ class Proxy:
         self.slots[self.row.base + SLOT["connections_open"]] = len(connections)
         return context
 
-    @staticmethod
-    def client_ip(transport: asyncio.BaseTransport) -> str:
+    def identity(self, transport: asyncio.BaseTransport, peer_cert: dict[str, Any] | None
+                 ) -> bytes:  # fmt: skip
+        """What ends each request head of a connection: the identity headers, then the
+        blank line. Without a client certificate they depend on the address alone, so they
+        are made once per address (a bounded cache: a flood of addresses only empties it)."""
         peer = transport.get_extra_info("peername")
-        return str(peer[0]) if peer else "-"
+        client_ip = str(peer[0]) if peer else "-"
+        if peer_cert:
+            return identity_headers(client_ip, peer_cert) + b"\r\n"
+        identities = self.identities
+        ending = identities.get(client_ip)
+        if ending is None:
+            if len(identities) >= IDENTITY_CACHE:
+                identities.clear()
+            ending = identities[client_ip] = identity_headers(client_ip, None) + b"\r\n"
+        return ending
 
     def forget(self, connection: ClientConnection) -> None:
         if self.connections.pop(connection, False) is None:
@@ -205,6 +222,9 @@ def run_worker(config: Config, counters: SharedCounters, index: int, stop_hook:
     certs = certs or CertStore(config.cert_dir, config.client_ca_file)
     proxy = Proxy(config, counters.row(index), certs, first=index == 0)
     sock = listen_socket(config)
+    # What was loaded so far lives as long as the worker: out of the garbage collector's
+    # sight, its collections only walk what connections allocate.
+    gc.freeze()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
