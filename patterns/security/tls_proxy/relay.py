@@ -185,7 +185,10 @@ class ClientConnection(asyncio.Protocol):
             self.proxy.handshake_failed(exc)
             self.transport.close()
             return False
-        self._flush()
+        if tls.version() != "TLSv1.3":
+            self._flush()  # TLS 1.2: the server's Finished, which the client waits for
+        # else what is left are the session tickets, which no client waits for: they go
+        # out with the first response (or the close), one write and segment fewer.
         self.state = OPEN
         self.identity = self.proxy.identity(self.transport, tls.getpeercert() or None)
         self.parser = httptools.HttpRequestParser(self)
@@ -216,7 +219,9 @@ class ClientConnection(asyncio.Protocol):
                 return
         tls = self.tls
         incoming = self.incoming
+        outgoing = self.outgoing
         assert tls is not None
+        unsent = outgoing.pending  # TLS 1.3 session tickets, until the first response
         while True:
             try:
                 # A record holds at most READ_SIZE bytes: one read takes a whole record,
@@ -239,7 +244,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             if not incoming.pending:
                 break
-        if self.outgoing.pending:  # e.g. a TLS 1.3 key update
+        if outgoing.pending > unsent:  # written while reading: e.g. an alert, a key update
             self._flush()
 
     def eof_received(self) -> bool:
