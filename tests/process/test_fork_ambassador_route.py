@@ -20,16 +20,15 @@ import pytest
 import requests
 
 from tests import pg
-from tests.conftest import ROOT, free_port, http_ok, wait_until
+from tests.conftest import free_port, http_ok, wait_until
+from tests.fork import fork_patterns
 from tests.process.test_ambassador import PASSWORD, listening
 from tests.process.test_ambassador_failover import pair  # noqa: F401 (fixture)
 from tests.unit.test_fork_ambassador_route import EXAMPLE, NEW_FILE, REGISTRATION, REGISTRY
 
 
 def fork_with_the_rule(tmp_path: Path) -> Path:
-    fork = tmp_path / "fork"
-    shutil.copytree(ROOT / "patterns", fork / "patterns",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    fork = fork_patterns(tmp_path / "fork")
     # Step 1: the new file.
     shutil.copyfile(EXAMPLE, fork / NEW_FILE)
     # Step 2: its line in ROUTES.

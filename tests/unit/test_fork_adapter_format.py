@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, free_port, wait_until
+from tests.fork import fenced_blocks, fork_patterns, guide_section
 
 GUIDE = ROOT / "patterns" / "adapter" / "README.md"
 SECTION = "## Fork it for your own format"
@@ -28,18 +28,14 @@ LINE = (
     'time=2026-11-25T12:00:00Z level=info msg="order placed" method=POST path=/orders/7'
     " status=201 duration=0.012"
 )
-_FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 
 
 def section() -> str:
-    text = GUIDE.read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    return text[start : None if end == -1 else end]
+    return guide_section(GUIDE, SECTION)
 
 
 def test_the_section_shows_the_tested_file_its_registration_and_its_line() -> None:
-    blocks = [(lang, body) for lang, _words, body in _FENCE.findall(section())]
+    blocks = [(lang, body) for lang, _words, body in fenced_blocks(section())]
     python = [body for lang, body in blocks if lang == "python"]
     assert EXAMPLE.read_text() in python, f"the section shows {EXAMPLE.name} as it is"
     assert REGISTRATION + "\n" in python, "and the one line that registers it"
@@ -48,9 +44,7 @@ def test_the_section_shows_the_tested_file_its_registration_and_its_line() -> No
 
 
 def test_one_new_file_and_one_line_make_a_format(tmp_path: Path) -> None:
-    fork = tmp_path / "fork"
-    shutil.copytree(ROOT / "patterns", fork / "patterns",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    fork = fork_patterns(tmp_path / "fork")
     # Step 1: the new file.
     shutil.copyfile(EXAMPLE, fork / NEW_FILE)
     # Step 2: its line in FORMATS.

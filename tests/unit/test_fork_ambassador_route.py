@@ -7,7 +7,6 @@ tests/process/test_fork_ambassador_route.py."""
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +14,7 @@ from patterns.ambassador.db_ambassador import pgwire
 from patterns.ambassador.db_ambassador.routes import Startup
 from patterns.ambassador.db_ambassador.upstream import Upstream
 from tests.conftest import ROOT
+from tests.fork import fenced_blocks, guide_section
 
 GUIDE = ROOT / "patterns" / "ambassador" / "README.md"
 SECTION = "## Fork it: a routing rule of your own"
@@ -22,18 +22,14 @@ EXAMPLE = Path(__file__).parent / "fork_ambassador_route" / "read_only.py"
 NEW_FILE = Path("patterns/ambassador/db_ambassador/routes/read_only.py")
 REGISTRY = Path("patterns/ambassador/db_ambassador/routes/__init__.py")
 REGISTRATION = '    "read-only": "read_only:route",'
-_FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 
 
 def section() -> str:
-    text = GUIDE.read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    return text[start : None if end == -1 else end]
+    return guide_section(GUIDE, SECTION)
 
 
 def test_the_section_shows_the_tested_file_its_registration_and_its_setting() -> None:
-    blocks = [(lang, body) for lang, _words, body in _FENCE.findall(section())]
+    blocks = [(lang, body) for lang, _words, body in fenced_blocks(section())]
     python = [body for lang, body in blocks if lang == "python"]
     assert EXAMPLE.read_text() in python, f"the section shows {EXAMPLE.name} as it is"
     assert REGISTRATION + "\n" in python, "and the one line that registers it"

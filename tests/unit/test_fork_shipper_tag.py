@@ -7,7 +7,6 @@ a rotated generation under its file's tag."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import requests
 
 from tests.conftest import ROOT, free_port, http_ok, wait_until
+from tests.fork import fenced_blocks, fork_patterns, guide_section
 
 GUIDE = ROOT / "patterns" / "sidecar" / "README.md"
 SECTION = "## Fork it: a tag per file"
@@ -24,18 +24,14 @@ NEW_FILE = Path("patterns/sidecar/shipper/tag_by_file.py")
 SEAM = Path("patterns/sidecar/shipper/tags.py")
 BEFORE = 'TAG_RULE = "tags:fixed"\n'
 AFTER = 'TAG_RULE = "tag_by_file:by_file"\n'
-_FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 
 
 def section() -> str:
-    text = GUIDE.read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    return text[start : None if end == -1 else end]
+    return guide_section(GUIDE, SECTION)
 
 
 def test_the_section_shows_the_tested_file_and_the_line_it_changes() -> None:
-    blocks = [(lang, words.split(), body) for lang, words, body in _FENCE.findall(section())]
+    blocks = [(lang, words, body) for lang, words, body in fenced_blocks(section())]
     python = [body for lang, _words, body in blocks if lang == "python"]
     assert EXAMPLE.read_text() in python, f"the section shows {EXAMPLE.name} as it is"
     assert BEFORE in python and AFTER in python, "and the line it changes, before and after"
@@ -49,9 +45,7 @@ def test_the_section_shows_the_tested_file_and_the_line_it_changes() -> None:
 def test_one_new_file_and_one_changed_line_give_each_file_its_tag(
     tmp_path: Path, service
 ) -> None:
-    fork = tmp_path / "fork"
-    shutil.copytree(ROOT / "patterns", fork / "patterns",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    fork = fork_patterns(tmp_path / "fork")
     # Step 1: the new file.
     shutil.copyfile(EXAMPLE, fork / NEW_FILE)
     # Step 2: TAG_RULE names it.
