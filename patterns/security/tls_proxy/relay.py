@@ -363,7 +363,8 @@ class ClientConnection(asyncio.Protocol):
     def forward(self, parts: list[bytes] | tuple[bytes, ...]) -> None:
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None:
-            upstream.transport.writelines(parts)
+            # One buffer: uvloop's single-write fast path (a request head is a few parts).
+            upstream.transport.write(b"".join(parts))
             return
         if self.pending is None:
             self.connect()
@@ -400,7 +401,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.upstream = upstream
         pending, self.pending = self.pending or [], None
-        transport.writelines(pending)
+        transport.write(b"".join(pending))
         if self.error is not None:  # refused meanwhile: the app answers what came before
             transport.write_eof()  # then closes, and the refusal follows (upstream_closed)
         else:
