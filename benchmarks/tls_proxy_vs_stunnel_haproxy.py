@@ -12,7 +12,8 @@ not pass/fail (targets: >= 0.8x HAProxy and >= 1.0x stunnel on both figures, RSS
 
 Kept equal, so the ratios compare the proxies and nothing else:
 - CPUs: HAProxy's TLS frontend runs its default threads (one per CPU), the tls-proxy its
-  default PROXY_WORKERS (one per CPU), stunnel a thread per connection.
+  default PROXY_WORKERS (one per CPU), stunnel a thread per connection; --workers N sets
+  HAProxy's threads and the tls-proxy's workers alike.
 - TLS: all three offer OpenSSL's default groups and TLS 1.3 session tickets, and wrk
   resumes a session when it reconnects, so every server does the same work per new
   connection. A probe before the rounds prints, per server, the protocol, cipher and key
@@ -103,6 +104,17 @@ def peak_rss_kib(pids: list[int]) -> list[int]:
     return peaks
 
 
+def pss_kib(pids: list[int]) -> int:
+    """Proportional set size summed over `pids`: a page they share (the interpreter's and
+    the libraries' code) is counted once over them, not once in each."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total
+
+
 def wrk(port: int, seconds: int, connections: int, close: bool) -> float:
     args = [tool("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s"]
     if close:
@@ -154,7 +166,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="per measurement (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--connections", type=int, default=16, help="wrk -c (default 16)")
-    parser.add_argument("--workers", type=int, help="PROXY_WORKERS (default: the proxy's own)")
+    parser.add_argument("--workers", type=int,
+                        help="the tls-proxy's PROXY_WORKERS and HAProxy's nbthread alike "
+                             "(default: each its own, one per CPU)")  # fmt: skip
     args = parser.parse_args()
     haproxy, stunnel = tool("haproxy"), tool("stunnel4")
     tool("wrk")
@@ -179,6 +193,7 @@ def main() -> None:
     )
     (work / "haproxy.cfg").write_text(
         "global\n  maxconn 4000\n  ssl-default-bind-options ssl-min-ver TLSv1.2\n"
+        + (f"  nbthread {args.workers}\n" if args.workers else "") +
         "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
         f"frontend tls\n  bind 127.0.0.1:{haproxy_port} ssl crt {combined}\n"
         "  default_backend static\n"
@@ -220,6 +235,7 @@ def main() -> None:
         header = (f"{'':<11}{'handshakes/s':>14}{'CPU us/conn':>13}{'keep-alive req/s':>18}"
                   f"{'CPU us/req':>12}")  # fmt: skip
         names = list(ports)
+        pss = 0  # the tls-proxy's, after each of its runs
         for round_ in range(args.rounds):
             # Each round the three take turns, in a rotated order, so a burst of load from
             # elsewhere and the position in the round hit them alike.
@@ -231,6 +247,8 @@ def main() -> None:
                     rate = wrk(ports[name], args.seconds, args.connections,
                                close=kind == "handshakes")  # fmt: skip
                     used = cpu_seconds(processes) - before
+                    if name == "tls-proxy":
+                        pss = max(pss, pss_kib(processes))
                     figures[(name, kind)].append(rate)
                     cpu[(name, kind)].append(used / max(rate * args.seconds, 1) * 1e6)
             print(f"round {round_ + 1} (order: {', '.join(order)}; load average "
@@ -267,7 +285,9 @@ def main() -> None:
                       f"{rounds}; by CPU per {'conn' if kind == 'handshakes' else 'req'}: "
                       f"{cpu_ratio:.2f})")
         print(f"tls-proxy peak RSS: {max(peaks) / 1024:.1f} MiB in its largest process, "
-              f"{sum(peaks) / 1024:.1f} MiB over its {len(peaks)} processes (target < 64 MiB)")
+              f"{sum(peaks) / 1024:.1f} MiB summed over its {len(peaks)} processes, shared pages "
+              f"counted in each (target < 64 MiB); PSS over them after a run: at most "
+              f"{pss / 1024:.1f} MiB")
         print(f"load average after the run: {os.getloadavg()[0]:.1f}")
     finally:
         for proc in procs.values():
