@@ -8,7 +8,8 @@ ForwardClient processes. Three receivers get the same load, one after the other:
 - `collector fsync`: the real log-collector process, default settings (fsync before ack);
 - `collector no-fsync`: the same with COLLECTOR_FSYNC=false;
 - `null sink`: the same ForwardServer (decoding, validation, acks) whose handler stores
-  nothing: the ceiling the collector's storage is measured against.
+  nothing, in a process tuned as the collector's (keep_request_buffers): the ceiling the
+  collector's storage is measured against.
 
 Prints lines/s for each, the collector's ratio to the null sink, and its peak RSS. Each
 receiver gets `--repeat` runs and the best is kept: the machine is shared.
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from patterns.common.forward.client import ForwardClient  # noqa: E402
-from patterns.common.forward.server import ForwardServer  # noqa: E402
+from patterns.common.forward.server import ForwardServer, keep_request_buffers  # noqa: E402
 
 
 def free_port() -> int:
@@ -155,6 +156,7 @@ def null_sink(port: int) -> None:
         return None
 
     async def main() -> None:
+        keep_request_buffers()  # as the collector does
         server = ForwardServer("127.0.0.1", port, discard)
         await server.start()
         stop = asyncio.Event()

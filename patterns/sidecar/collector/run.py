@@ -15,7 +15,7 @@ from importlib import resources
 from prometheus_client import Counter, Gauge, Histogram
 
 from patterns.common.admin import json_response
-from patterns.common.forward.server import ForwardMetrics, ForwardServer
+from patterns.common.forward.server import ForwardMetrics, ForwardServer, keep_request_buffers
 from patterns.common.service import Runtime
 from patterns.sidecar.collector.config import Config, max_stored_request_bytes
 from patterns.sidecar.collector.store import RecordStore
@@ -34,6 +34,7 @@ def run(config: Config, runtime: Runtime) -> None:
         lambda: (bool(servers) and servers[0].listening, "forward port is not listening")
     )
     runtime.admin.open_probes()
+    keep_request_buffers()
     store = RecordStore(
         config.data_dir,
         fsync=config.fsync,
