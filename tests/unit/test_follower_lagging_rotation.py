@@ -6,6 +6,7 @@ whole, and in the order it was written."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,5 +90,50 @@ def test_generations_rotated_before_the_first_look_are_read_whole_and_in_order(
             rotate(logs)
             write(app, 21, 30)
         assert drain(follower) == [f"line {i}" for i in range(1, 31)]
+    finally:
+        follower.close()
+
+
+def copytruncate(path: Path, copy: Path) -> None:
+    """What logrotate's copytruncate does: copy the file, then empty it in place."""
+    shutil.copyfile(path, copy)
+    with open(path, "r+b") as handle:
+        handle.truncate(0)
+
+
+@pytest.mark.parametrize("read_before", [True, False], ids=["read", "opened-unread"])
+@pytest.mark.parametrize("use_inotify", [True, False], ids=["inotify", "polling"])
+def test_copy_of_a_file_truncated_then_rotated_between_two_looks_goes_on_from_our_position(
+    tmp_path: Path, use_inotify: bool, read_before: bool
+) -> None:
+    """The copy is named like the file, so the search for missed generations finds it too;
+    it is the truncated file's copy, not a generation of its own: read from where we were,
+    else the lines already read from the file come again, and the truncation, its copy
+    taken, is counted as lines lost (read_before=False: the file was opened and its head
+    taken, nothing read: no line comes twice, but the loss counted is false)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    app = logs / "app.log"
+    follower = make(tmp_path, use_inotify=use_inotify)
+    try:
+        follower.start()
+        write(app, 1, 10)
+        if read_before:
+            assert drain(follower) == [f"line {i}" for i in range(1, 11)]
+        else:
+            follower.poll()  # opened, its head taken; the consumer's destination is down
+        with follower._lock:  # the app copytruncates, then rotates, before we look again
+            write(app, 11, 20)
+            copytruncate(app, logs / "app.log-20261202")  # dateext
+            write(app, 21, 30)
+            rotate(logs)
+            write(app, 31, 40)
+            # The rotation is seen before the file is read again (the consumer waits for
+            # its destination, or reads another file): its truncation is not noticed yet.
+            follower.poll()
+        first = 11 if read_before else 1
+        assert drain(follower) == [f"line {i}" for i in range(first, 41)]
+        assert follower.stats.truncations == follower.stats.copies_found == 1
+        assert follower.stats.truncations_without_copy == 0
     finally:
         follower.close()

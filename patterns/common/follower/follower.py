@@ -606,7 +606,16 @@ class Follower:
         """Files the app created under `origin` and rotated away again before we looked
         (we lag: by the time an event is handled, its name may already hold a later file):
         named like it, written since we started, neither followed nor read and closed.
-        Read from 0, oldest first, before any later file is opened; else they are lost."""
+        Read from 0, oldest first, before any later file is opened; else they are lost.
+
+        A copytruncate's copy is named like the file too. If a file followed under `origin`
+        was truncated and we have not noticed yet (it was rotated before we read it again),
+        its copy is not a generation of its own: the truncation is handled first, and the
+        copy read from our position on. Read from 0, the lines already read would come
+        again, and the truncation, its copy taken, would be counted as lines lost."""
+        for stream in [s for s in self._streams.values() if s.origin == origin]:
+            if not (stream.detached or stream.finished or stream.closed):
+                self._truncations.check(stream)
         for path in self._locate.rotated_after(
             origin, self._started_ns - 1, self._by_ident, self._matches
         ):
