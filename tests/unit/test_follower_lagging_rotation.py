@@ -137,3 +137,28 @@ def test_copy_of_a_file_truncated_then_rotated_between_two_looks_goes_on_from_ou
         assert follower.stats.truncations_without_copy == 0
     finally:
         follower.close()
+
+
+@pytest.mark.parametrize("use_inotify", [True, False], ids=["inotify", "polling"])
+def test_copy_of_a_file_truncated_before_its_first_bytes_were_seen_is_read_first(
+    tmp_path: Path, use_inotify: bool
+) -> None:
+    """Followed while still empty, the file has no head to tell a truncation by: if the
+    app writes, copytruncates and writes again before we look, only the copy tells. It is
+    the app's last rotation: no later one makes us look for missed generations."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    app = logs / "app.log"
+    follower = make(tmp_path, use_inotify=use_inotify)
+    try:
+        follower.start()
+        app.touch()  # the app opens its new log
+        follower.poll()
+        assert follower.files() != []  # followed, empty
+        with follower._lock:
+            write(app, 1, 10)
+            copytruncate(app, logs / "app.log-20261202")  # dateext
+            write(app, 11, 20)
+        assert drain(follower) == [f"line {i}" for i in range(1, 21)]
+    finally:
+        follower.close()

@@ -361,11 +361,14 @@ class Follower:
                 if stream.live and self._flush_quiet is None:
                     self._rest(stream)
                 return None
+            had_head = bool(stream.head)
             if not self._truncations.head_intact(stream):
                 # Truncated (and maybe rewritten) before or while we read: `block` may be
                 # new content at an old offset. Drop it; the new content is read from 0.
                 self._truncations.handle(stream)
                 return None
+            if self._copied_before_first_bytes(stream, had_head):
+                return None  # the copy's older lines first; `block` is read again later
             read = len(block)
             if max_lines is not None:
                 block = up_to_line(block, max_lines)  # the rest is read next time
@@ -471,8 +474,8 @@ class Follower:
         if stream.seq in self._short_heads:
             if not self._short_head(stream):
                 self._short_heads.discard(stream.seq)
-            elif not self._truncations.head_intact(stream):
-                self._truncations.handle(stream)
+            else:
+                self._take_head(stream)
 
     def _wake_all(self) -> None:
         self._quiet.clear()
@@ -674,8 +677,29 @@ class Follower:
             stream = self._streams.get(seq)
             if stream is None or not self._short_head(stream):
                 self._short_heads.discard(seq)  # no longer short: it never is again
-            elif not self._truncations.head_intact(stream):
-                self._truncations.handle(stream)
+            else:
+                self._take_head(stream)
+
+    def _take_head(self, stream: Stream) -> None:
+        """Extend the head of a file still shorter than the fingerprint (a truncation
+        shows in it), or take its first bytes."""
+        had_head = bool(stream.head)
+        if not self._truncations.head_intact(stream):
+            self._truncations.handle(stream)
+        else:
+            self._copied_before_first_bytes(stream, had_head)
+
+    def _copied_before_first_bytes(self, stream: Stream, had_head: bool) -> bool:
+        """A live file followed while still empty has just shown its first bytes. If the
+        app wrote, copytruncated and wrote again before we looked, no head tells the
+        truncation: its copy, named like the file, is the only trace, found among the
+        missed generations and read first (else, after the app's last rotation, never).
+        True if a file was found."""
+        if had_head or not stream.head or not stream.live:
+            return False
+        followed = len(self._streams)
+        self._follow_missed_generations(stream.origin)
+        return len(self._streams) > followed
 
     def _short_head(self, stream: Stream) -> bool:
         return len(stream.head) < self.limits.fingerprint_bytes and not (
