@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from patterns.common.metrics import counter_by
+
 from .cancel import RESULTS as CANCEL_RESULTS
 from .relay import Traffic
 from .upstream import Upstream
@@ -101,24 +103,18 @@ class SessionMetrics:
         self.sessions = Counter(
             "ambassador_sessions", "Sessions relayed, by upstream.", ["upstream"], registry=registry
         )
-        self.refusals = Counter(
+        self.refusals = counter_by(
             "ambassador_refusals",
             "Clients refused with an ErrorResponse (or dropped), by reason.",
-            ["reason"],
-            registry=registry,
+            "reason", REFUSAL_REASONS, registry,
         )
-        for reason in REFUSAL_REASONS:
-            self.refusals.labels(reason=reason)
-        self.cancels = Counter(
+        self.cancels = counter_by(
             "ambassador_cancel_requests",
             "CancelRequests, by outcome: forwarded (to the session's own upstream), undelivered"
             " (that upstream unreachable), unknown_key (no session relayed here has that key),"
             " rate_limited (over AMBASSADOR_CANCEL_RATE for that session).",
-            ["result"],
-            registry=registry,
+            "result", CANCEL_RESULTS, registry,
         )
-        for result in CANCEL_RESULTS:
-            self.cancels.labels(result=result)
         self.sessions_killed = Counter(
             "ambassador_sessions_killed",
             "Sessions closed by the ambassador because their upstream failed its check.",
