@@ -41,7 +41,8 @@ READ_SIZE = 16 * 1024
 # One worker's read buffer: a connection's plaintext is parsed before the next is read.
 _BUFFER = bytearray(READ_SIZE)
 _VIEW = memoryview(_BUFFER)
-VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+# The end of a request line, by the HTTP version httptools reports.
+LINE_ENDS = {"1.1": b" HTTP/1.1\r\n", "1.0": b" HTTP/1.0\r\n"}
 
 
 class Refusal(Exception):
@@ -330,8 +331,8 @@ class ClientConnection(asyncio.Protocol):
             raise Refusal(501, "not_implemented")
         version = parser.get_http_version()
         head = self.head
-        head[0] = b"%s %s %s\r\n" % (parser.get_method(), self.url, VERSIONS.get(version)
-                                      or b"HTTP/" + version.encode())  # fmt: skip
+        head[0] = parser.get_method() + b" " + self.url + (
+            LINE_ENDS.get(version) or b" HTTP/%s\r\n" % version.encode())
         head.append(self.identity)
         # Ready for the next request's head.
         self.head_started = None
