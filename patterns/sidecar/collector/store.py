@@ -110,13 +110,17 @@ def encode_lines(tag: str, events: list[Event], max_bytes: int | None = None) ->
     head = b'{"tag":' + encode_json(tag) + b',"time":'
     lines: list[bytes] = []
     append = lines.append
+    dumps = orjson.dumps
     size = 0
     for timestamp, record in events:
         try:
-            body = orjson.dumps(record, default=_jsonable, option=orjson.OPT_NON_STR_KEYS)
+            body = dumps(record, default=_jsonable, option=orjson.OPT_NON_STR_KEYS)
         except orjson.JSONEncodeError:
             body = _encode_slow(record)
-        line = b'%b%r,"record":%b}\n' % (head, timestamp, body)
+        # The time (a finite float, checked by the decoder) by orjson too: the digits of
+        # repr() at a tenth of its cost, which was a tenth of the collector's CPU per line.
+        # (Below 1e-4 it writes 5e-6 where repr wrote 5e-06: the same number to any reader.)
+        line = b'%b%b,"record":%b}\n' % (head, dumps(timestamp), body)
         if max_bytes is not None:
             size += len(line)
             if size > max_bytes:
