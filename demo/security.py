@@ -43,7 +43,10 @@ PODMAN_PUBLISH = {("secure-app", 8443): PORTS["proxy"], ("secure-app", 9107): PO
                   ("secure-app", 9108): PORTS["proxy_admin"],
                   ("cert-issuer", 8444): PORTS["issuer"],
                   ("cert-issuer", 9106): PORTS["issuer_admin"]}
-SERVICES = ["security-main", "security-renewer", "security-proxy", "security-issuer"]
+# The pod's services: what the demo checks is still running. Not security-issuer: the CA is
+# outside the pod, and the lab guide takes it down on purpose ("The CA goes down").
+POD_SERVICES = ["security-main", "security-renewer", "security-proxy"]
+ISSUER = "cert-issuer"
 SECRETS = STATE_DIR / "security"
 CA_DIR = SECRETS / "ca"
 TOKEN = SECRETS / "bootstrap-token"
@@ -403,12 +406,12 @@ def run_local() -> None:
         tls.chmod(0o700)
         say(f"shared volume (the pod's memory emptyDir; here a directory): {tls}")
         # The outside world first: the organisation's CA.
-        pod.start("cert-issuer", "patterns.security.cert_issuer", {
+        pod.start(ISSUER, "patterns.security.cert_issuer", {
             "ISSUER_LISTEN": f"127.0.0.1:{PORTS['issuer']}", "ISSUER_CA_DIR": str(CA_DIR),
             "ISSUER_TOKEN_FILE": str(TOKEN), "ISSUER_SERVER_NAMES": "localhost",
             "ISSUER_HTTP_HOST": "127.0.0.1", "ISSUER_HTTP_PORT": str(PORTS["issuer_admin"]),
         }, listens_on=[PORTS["issuer"], PORTS["issuer_admin"]])  # fmt: skip
-        pod.wait_ready("cert-issuer", f"{url('issuer_admin')}/readyz")
+        pod.wait_ready(ISSUER, f"{url('issuer_admin')}/readyz")
         # The sidecars in the order of their native sidecars: the renewer (ready once a
         # certificate is in place, as its startupProbe), the proxy, then the app.
         pod.start("cert-renewer", "patterns.security.cert_renewer", {
@@ -434,7 +437,18 @@ def run_local() -> None:
         key = tls / "tls.key"
         say(f"the key in the shared volume: {key} mode {key.stat().st_mode & 0o777:04o}, "
             f"uid {key.stat().st_uid} (the renewer made it; it never left this 'pod')")
-        show(demo_seconds(), pod.check_running, lambda: show_app_port_local(pod))
+        show(demo_seconds(), lambda: check_local_pod(pod), lambda: show_app_port_local(pod))
+
+
+def check_local_pod(pod: LocalPod) -> None:
+    """DemoError if a process of the pod has exited. Not the issuer: it plays the CA,
+    outside the pod, and the lab guide stops it on purpose (and may start another)."""
+    for name, proc in pod.procs.items():
+        if name != ISSUER and proc.poll() is not None:
+            raise DemoError(f"{name} (pid {proc.pid}) exited with {proc.returncode} during "
+                            f"the demo; its output: {pod.log_of(name)}")
+    # The issuer is not polled: unreaped, its PID stays its own until LocalPod.stop() waits
+    # for it, so that stop can never signal another process that took the PID over.
 
 
 # --- Compose, podman and kind -----------------------------------------------------------------
@@ -476,7 +490,7 @@ def run_compose() -> None:
                   check=lambda port=PORTS[name]: containers.check_compose_owner(PROFILE, port))
 
     def check() -> None:
-        containers.check_compose_running(PROFILE, SERVICES)
+        containers.check_compose_running(PROFILE, POD_SERVICES)
 
     show(demo_seconds(30), check, show_app_port_compose)
     explore("compose")
