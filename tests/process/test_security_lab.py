@@ -161,8 +161,12 @@ def start_pod(service, tmp_path: Path, **renewer_env: str) -> Pod:
 
 @pytest.mark.timeout(240)
 def test_renewals_under_load(service, tmp_path: Path) -> None:
-    pod = start_pod(service, tmp_path, RENEWER_LIFETIME_SECONDS="4",
-                    RENEWER_RENEW_FRACTION="0.5")
+    # A renewal every 2 s, as a 4 s certificate renewed at half its life would give, but
+    # with 6 s between a renewal being due and its certificate's notAfter: on a machine
+    # busy enough to hold the renewer back 2 s, a 4 s certificate expired before its
+    # successor was installed and the proxy rightly refused handshakes.
+    pod = start_pod(service, tmp_path, RENEWER_LIFETIME_SECONDS="8",
+                    RENEWER_RENEW_FRACTION="0.25")
     issuer, renewer, proxy_port = pod.issuer, pod.renewer, pod.proxy_port
 
     context = ssl.create_default_context(cafile=str(issuer.ca_file))
