@@ -1,51 +1,41 @@
 """Follow log files the way a production shipper must; see the package docstring for use.
 
 Each followed file is a `Stream` (stream.py): its descriptor, positions, held incomplete
-line and head. The follower goes round them to read, and finds, renames and closes them.
+line and head. The follower owns them: it opens and closes them, goes round them to
+read, hands out their lines and keeps their checkpoints; its lock guards all of it.
 
-Discovery: inotify on the globs' directories reports new and renamed files as it
-happens, and a periodic full scan (the only mechanism where inotify is unavailable)
-catches anything missed. Rotation and truncation are detected by identity (device,
-inode) and head: a followed name that now holds another inode means a rename rotation;
-a file shorter than our position or with another head means it was truncated in place,
-and its copy (same head, at least as long as our position) is looked for and read first.
-
-Beside this module: `access.py` decides what may be opened at all (links, FIFOs, /proc
-files, paths outside the globs' directories), `locate.py` finds a file's content again
-(a copytruncate's copy, a checkpointed file renamed or copied, generations rotated while
-we were down), `truncation.py` tells a file truncated in place and goes on from its copy,
-`recovery.py` reopens what the checkpoints name at start, `watch.py` says what inotify's
-events mean, `checkpoints.py` stores positions and `lines.py` turns bytes into lines.
+Beside this module: `discovery.py` finds the files to follow and what became of them
+(scans, inotify events on a watcher thread, rename rotations, generations created and
+rotated away between two looks), `access.py` decides what may be opened at all (links,
+FIFOs, /proc files, paths outside the globs' directories), `locate.py` finds a file's
+content again (a copytruncate's copy, a checkpointed file renamed or copied, generations
+rotated while we were down), `truncation.py` tells a file truncated in place (shorter
+than our position, or with another head) and goes on from its copy, `recovery.py`
+reopens what the checkpoints name at start, `watch.py` says what inotify's events mean,
+`checkpoints.py` stores positions and `lines.py` turns bytes into lines.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
-import glob
 import logging
 import os
-import select
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from patterns.common.follower import inotify, watch
-from patterns.common.follower.access import REFUSALS, Access, signature
+from patterns.common.follower.access import REFUSALS, Access
 from patterns.common.follower.access import pread as _pread
 from patterns.common.follower.checkpoints import Checkpoint, CheckpointStore, encode_checkpoint
+from patterns.common.follower.discovery import Discovery
 from patterns.common.follower.lines import LineBuffer, LineStats
 from patterns.common.follower.locate import Locator
 from patterns.common.follower.recovery import Recovery, resume_offset
 from patterns.common.follower.stream import Chunk, Ident, Stream, up_to_line
 from patterns.common.follower.truncation import Truncations
-from patterns.common.follower.watch import DirectoryWatch
 
 log = logging.getLogger(__name__)
-_DONE_KEPT = 4096  # closed files remembered (see `Follower._done`)
-
 
 
 @dataclass(frozen=True)
@@ -102,11 +92,11 @@ class Follower:
         # Work per commit, read or event must not grow with the number of files followed:
         # each file's checkpoint is encoded once per change (seq -> JSON, in seq order);
         # the order read() goes round in is kept until a file comes, goes or is renamed;
-        # only files still shorter than the fingerprint are looked at for their head.
+        # only files still shorter than the fingerprint are looked at for their head
+        # (discovery.py).
         self._entries: dict[int, str] = {}
         self._changed: set[int] = set()
         self._groups: tuple[list[str], dict[str, list[Stream]]] | None = None
-        self._short_heads: set[int] = set()
         # Where each file is now (path -> seq), for the names inotify events carry.
         self._by_path: dict[str, int] = {}
         # Live files read to their end with no inotify event for them since: read()
@@ -119,13 +109,6 @@ class Follower:
         self._seq = 0
         self._rr = 0
         self._started = False
-        self._started_ns = 0  # wall clock at start: later files were written while we ran
-        # Files read to their end and closed (device, inode, modification time): a search
-        # for generations we missed must not read them again (the time tells a reused inode).
-        self._done: dict[tuple[int, int, int], None] = {}
-        self._next_scan = 0.0
-        events = inotify.open_inotify() if self.limits.use_inotify else None
-        self._dirs = DirectoryWatch(events) if events is not None else None
         self._access = Access(self.globs, self.limits.follow_symlinks, self.stats.files_refused)
         self._locate = Locator(self._access)
         self._truncations = Truncations(
@@ -136,9 +119,21 @@ class Follower:
             self._by_ident,
             self._renew,
         )
-        self._watcher: threading.Thread | None = None
-        self._activity = threading.Event()
-        self._closing = threading.Event()
+        # Which files are followed: scans, inotify events (its watcher thread), rotations.
+        self._discovery = Discovery(
+            self.globs,
+            self.limits,
+            self.stats,
+            self._lock,
+            self._access,
+            self._locate,
+            self._truncations,
+            streams=self._streams,
+            followed=self._by_ident,
+            open_file=self._open,
+            wake=self._wake,
+            wake_all=self._wake_all,
+        )
         self._save_pending = False
         self._flush_quiet: float | None = None  # set by flush_incomplete (final shutdown)
 
@@ -146,7 +141,7 @@ class Follower:
 
     @property
     def uses_inotify(self) -> bool:
-        return self._dirs is not None
+        return self._discovery.uses_inotify
 
     def start(self) -> None:
         """Load checkpoints, watch directories and open the files (read() does it too)."""
@@ -154,17 +149,12 @@ class Follower:
             if self._started:
                 return
             self._started = True
-            self._started_ns = time.time_ns()
-            if self._dirs is not None:
-                self._watcher = threading.Thread(
-                    target=self._watch, name="follower-watch", daemon=True
-                )
-                self._watcher.start()
+            self._discovery.start()  # the watcher thread, if any
             if self.store is not None:
                 Recovery(
-                    self._locate, self.stats, self._open, self._by_ident, self._matches
+                    self._locate, self.stats, self._open, self._by_ident, self._discovery.matches
                 ).run(self.store.load())
-            self._scan()
+            self._discovery.scan()
 
     def read(
         self, max_bytes: int = 1024 * 1024, timeout: float = 1.0, max_lines: int | None = None
@@ -177,11 +167,11 @@ class Follower:
             with self._lock:
                 if not self._started:
                     self.start()
-                self._activity.clear()  # set by the watcher after anything it handles
-                self._handle_events()
+                self._discovery.activity.clear()  # set by the watcher after anything it handles
+                self._discovery.handle_events()
                 now = time.monotonic()
-                if now >= self._next_scan:
-                    self._scan()
+                if now >= self._discovery.next_scan:
+                    self._discovery.scan()
                 if now >= self._next_sweep:
                     self._wake_all()
                     self._next_sweep = now + self.limits.poll_interval
@@ -195,7 +185,7 @@ class Follower:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            self._wait(min(remaining, self.limits.poll_interval))
+            self._discovery.wait(min(remaining, self.limits.poll_interval))
 
     def poll(self) -> None:
         """Look at the files now without reading them: open new ones, take their heads,
@@ -205,8 +195,8 @@ class Follower:
         with self._lock:
             if not self._started:
                 self.start()
-            self._handle_events()
-            self._scan()
+            self._discovery.handle_events()
+            self._discovery.scan()
 
     def commit(self, chunk: Chunk) -> None:
         """The consumer has durably handled `chunk` (and every chunk before it from the
@@ -291,8 +281,7 @@ class Follower:
 
     def healthy(self) -> tuple[bool, str]:
         """For a readiness check: the watcher thread (if any) is running."""
-        watcher = self._watcher
-        if watcher is not None and not watcher.is_alive() and not self._closing.is_set():
+        if self._discovery.watcher_stopped():
             return False, "file watcher thread stopped"
         return True, "ok"
 
@@ -301,15 +290,16 @@ class Follower:
         return len(self._streams)
 
     def close(self) -> None:
-        self._closing.set()
-        if self._watcher is not None:
-            self._watcher.join(2 * self.limits.poll_interval + 1)
+        self._discovery.stop()
         with self._lock:
             for stream in list(self._streams.values()):
                 self._close(stream, count=False)
-            if self._dirs is not None:
-                self._dirs.close()
-                self._dirs = None
+            self._discovery.close()
+
+    @property
+    def _next_scan(self) -> float:
+        """When the next full scan is due (time.monotonic())."""
+        return self._discovery.next_scan
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -367,7 +357,7 @@ class Follower:
                 # new content at an old offset. Drop it; the new content is read from 0.
                 self._truncations.handle(stream)
                 return None
-            if self._copied_before_first_bytes(stream, had_head):
+            if self._discovery.copied_before_first_bytes(stream, had_head):
                 return None  # the copy's older lines first; `block` is read again later
             read = len(block)
             if max_lines is not None:
@@ -409,9 +399,7 @@ class Follower:
     def _close(self, stream: Stream, count: bool = True) -> None:
         stream.closed = True
         if count and stream.fd >= 0:
-            self._done[(*stream.ident, stream.mtime_ns())] = None
-            while len(self._done) > _DONE_KEPT:
-                del self._done[next(iter(self._done))]
+            self._discovery.done(stream)
         if stream.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(stream.fd)
@@ -460,30 +448,20 @@ class Follower:
     def _rest(self, stream: Stream) -> None:
         """`stream` is read to its end: pass it by until an event names it (only with the
         watcher thread, and only in a watched directory, where its writes are reported)."""
-        dirs = self._dirs
-        directory = os.path.dirname(stream.path)
-        if self._watcher is not None and dirs is not None and dirs.watches(directory):
+        if self._discovery.reports_writes(os.path.dirname(stream.path)):
             self._quiet.add(stream.seq)
 
-    def _grew(self, path: str) -> None:
-        """An event named `path`: read it again, and take its head if still short."""
+    def _wake(self, path: str) -> Stream | None:
+        """An event named `path`: read its file again (None: none is followed there)."""
         stream = self._stream_at(path)
-        if stream is None:
-            return
-        self._quiet.discard(stream.seq)
-        if stream.seq in self._short_heads:
-            if not self._short_head(stream):
-                self._short_heads.discard(stream.seq)
-            else:
-                self._take_head(stream)
+        if stream is not None:
+            self._quiet.discard(stream.seq)
+        return stream
 
     def _wake_all(self) -> None:
         self._quiet.clear()
 
-    # --- discovery ---------------------------------------------------------------------------
-
-    def _matches(self, path: str) -> bool:
-        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.globs)
+    # --- following files -----------------------------------------------------------------
 
     def _open(
         self, path: str, *, origin: str, live: bool, checkpoint: Checkpoint | None = None
@@ -541,230 +519,5 @@ class Follower:
         self._streams[stream.seq] = stream
         self._by_ident[ident] = stream
         self._stream_changed(stream, "origin")
-        if self._short_head(stream):
-            self._short_heads.add(stream.seq)
+        self._discovery.added(stream)
         return stream
-
-    def _scan(self) -> None:
-        """Look at every glob match and every followed file (the polling path, and the
-        safety net behind inotify)."""
-        self._next_scan = time.monotonic() + (
-            self.limits.rescan_interval if self._dirs else self.limits.poll_interval
-        )
-        self._update_watches()
-        matches: dict[Ident, str] = {}
-        candidates: list[tuple[Ident, str]] = []
-        seen: set[str] = set()
-        for pattern in self.globs:
-            for path in sorted(glob.glob(pattern)):
-                try:
-                    st = os.stat(path, follow_symlinks=self.limits.follow_symlinks)
-                except OSError:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    continue  # a glob may match directories: not files to read
-                ident = (st.st_dev, st.st_ino)
-                seen.add(path)
-                if stat.S_ISREG(st.st_mode):
-                    matches.setdefault(ident, path)
-                if not self._access.refused_before(path, signature(st)):
-                    candidates.append((ident, path))
-        self._access.forget_except(seen)
-        for stream in list(self._streams.values()):
-            if stream.detached or stream.closed:
-                continue
-            matched = matches.get(stream.ident)
-            if matched is not None:
-                stream.path = matched
-                if not stream.live and not stream.finished:
-                    stream.live, stream.origin = True, matched
-            elif stream.live:
-                self._moved_away(stream)
-        for ident, path in candidates:
-            if ident not in self._by_ident:
-                self._follow_missed_generations(path)  # older than what is there now
-                self._open(path, origin=path, live=True)
-        self._capture_heads()
-
-    def _moved_away(self, stream: Stream, new_path: str | None = None) -> None:
-        try:
-            deleted = os.fstat(stream.fd).st_nlink == 0
-        except OSError:
-            deleted = True
-        stream.live = False
-        stream.last_growth = time.monotonic()
-        if new_path is not None:
-            stream.path = new_path
-        if deleted:
-            self.stats.deletions += 1
-        else:
-            self.stats.rotations += 1
-        log.info(
-            "file deleted" if deleted else "file rotated",
-            extra={"path": stream.origin, "now_at": stream.path},
-        )
-        self._follow_missed_generations(stream.origin)
-
-    def _follow_missed_generations(self, origin: str) -> None:
-        """Files the app created under `origin` and rotated away again before we looked
-        (we lag: by the time an event is handled, its name may already hold a later file):
-        named like it, written since we started, neither followed nor read and closed.
-        Read from 0, oldest first, before any later file is opened; else they are lost.
-
-        A copytruncate's copy is named like the file too. If a file followed under `origin`
-        was truncated and we have not noticed yet (it was rotated before we read it again),
-        its copy is not a generation of its own: the truncation is handled first, and the
-        copy read from our position on. Read from 0, the lines already read would come
-        again, and the truncation, its copy taken, would be counted as lines lost."""
-        for stream in [s for s in self._streams.values() if s.origin == origin]:
-            if not (stream.detached or stream.finished or stream.closed):
-                self._truncations.check(stream)
-        for path in self._locate.rotated_after(
-            origin, self._started_ns - 1, self._by_ident, self._matches
-        ):
-            try:
-                st = os.stat(path, follow_symlinks=self.limits.follow_symlinks)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino, st.st_mtime_ns) in self._done:
-                continue
-            if self._open(path, origin=origin, live=False) is not None:
-                self.stats.rotations += 1
-                log.info(
-                    "file created and rotated away between two looks: reading it from the start",
-                    extra={"path": path, "origin": origin},
-                )
-
-    # --- inotify -------------------------------------------------------------------------------
-
-    def _update_watches(self) -> None:
-        if self._dirs is not None:
-            self._dirs.watch(self._access.directories_to_watch(self.globs))
-
-    def _handle_events(self, events: list[inotify.Event] | None = None) -> None:
-        if self._dirs is None:
-            return
-        if events is None:
-            if self._watcher is not None:
-                return  # the watcher thread takes the events
-            events = self._dirs.read_events()
-        rescan = False
-        for change in self._dirs.changes(events):
-            path = change.path
-            if change.kind == watch.RESCAN:
-                rescan = True
-                continue
-            self._grew(path)
-            if change.kind == watch.MOVED_TO:
-                if change.source is not None and self._matches(change.source):
-                    self._renamed(change.source, path)
-                rescan = rescan or self._matches(path)
-            elif change.kind == watch.CREATED:
-                if self._matches(path):
-                    self._follow_missed_generations(path)  # older than what is there now
-                    self._open(path, origin=path, live=True)
-            elif change.kind in (watch.MOVED_FROM, watch.DELETED):
-                rescan = rescan or self._matches(path)
-        if rescan:
-            self._wake_all()
-            self._scan()
-
-    def _capture_heads(self) -> None:
-        """Take the head of files that are still shorter than the fingerprint as soon as
-        they grow, not only when they are read: if the reader lags and a file is
-        copytruncated before its first read, the head is what finds the copy."""
-        for seq in list(self._short_heads):
-            stream = self._streams.get(seq)
-            if stream is None or not self._short_head(stream):
-                self._short_heads.discard(seq)  # no longer short: it never is again
-            else:
-                self._take_head(stream)
-
-    def _take_head(self, stream: Stream) -> None:
-        """Extend the head of a file still shorter than the fingerprint (a truncation
-        shows in it), or take its first bytes."""
-        had_head = bool(stream.head)
-        if not self._truncations.head_intact(stream):
-            self._truncations.handle(stream)
-        else:
-            self._copied_before_first_bytes(stream, had_head)
-
-    def _copied_before_first_bytes(self, stream: Stream, had_head: bool) -> bool:
-        """A live file followed while still empty has just shown its first bytes. If the
-        app wrote, copytruncated and wrote again before we looked, no head tells the
-        truncation: its copy, named like the file, is the only trace, found among the
-        missed generations and read first (else, after the app's last rotation, never).
-        True if a file was found."""
-        if had_head or not stream.head or not stream.live:
-            return False
-        followed = len(self._streams)
-        self._follow_missed_generations(stream.origin)
-        return len(self._streams) > followed
-
-    def _short_head(self, stream: Stream) -> bool:
-        return len(stream.head) < self.limits.fingerprint_bytes and not (
-            stream.detached or stream.finished or stream.closed
-        )
-
-    def _renamed(self, source: str, target: str) -> None:
-        """A followed name was renamed to `target`. If we had not opened that file yet
-        (created and rotated between two looks), follow it now under its new name."""
-        try:
-            st = os.stat(target, follow_symlinks=self.limits.follow_symlinks)
-        except OSError:
-            return
-        stream = self._by_ident.get((st.st_dev, st.st_ino))
-        if stream is None:
-            if self._matches(target):
-                self._open(target, origin=source, live=True)
-            else:  # `target` and the generations rotated before it, oldest first
-                self._follow_missed_generations(source)
-                unseen = (st.st_dev, st.st_ino) not in self._by_ident  # not named like it
-                if unseen and self._open(target, origin=source, live=False) is not None:
-                    self.stats.rotations += 1
-        elif self._matches(target):
-            stream.path = stream.origin = target
-        elif stream.live:
-            self._moved_away(stream, target)
-        else:
-            stream.path = target
-
-    def _watch(self) -> None:
-        """The watcher thread: handle inotify events as they come, whatever the consumer
-        is doing (busy, or blocked because its destination is down). A file that lives
-        for milliseconds is opened and its head taken within the time of one read."""
-        while not self._closing.is_set():
-            dirs = self._dirs
-            if dirs is None:
-                return
-            try:
-                ready, _, _ = select.select([dirs.fileno()], [], [], self.limits.poll_interval)
-            except (OSError, ValueError):
-                return
-            if self._closing.is_set():
-                return
-            try:
-                self._handle_watched(dirs, dirs.read_events() if ready else [])
-            except Exception:  # keep watching: the periodic scan repairs what was missed
-                log.exception("handling file events failed")
-                time.sleep(self.limits.poll_interval)
-            self._activity.set()
-
-    def _handle_watched(self, dirs: DirectoryWatch, events: list[inotify.Event]) -> None:
-        if dirs.growth_only(events):
-            # Growth only (the common case at high rates): the reader is woken for the
-            # files that grew, whose heads are taken if still shorter than the fingerprint.
-            with self._lock:
-                for change in dirs.changes(events):
-                    self._grew(change.path)
-        elif events or time.monotonic() >= self._next_scan:
-            with self._lock:
-                self._handle_events(events)
-                if time.monotonic() >= self._next_scan:
-                    self._scan()
-
-    def _wait(self, seconds: float) -> None:
-        if self._watcher is None:
-            time.sleep(seconds)
-        else:
-            self._activity.wait(seconds)
