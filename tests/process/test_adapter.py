@@ -305,11 +305,11 @@ def test_a_traceback_cut_by_a_restart_is_emitted_whole_once(service, tmp_path):
     logs = tmp_path / "log"
     logs.mkdir()
     app_log = logs / "app.log"
-    # Quiet flush well above this test's own pauses: records complete only when the next
-    # header arrives, except the last one. A restart (not the app's end) cuts the record:
-    # the shutdown time is shorter than the quiet flush, so it is not emitted half.
+    # No quiet flush within the test (however slow the machine): a record completes only
+    # when the next header arrives. A restart (not the app's end) cuts the record: the
+    # shutdown time is shorter than the quiet flush, so it is not emitted half.
     adapter = Adapter(
-        service, tmp_path, f"legacy={app_log}", ADAPTER_MULTILINE_FLUSH_SECONDS="3",
+        service, tmp_path, f"legacy={app_log}", ADAPTER_MULTILINE_FLUSH_SECONDS="3600",
         ADAPTER_SHUTDOWN_TIMEOUT="1",
     ).start()
 
@@ -331,7 +331,8 @@ def test_a_traceback_cut_by_a_restart_is_emitted_whole_once(service, tmp_path):
     assert adapter.proc.wait() == 0
     append(
         app_log,
-        b"ValueError: declined\n2026-11-25 12:00:02,003 INFO [main] shop - after\n",
+        b"ValueError: declined\n2026-11-25 12:00:02,003 INFO [main] shop - after\n"
+        b"2026-11-25 12:00:03,004 INFO [main] shop - end\n",  # completes "after"
     )
     adapter.start()
     wait_until(lambda: adapter.counted(str(app_log)) == 5, what="whole traceback after restart")
