@@ -42,15 +42,15 @@ def collect(follower: Follower, scans: int) -> list[tuple[str, str]]:
     (bounded: a file that is delivered again and again does not keep this going)."""
     got = []
     scans_done = 0
-    next_scan = follower._next_scan
+    next_scan = follower._discovery.next_scan
     while scans_done < scans:
         chunk = follower.read(timeout=0.05)
         if chunk is not None:
             got.extend((chunk.path, line) for line in chunk.lines)
             follower.commit(chunk)
-        if follower._next_scan != next_scan:
+        if follower._discovery.next_scan != next_scan:
             scans_done += 1
-            next_scan = follower._next_scan
+            next_scan = follower._discovery.next_scan
     return got
 
 

@@ -296,11 +296,6 @@ class Follower:
                 self._close(stream, count=False)
             self._discovery.close()
 
-    @property
-    def _next_scan(self) -> float:
-        """When the next full scan is due (time.monotonic())."""
-        return self._discovery.next_scan
-
     # --- reading ----------------------------------------------------------------------------
 
     def _next_chunk(self, max_bytes: int, max_lines: int | None) -> Chunk | None:
