@@ -13,7 +13,6 @@ imported only when an input uses it, so the settings (config.py) know the names 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import cast
 
@@ -25,6 +24,7 @@ from patterns.adapter.log_adapter.formats.base import (
     RegexFormat,
     observed_now,
 )
+from patterns.common.registry import registered
 
 # Format name (ADAPTER_INPUTS=name=glob) -> "module:DecoderClass" in this package.
 FORMATS: dict[str, str] = {
@@ -41,11 +41,7 @@ DecoderClass = Callable[[Context, str], Decoder]
 
 def decoder_class(fmt: str) -> DecoderClass:
     """The class registered as `fmt` (ValueError if none is), imported now."""
-    try:
-        module, _, name = FORMATS[fmt].partition(":")
-    except KeyError:
-        raise ValueError(f"unknown format {fmt!r}") from None
-    return cast(DecoderClass, getattr(importlib.import_module(f"{__name__}.{module}"), name))
+    return cast(DecoderClass, registered(FORMATS, fmt, __name__, "format"))
 
 
 def new_decoder(fmt: str, context: Context, path: str) -> Decoder:

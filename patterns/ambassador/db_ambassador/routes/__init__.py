@@ -11,11 +11,11 @@ the pool starts, so the settings (config.py) know the names alone.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
 from patterns.ambassador.db_ambassador import pgwire
+from patterns.common.registry import registered
 
 if TYPE_CHECKING:
     from patterns.ambassador.db_ambassador.upstream import Upstream
@@ -66,11 +66,7 @@ Route = Callable[[Startup, Sequence["Upstream"]], Sequence["Upstream"]]
 
 def route_function(name: str) -> Route:
     """The rule registered as `name` (ValueError if none is), imported now."""
-    try:
-        module, _, function = ROUTES[name].partition(":")
-    except KeyError:
-        raise ValueError(f"unknown route {name!r}") from None
-    return cast(Route, getattr(importlib.import_module(f"{__name__}.{module}"), function))
+    return cast(Route, registered(ROUTES, name, __name__, "route"))
 
 
 __all__ = ["ROUTES", "Route", "Startup", "route_function"]
