@@ -37,3 +37,12 @@ def fork_patterns(into: Path) -> Path:
     shutil.copytree(ROOT / "patterns", into / "patterns",
                     ignore=shutil.ignore_patterns("__pycache__"))
     return into
+
+
+def register(registry: Path, anchor: str, line: str) -> None:
+    """Add `line` as the last entry of the dict literal that opens with `anchor` (for
+    example 'FORMATS: dict[str, str] = {\\n'), as the guide's registration step says."""
+    text = registry.read_text()
+    assert text.count(anchor) == 1, f"{registry} has one {anchor.strip()!r}"
+    closing = text.index("\n}\n", text.index(anchor))
+    registry.write_text(text[: closing + 1] + line + text[closing + 1 :])

@@ -21,7 +21,7 @@ import requests
 
 from tests import pg
 from tests.conftest import free_port, http_ok, wait_until
-from tests.fork import fork_patterns
+from tests.fork import fork_patterns, register
 from tests.process.test_ambassador import PASSWORD, listening
 from tests.process.test_ambassador_failover import pair  # noqa: F401 (fixture)
 from tests.unit.test_fork_ambassador_route import EXAMPLE, NEW_FILE, REGISTRATION, REGISTRY
@@ -32,12 +32,7 @@ def fork_with_the_rule(tmp_path: Path) -> Path:
     # Step 1: the new file.
     shutil.copyfile(EXAMPLE, fork / NEW_FILE)
     # Step 2: its line in ROUTES.
-    registry = fork / REGISTRY
-    text = registry.read_text()
-    anchor = "ROUTES: dict[str, str] = {\n"
-    assert text.count(anchor) == 1
-    closing = text.index("\n}\n", text.index(anchor))
-    registry.write_text(text[: closing + 1] + REGISTRATION + text[closing + 1 :])
+    register(fork / REGISTRY, "ROUTES: dict[str, str] = {\n", REGISTRATION)
     return fork
 
 

@@ -16,7 +16,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, free_port, wait_until
-from tests.fork import fenced_blocks, fork_patterns, guide_section
+from tests.fork import fenced_blocks, fork_patterns, guide_section, register
 
 GUIDE = ROOT / "patterns" / "adapter" / "README.md"
 SECTION = "## Fork it for your own format"
@@ -48,12 +48,7 @@ def test_one_new_file_and_one_line_make_a_format(tmp_path: Path) -> None:
     # Step 1: the new file.
     shutil.copyfile(EXAMPLE, fork / NEW_FILE)
     # Step 2: its line in FORMATS.
-    registry = fork / REGISTRY
-    text = registry.read_text()
-    anchor = "FORMATS: dict[str, str] = {\n"
-    assert text.count(anchor) == 1
-    closing = text.index("\n}\n", text.index(anchor))
-    registry.write_text(text[: closing + 1] + REGISTRATION + text[closing + 1 :])
+    register(fork / REGISTRY, "FORMATS: dict[str, str] = {\n", REGISTRATION)
 
     # Step 3: try it.
     logs = tmp_path / "logs"
