@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from patterns.common.follower import inotify, watch
 from patterns.common.follower.access import Access, signature
-from patterns.common.follower.locate import Locator
+from patterns.common.follower.locate import Listings, Locator
 from patterns.common.follower.recovery import Open
 from patterns.common.follower.stream import Ident, Stream
 from patterns.common.follower.truncation import Truncations
@@ -174,10 +174,17 @@ class Discovery:
                     stream.live, stream.origin = True, matched
             elif stream.live:
                 self._moved_away(stream)
-        for ident, path in candidates:
-            if ident not in self._by_ident:
-                self._follow_missed_generations(path)  # older than what is there now
-                self._open(path, origin=path, live=True)
+        new = [path for ident, path in candidates if ident not in self._by_ident]
+        # One listing of each directory for all new files, not one per file; a file
+        # rotated away after it was taken, before its name was opened, is in the second.
+        listings = Listings()
+        for path in new:
+            self._follow_missed_generations(path, listings)  # older than what is there now
+            self._open(path, origin=path, live=True)
+        if new:
+            listings = Listings()
+            for path in new:
+                self._open_generations(path, listings)
         self._capture_heads()
 
     def handle_events(self, events: list[inotify.Event] | None = None) -> None:
@@ -241,7 +248,7 @@ class Discovery:
         )
         self._follow_missed_generations(stream.origin)
 
-    def _follow_missed_generations(self, origin: str) -> None:
+    def _follow_missed_generations(self, origin: str, listings: Listings | None = None) -> None:
         """Files the app created under `origin` and rotated away again before we looked
         (we lag: by the time an event is handled, its name may already hold a later file):
         named like it, written since we started, neither followed nor read and closed.
@@ -255,8 +262,13 @@ class Discovery:
         for stream in [s for s in self._streams.values() if s.origin == origin]:
             if not (stream.detached or stream.finished or stream.closed):
                 self._truncations.check(stream)
+        self._open_generations(origin, listings)
+
+    def _open_generations(self, origin: str, listings: Listings | None = None) -> None:
+        """Open the generations of `origin` found in its directory (listed now, or in
+        `listings`): read from 0, oldest first."""
         for path in self._locate.rotated_after(
-            origin, self.started_ns - 1, self._by_ident, self.matches
+            origin, self.started_ns - 1, self._by_ident, self.matches, listings
         ):
             try:
                 st = os.stat(path, follow_symlinks=self.limits.follow_symlinks)

@@ -10,6 +10,7 @@ content goes through `Access.peek`, so a planted link is never read.
 
 from __future__ import annotations
 
+import bisect
 import os
 import stat
 from collections.abc import Callable, Container
@@ -20,6 +21,34 @@ from patterns.common.follower.checkpoints import Checkpoint, head_hash
 Ident = tuple[int, int]  # (st_dev, st_ino)
 # Rotated files with these endings are compressed archives, never read as logs.
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".Z")
+
+
+class Listings:
+    """Directory listings, each taken once when first asked for and kept, names sorted:
+    a scan that finds many new files in one directory lists it once and finds the files
+    named like each one by bisection, not by a pass over every name (which made a scan of
+    N new files cost N squared)."""
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, tuple[list[str], dict[str, os.DirEntry[str]]]] = {}
+
+    def named_like(self, directory: str, base: str) -> list[os.DirEntry[str]]:
+        """Entries of `directory` whose name starts with `base`, `base` itself excluded."""
+        listing = self._dirs.get(directory)
+        if listing is None:
+            try:
+                with os.scandir(directory) as scan:
+                    entries = {entry.name: entry for entry in scan}
+            except OSError:
+                entries = {}
+            listing = self._dirs[directory] = (sorted(entries), entries)
+        names, entries = listing
+        found = []
+        for index in range(bisect.bisect_right(names, base), len(names)):
+            if not names[index].startswith(base):
+                break
+            found.append(entries[names[index]])
+        return found
 
 
 class Locator:
@@ -81,19 +110,16 @@ class Locator:
         reference_ns: int,
         followed: Container[Ident],
         matches: Callable[[str], bool],
+        listings: Listings | None = None,
     ) -> list[str]:
         """Files rotated away from `origin` after `reference_ns` (its checkpointed file's
         modification time) while we were down, oldest first: named like it (`app.log.1`,
-        `app.log-2026…`, not compressed), newer, not followed, not matched by a glob."""
+        `app.log-2026…`, not compressed), newer, not followed, not matched by a glob.
+        The directory is listed now, or taken from `listings` if given."""
         directory, base = os.path.split(origin)
         found: list[tuple[int, str]] = []
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            return []
-        for entry in entries:
-            name = entry.name
-            if name == base or not name.startswith(base) or name.endswith(_COMPRESSED):
+        for entry in (listings or Listings()).named_like(directory, base):
+            if entry.name.endswith(_COMPRESSED):
                 continue
             try:
                 st = entry.stat()
