@@ -1,7 +1,8 @@
 """A follower's work must not grow with the square of the files it follows: a scan that
 finds many new files lists their directory a fixed number of times, not once per file
 (it looks there for generations rotated away before each file was opened), and still
-finds a generation rotated away between its listing and the opening of the name."""
+finds a generation rotated away between its listing and the opening of the name; a
+restart lists the directory only for checkpointed files that are not where they were."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from patterns.common.follower import CheckpointStore, Follower
 from patterns.common.follower.checkpoints import Checkpoint
+from patterns.common.follower.follower import Limits
 from patterns.common.follower.stream import Stream
 from tests.unit.test_follower_discovery import Side, written
 
@@ -81,3 +84,42 @@ def test_a_generation_rotated_away_after_the_listing_before_its_name_opened_is_r
         assert side.stats.rotations == 1
     finally:
         side.close()
+
+
+def test_a_restart_resumes_files_where_they_were_without_listing_per_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs, state = tmp_path / "logs", tmp_path / "state"
+    logs.mkdir()
+    state.mkdir()
+    for index in range(40):
+        (logs / f"f{index:03d}.log").write_text(f"{index}\n")
+    limits = Limits(use_inotify=False)
+    first = Follower([str(logs / "*.log")], CheckpointStore(state), limits)
+    try:
+        while (chunk := first.read(timeout=0.05)) is not None:
+            first.commit(chunk)
+        first.save(final=True)
+    finally:
+        first.close()
+    (logs / "f005.log").write_text("5\nafter the restart\n")  # same inode, grown
+    listed: list[str] = []
+    scandir = os.scandir
+
+    def counting_scandir(path: str = ".") -> os._ScandirIterator[str]:  # type: ignore[name-defined]
+        listed.append(os.fspath(path))
+        return scandir(path)
+
+    again = Follower([str(logs / "*.log")], CheckpointStore(state), limits)
+    try:
+        monkeypatch.setattr(os, "scandir", counting_scandir)
+        again.start()
+        monkeypatch.undo()
+        assert again.followed == 40 and again.stats.checkpoints_lost == 0
+        assert listed.count(str(logs)) <= 3  # the glob's, not one per checkpoint
+        chunk = again.read(timeout=0.05)
+        assert chunk is not None and chunk.lines == ["after the restart"]
+        again.commit(chunk)
+        assert again.read(timeout=0.05) is None  # nothing read twice
+    finally:
+        again.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import os
 import stat
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
 
 from patterns.common.follower.access import Access
 from patterns.common.follower.checkpoints import Checkpoint, head_hash
@@ -134,16 +134,21 @@ class Locator:
                 found.append((st.st_mtime_ns, entry.path))
         return [path for _, path in sorted(found)]
 
-    def _candidates(self, checkpoint: Checkpoint) -> list[str]:
+    def _candidates(self, checkpoint: Checkpoint) -> Iterator[str]:
         """Where the checkpointed file may be: the same inode (under its last path, or
         renamed in its directories) first, then any file there with its head (a copy; a
-        fingerprint alone is weaker evidence than the inode)."""
+        fingerprint alone is weaker evidence than the inode). The directories are listed
+        only if the file is not where it was: at a restart with N checkpoints, listing
+        them for each one cost N squared stats."""
         ident = (checkpoint.dev, checkpoint.ino)
         same_inode: list[str] = []
         others: list[str] = []
         try:
             st = os.stat(checkpoint.path)
-            (same_inode if (st.st_dev, st.st_ino) == ident else others).append(checkpoint.path)
+            if (st.st_dev, st.st_ino) == ident:
+                yield checkpoint.path
+            else:
+                others.append(checkpoint.path)
         except OSError:
             pass
         for directory in dict.fromkeys(
@@ -161,8 +166,9 @@ class Locator:
                 except OSError:
                     continue
                 (same_inode if (dev, entry.inode()) == ident else others).append(entry.path)
-        # A copy only counts if the fingerprint covers something.
-        return same_inode + (others if checkpoint.head_len else [])
+        yield from same_inode
+        if checkpoint.head_len:  # a copy only counts if the fingerprint covers something
+            yield from others
 
     def _head_matches(self, path: str, checkpoint: Checkpoint) -> bool:
         head = self.access.peek(path, checkpoint.head_len)
