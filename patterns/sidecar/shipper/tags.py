@@ -15,11 +15,13 @@ characters, not printable or not encodable: the batch would be retried forever) 
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from prometheus_client import Counter
+
+from patterns.common.registry import imported
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,7 @@ def fixed(tag: str) -> TagRule:
 
 def load_rule(name: str, tag: str) -> TagRule:
     """The rule `name` ("module:function" in this package) made for FLUENT_TAG `tag`."""
-    module, _, function = name.partition(":")
-    make: Callable[[str], TagRule] = getattr(
-        importlib.import_module(f"{__package__}.{module}"), function
-    )
+    make = cast(Callable[[str], TagRule], imported(name, __package__ or ""))
     return make(tag)
 
 
