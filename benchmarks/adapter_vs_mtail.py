@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,15 +54,11 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from measure import cpu_seconds, free_port  # noqa: E402
+
 from tests import loggen  # noqa: E402
 
 PROGRAM = Path(__file__).with_name("adapter_combined.mtail")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tallies(exposition: str) -> dict[str, Counter]:
@@ -126,11 +121,6 @@ def run_mtail(mtail: str, log: Path) -> tuple[float, str]:
         timeout=600,
     )
     return time.perf_counter() - started, result.stdout
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_adapter(

@@ -50,16 +50,12 @@ from fluent.sender import EventTime
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from measure import free_port  # noqa: E402
+
 from patterns.common.forward import protocol  # noqa: E402
 from patterns.common.forward.client import ForwardClient, ForwardError  # noqa: E402
 
 MIB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def manifest_env() -> dict[str, str]:

@@ -25,7 +25,6 @@ import asyncio
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,14 +38,10 @@ from fluent.sender import EventTime
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from measure import free_port, peak_rss_kib, wait_port  # noqa: E402
+
 from patterns.common.forward.client import ForwardClient  # noqa: E402
 from patterns.common.forward.server import ForwardServer, keep_request_buffers  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def batch(lines: int) -> bytes:
@@ -90,26 +85,6 @@ def drive(port: int, args: argparse.Namespace) -> float:
     return total / (time.monotonic() - started)
 
 
-def wait_port(port: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"receiver exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("receiver did not start listening")
-
-
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def run_collector(args: argparse.Namespace, fsync: bool) -> tuple[float, int]:
     port, http = free_port(), free_port()
     with tempfile.TemporaryDirectory() as data:
@@ -127,11 +102,11 @@ def run_collector(args: argparse.Namespace, fsync: bool) -> tuple[float, int]:
             [sys.executable, "-m", "patterns.sidecar.collector"], env=env, cwd=ROOT
         )
         try:
-            wait_port(port, proc)
+            wait_port(port, proc=proc)
             rate = drive(port, args)
             counted = requests.get(f"http://127.0.0.1:{http}/api/counts", timeout=5).json()
             assert counted["total"] > 0
-            rss = peak_rss(proc.pid)
+            rss = peak_rss_kib(proc.pid) * 1024
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
@@ -142,9 +117,9 @@ def run_null_sink(args: argparse.Namespace) -> tuple[float, int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--null-sink", str(port)], cwd=ROOT)
     try:
-        wait_port(port, proc)
+        wait_port(port, proc=proc)
         rate = drive(port, args)
-        rss = peak_rss(proc.pid)
+        rss = peak_rss_kib(proc.pid) * 1024
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

@@ -28,14 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from shipper_throughput import (
-    ROOT,
-    cpu_seconds,
-    free_port,
-    get_json,
-    peak_rss,
-    wait_ready,
-)
+from measure import cpu_seconds, free_port, peak_rss_kib
+from shipper_throughput import ROOT, get_json, wait_ready
 
 MIB = 1024 * 1024
 
@@ -134,7 +128,7 @@ def run_case(kind: str, args: argparse.Namespace, files: int) -> tuple[float, in
                     raise SystemExit(f"{kind} stopped or timed out at {files} files")
                 time.sleep(0.02)
             elapsed = time.perf_counter() - started
-            rss = peak_rss(peer.pid)
+            rss = peak_rss_kib(peer.pid) * 1024
             cpu = cpu_seconds(peer.pid)
         finally:
             for proc in (peer, collector):

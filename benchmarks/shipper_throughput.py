@@ -19,15 +19,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from measure import cpu_seconds, free_port, peak_rss_kib
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_LINES_PER_S = 200_000
 TARGET_RSS = 64 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_log(path: Path, lines: int, line_bytes: int) -> int:
@@ -80,18 +76,6 @@ def wait_ready(url: str, timeout: float = 15) -> None:
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"not ready: {url}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def start(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -163,7 +147,7 @@ def main() -> None:
             elapsed = time.perf_counter() - started
             shipper_cpu = cpu_seconds(shipper.pid)
             collector_cpu = cpu_seconds(collector.pid) - collector_cpu_before
-            rss = peak_rss(shipper.pid)
+            rss = peak_rss_kib(shipper.pid) * 1024
         finally:
             for proc in (shipper, collector):
                 if proc is not None and proc.poll() is None:

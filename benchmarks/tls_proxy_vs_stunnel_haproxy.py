@@ -32,6 +32,7 @@ apt-get install -y haproxy stunnel4 wrk openssl.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -48,13 +49,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from measure import cpu_seconds, free_port, peak_rss_kib, wait_port  # noqa: E402
+
 from tests.tls_certs import CA  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tool(name: str) -> str:
@@ -64,25 +61,12 @@ def tool(name: str) -> str:
     raise SystemExit(f"needs {name}: apt-get install -y haproxy stunnel4 wrk")
 
 
-def wait_https(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listening on port {port} after {timeout}s")
-
-
-def cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds_of(pids: list[int]) -> float:
+    """CPU time summed over `pids`, a thread or process that has gone counting 0."""
     total = 0.0
     for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
     return total
 
 
@@ -98,13 +82,8 @@ def children(pid: int) -> list[int]:
     return sorted(set(found))
 
 
-def peak_rss_kib(pids: list[int]) -> list[int]:
-    peaks = []
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peaks.append(int(line.split()[1]))
-    return peaks
+def peak_rss_kibs(pids: list[int]) -> list[int]:
+    return [peak_rss_kib(pid) for pid in pids]
 
 
 def pss_kib(pids: list[int]) -> int:
@@ -232,7 +211,7 @@ def main() -> None:
             [sys.executable, "-m", "patterns.security.tls_proxy"], env=env, cwd=ROOT, **quiet)
         ports = {"haproxy": haproxy_port, "stunnel": stunnel_port, "tls-proxy": proxy_port}
         for port in (upstream, *ports.values()):
-            wait_https(port)
+            wait_port(port, timeout=20.0)
         time.sleep(1.0)  # the proxy's other workers
         for name, port in ports.items():
             print(f"{name:<10} {negotiated(port)}")
@@ -254,10 +233,10 @@ def main() -> None:
             for kind in kinds:
                 for name in order:
                     processes = children(procs[name].pid)
-                    before = cpu_seconds(processes)
+                    before = cpu_seconds_of(processes)
                     rate = wrk(ports[name], args.seconds, args.connections,
                                close=kind == "handshakes")  # fmt: skip
-                    used = cpu_seconds(processes) - before
+                    used = cpu_seconds_of(processes) - before
                     if name == "tls-proxy":
                         pss = max(pss, pss_kib(processes))
                     figures[(name, kind)].append(rate)
@@ -272,7 +251,7 @@ def main() -> None:
             print("  tls-proxy / " + ", ".join(
                 f"{peer} {kind} {figures[('tls-proxy', kind)][-1] / figures[(peer, kind)][-1]:.2f}"
                 for peer in ("haproxy", "stunnel") for kind in kinds))
-        peaks = peak_rss_kib(children(procs["tls-proxy"].pid))
+        peaks = peak_rss_kibs(children(procs["tls-proxy"].pid))
         median = {key: statistics.median(values) for key, values in figures.items()}
 
         print(f"medians over {args.rounds} rounds (spread: lowest-highest)\n{header}")
