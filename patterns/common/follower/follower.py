@@ -198,14 +198,16 @@ class Follower:
             self._discovery.handle_events()
             self._discovery.scan()
 
-    def commit(self, chunk: Chunk) -> None:
-        """The consumer has durably handled `chunk` (and every chunk before it from the
-        same file): advance and save the checkpoint. Chunks of one file must be committed
-        in the order they were read."""
+    def commit(self, *chunks: Chunk) -> None:
+        """The consumer has durably handled `chunks` (and every chunk before them from
+        the same files): advance and save the checkpoints, once for all of them (a batch
+        may hold chunks of many files). Chunks of one file must be committed in the order
+        they were read."""
         with self._lock:
-            stream: Stream = chunk._stream
-            stream.committed = max(stream.committed, chunk.end)
-            self._close_if_done(stream)
+            for chunk in chunks:
+                stream: Stream = chunk._stream
+                stream.committed = max(stream.committed, chunk.end)
+                self._close_if_done(stream)
         self.save()
 
     def save(self, final: bool = False) -> None:
