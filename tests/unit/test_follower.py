@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,11 @@ def drain(follower: Follower, idle: float = 0.4, commit: bool = True) -> list[tu
         if commit:
             follower.commit(chunk)
     return got
+
+
+def saved(tmp_path: Path) -> list[dict]:
+    """The checkpoints on disk now, as a restart would load them (base and journal)."""
+    return [asdict(c) for c in CheckpointStore(tmp_path / "state").load()]
 
 
 def lines(got: list[tuple[str, str]]) -> list[str]:
@@ -406,8 +412,7 @@ def test_closed_rotated_file_leaves_the_checkpoints(tmp_path, logs):
     os.rename(app, logs / "app.log.1")
     app.write_text("2\n")
     assert lines(drain(follower, idle=0.6)) == ["2"]
-    saved = json.loads((tmp_path / "state" / FILE_NAME).read_text())["files"]
-    assert [f["path"] for f in saved] == [str(app)]
+    assert [f["path"] for f in saved(tmp_path)] == [str(app)]
     follower.close()
     (logs / "app.log.1").unlink()  # rotated away for good: no "lost" warning next time
     follower = make(tmp_path)
@@ -470,8 +475,7 @@ def test_a_commit_encodes_the_checkpoint_of_the_committed_file_only(tmp_path, lo
     assert chunk is not None and chunk.lines == ["more"]
     follower.commit(chunk)
     assert [c.path for c in encoded] == [str(logs / "f07.log")]
-    saved = json.loads((tmp_path / "state" / FILE_NAME).read_text())["files"]
-    assert {f["path"]: f["offset"] for f in saved} == {
+    assert {f["path"]: f["offset"] for f in saved(tmp_path)} == {
         str(path): path.stat().st_size for path in logs.iterdir()
     }
     follower.close()

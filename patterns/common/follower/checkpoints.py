@@ -2,27 +2,51 @@
 
 A file is identified by device and inode plus a head fingerprint (the first bytes of the
 file, hashed), so a reused inode or a file rewritten in place is not mistaken for the
-one that was checkpointed. All checkpoints live in one JSON file that is replaced
-atomically (write a temporary file, fsync it, rename it over the old one): after a SIGKILL
-or a power cut the file holds either the old or the new state, never a torn one. The
-directory is fsynced when the file is first created and at close; in between, a power
-cut can at worst bring back the previous state (lines shipped twice, never lost), which
-saves a second fsync per batch.
+one that was checkpointed.
+
+Two files hold them, so that a commit costs what changed, not what is followed (a node
+agent follows hundreds of files and commits once per batch):
+
+- `checkpoints.json`, the base: every file's checkpoint, replaced atomically (write a
+  temporary file, fsync it, rename it over the old one), so it holds either the old or
+  the new state, never a torn one. Each base has a random generation.
+- `checkpoints.journal`, appended to at each commit: a first line naming the base's
+  generation, then one line per changed checkpoint (`{"key":K,"file":{...}}`) or dropped
+  file (`{"key":K}`), written with one write() and fsynced. Loading applies its lines to
+  the base of the same generation in order; a journal of another generation (the base
+  was replaced after it) is ignored, and so is a torn last line (a power cut during the
+  write: that commit is shipped again, never lost).
+
+When the journal outgrows its base (and JOURNAL_MIN_BYTES) a new base is written and
+the journal starts over; so does the first save of a process (keys are only meaningful
+within one) and the final one at shutdown, which also removes the journal. The
+directory is fsynced when a file is first created and at the final save; in between, a
+power cut can at worst bring back an earlier state (lines shipped twice, never lost),
+which saves a second fsync per batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "checkpoints.json"
+JOURNAL_NAME = "checkpoints.journal"
+# The journal is compacted into a new base once it is larger than this and than its base:
+# a commit then costs its own records plus, amortised, at most a fraction of a record.
+JOURNAL_MIN_BYTES = 256 * 1024
 _FORMAT_VERSION = 1
+# O_NOFOLLOW: a link planted in the state directory (it must not be on the app's volume,
+# but if it is) cannot redirect a write to another file.
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 def head_hash(head: bytes) -> str:
@@ -63,25 +87,49 @@ class Checkpoint:
 
 
 class CheckpointStore:
-    """Checkpoints of one follower, kept in `directory`/checkpoints.json."""
+    """Checkpoints of one follower, kept in `directory` (checkpoints.json and its journal).
 
-    def __init__(self, directory: str | Path, *, fsync: bool = True) -> None:
+    The follower names each file's checkpoint by a key of its own (an int, stable while
+    the process runs) and passes what changed to `update`."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        fsync: bool = True,
+        journal_min_bytes: int = JOURNAL_MIN_BYTES,
+    ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / FILE_NAME
+        self.journal_path = self.directory / JOURNAL_NAME
         self.fsync = fsync
+        self.journal_min_bytes = journal_min_bytes
         self.last_error: str | None = None
         self._directory_synced = False
+        self._entries: dict[int, str] = {}  # key -> encoded checkpoint, what is saved
+        self._generation: str | None = None  # of the base this process wrote last
+        self._base_bytes = 0
+        self._journal_fd = -1
+        self._journal_bytes = 0
+        self._compact_next = True  # the first save of a process writes a base
+
+    # --- loading ------------------------------------------------------------------------
 
     def load(self) -> list[Checkpoint]:
-        """The saved checkpoints; an unreadable file is set aside (and logged), so that
+        """The saved checkpoints; an unreadable base is set aside (and logged), so that
         one corrupted file does not stop the service."""
         try:
-            raw = self.path.read_bytes()
+            raw = _read_regular(self.path)
         except FileNotFoundError:
             return []
         try:
             document = json.loads(raw)
-            return [Checkpoint(**item) for item in document["files"]]
+            keys = document.get("keys", range(len(document["files"])))
+            if len(keys) != len(document["files"]):
+                raise ValueError("as many keys as files expected")
+            files: dict[int, dict] = dict(zip(keys, document["files"], strict=True))
+            self._apply_journal(document.get("generation"), files)
+            return [Checkpoint(**item) for item in files.values()]
         except (ValueError, KeyError, TypeError) as exc:
             aside = self.path.with_name(FILE_NAME + ".corrupt")
             os.replace(self.path, aside)
@@ -91,38 +139,124 @@ class CheckpointStore:
             )
             return []
 
-    def save(self, checkpoints: list[Checkpoint], *, sync_directory: bool = False) -> None:
-        entries = [encode_checkpoint(c) for c in checkpoints]
-        self.save_entries(entries, sync_directory=sync_directory)
-
-    def save_entries(self, entries: list[str], *, sync_directory: bool = False) -> None:
-        """Save checkpoints already encoded with `encode_checkpoint` (a follower keeps
-        each file's encoding until that file changes)."""
-        data = f'{{"version":{_FORMAT_VERSION},"files":[{",".join(entries)}]}}'.encode()
-        tmp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
+    def _apply_journal(self, generation: str | None, files: dict[int, dict]) -> None:
+        """Apply the journal's records to `files`, the base of `generation`, in order. A
+        bad journal never costs the base: its records from the bad one on are ignored."""
+        if generation is None:
+            return
         try:
-            # O_NOFOLLOW: a link planted in the state directory (it must not be on the
-            # app's volume, but if it is) cannot redirect the write to another file.
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
-            fd = os.open(tmp, flags, 0o644)
+            lines = _read_regular(self.journal_path).split(b"\n")
+        except FileNotFoundError:
+            return
+        except ValueError as exc:
+            log.error("checkpoint journal ignored", extra={"error": str(exc)})
+            return
+        # Only whole lines count: the last one, after the final newline, is b"" or torn.
+        for number, line in enumerate(lines[:-1], start=1):
             try:
-                os.write(fd, data)
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            if self.fsync and (sync_directory or not self._directory_synced):
-                dir_fd = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
-                self._directory_synced = True
+                record = json.loads(line)
+                if number == 1:
+                    if record["generation"] != generation:
+                        return  # the journal of an earlier base
+                elif "file" in record:
+                    Checkpoint(**record["file"])  # checked here, not at the end
+                    files[int(record["key"])] = record["file"]
+                else:
+                    files.pop(int(record["key"]), None)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error(
+                    "checkpoint journal unreadable from here on; its later records are"
+                    " ignored (their lines are read again)",
+                    extra={"path": str(self.journal_path), "line": number, "error": str(exc)},
+                )
+                return
+
+    # --- saving -------------------------------------------------------------------------
+
+    def update(self, changes: dict[int, str | None], *, final: bool = False) -> None:
+        """Save `changes` (key -> checkpoint encoded with `encode_checkpoint`, or None for
+        a file no longer followed): appended to the journal, or a new base when one is
+        due. `final` (shutdown) writes a base, removes the journal and fsyncs the
+        directory: durable against a power cut too."""
+        for key, entry in changes.items():
+            if entry is None:
+                self._entries.pop(key, None)
+            else:
+                self._entries[key] = entry
+        records = "".join(
+            f'{{"key":{key}}}\n' if entry is None else f'{{"key":{key},"file":{entry}}}\n'
+            for key, entry in changes.items()
+        ).encode()
+        due = self._journal_bytes + len(records) > max(self.journal_min_bytes, self._base_bytes)
+        try:
+            if final or self._compact_next or due:
+                self._compact_next = True  # until a base is written
+                self._write_base(final)
+                self._compact_next = False
+            elif records:
+                self._append(records)
         except OSError as exc:
+            self._compact_next = True  # the journal may lack these records now
             self.last_error = f"cannot save checkpoints in {self.directory}: {exc}"
             raise
         self.last_error = None
+
+    def _write_base(self, final: bool) -> None:
+        self._generation = os.urandom(8).hex()
+        keys = ",".join(map(str, self._entries))
+        data = (
+            f'{{"version":{_FORMAT_VERSION},"generation":"{self._generation}",'
+            f'"keys":[{keys}],"files":[{",".join(self._entries.values())}]}}'
+        ).encode()
+        tmp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
+        fd = os.open(tmp, _WRITE_FLAGS | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        self._base_bytes = len(data)
+        # The old journal names the old generation: harmless if it stayed, but a new one
+        # is started at the next append.
+        if self._journal_fd >= 0:
+            os.close(self._journal_fd)
+            self._journal_fd = -1
+        self._journal_bytes = 0
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.journal_path)
+        self._sync_directory(final)
+
+    def _append(self, records: bytes) -> None:
+        if self._journal_fd < 0:
+            fd = os.open(self.journal_path, _WRITE_FLAGS | os.O_TRUNC | os.O_APPEND, 0o644)
+            self._journal_fd = fd
+            records = f'{{"generation":"{self._generation}"}}\n'.encode() + records
+        # One write: a kill leaves it whole or absent. A short one (disk full) is an
+        # error: the next save writes a base instead of appending after a torn line.
+        if os.write(self._journal_fd, records) != len(records):
+            raise OSError(f"short write to {self.journal_path}")
+        self._journal_bytes += len(records)
+        if self.fsync:
+            os.fdatasync(self._journal_fd)
+        self._sync_directory(False)
+
+    def _sync_directory(self, final: bool) -> None:
+        if self.fsync and (final or not self._directory_synced):
+            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            self._directory_synced = True
+
+    def close(self) -> None:
+        """Close the journal; a later save writes a base first."""
+        if self._journal_fd >= 0:
+            os.close(self._journal_fd)
+            self._journal_fd = -1
+        self._compact_next = True
 
     def check_writable(self) -> tuple[bool, str]:
         """Readiness check: the directory exists and is writable, and the last save worked."""
@@ -131,3 +265,22 @@ class CheckpointStore:
         if self.last_error is not None:
             return False, self.last_error
         return True, "ok"
+
+
+def _read_regular(path: Path) -> bytes:
+    """The content of the regular file at `path`: not through a link, and never blocking
+    on a FIFO (the state directory should be the sidecar's own, but may not be)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"cannot open {path}: {exc}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)

@@ -90,11 +90,11 @@ class Follower:
         self._save_lock = threading.Lock()
         self._streams: dict[int, Stream] = {}
         # Work per commit, read or event must not grow with the number of files followed:
-        # each file's checkpoint is encoded once per change (seq -> JSON, in seq order);
+        # a commit encodes and saves the checkpoints of the files that changed (the store
+        # appends them to its journal);
         # the order read() goes round in is kept until a file comes, goes or is renamed;
         # only files still shorter than the fingerprint are looked at for their head
         # (discovery.py).
-        self._entries: dict[int, str] = {}
         self._changed: set[int] = set()
         self._groups: tuple[list[str], dict[str, list[Stream]]] | None = None
         # Where each file is now (path -> seq), for the names inotify events carry.
@@ -217,9 +217,9 @@ class Follower:
             return
         with self._save_lock:
             with self._lock:
-                entries = self._checkpoint_entries(refresh=final)
+                changes = self._checkpoint_changes(refresh=final)
             try:
-                self.store.save_entries(entries, sync_directory=final)
+                self.store.update(changes, final=final)
             except OSError as exc:
                 log.error("cannot save checkpoints", extra={"error": str(exc)})
 
@@ -297,6 +297,9 @@ class Follower:
             for stream in list(self._streams.values()):
                 self._close(stream, count=False)
             self._discovery.close()
+        if self.store is not None:
+            with self._save_lock:
+                self.store.close()
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -410,18 +413,20 @@ class Follower:
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def _checkpoint_entries(self, refresh: bool = False) -> list[str]:
-        """Every followed file's checkpoint, encoded; only changed ones are encoded again
-        (all of them with `refresh`, to take every file's modification time)."""
-        changed = self._streams.keys() if refresh else self._changed
-        for seq in sorted(changed):  # new files are appended in seq order
+    def _checkpoint_changes(self, refresh: bool = False) -> dict[int, str | None]:
+        """The checkpoints that changed since the last save, encoded (None: the file is
+        no longer followed); all of them with `refresh`, to take every file's
+        modification time."""
+        changed = self._changed | self._streams.keys() if refresh else self._changed
+        changes: dict[int, str | None] = {}
+        for seq in sorted(changed):
             stream = self._streams.get(seq)
             if stream is None or stream.detached:
-                self._entries.pop(seq, None)
+                changes[seq] = None
             else:
-                self._entries[seq] = encode_checkpoint(stream.checkpoint())
+                changes[seq] = encode_checkpoint(stream.checkpoint())
         self._changed.clear()
-        return list(self._entries.values())
+        return changes
 
     def _stream_changed(self, stream: Stream, name: str, old: Any = None) -> None:
         """A stream's checkpointed state changed (see `Stream.__setattr__`)."""
