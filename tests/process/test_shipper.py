@@ -609,3 +609,46 @@ def test_unacknowledged_batches_are_sent_again_until_acked(service, tmp_path, lo
     assert [answer for answer, _ in received[:4]] == answers
     assert all(lines == received[0][1] for _, lines in received[:4])
     assert sum(len(lines) for _, lines in received) == total + 3 * len(received[0][1])
+
+
+def test_a_batch_carries_the_lines_of_many_files_with_one_ack_and_one_request(
+    service, tmp_path, logs
+):
+    """Following many files must not cost an ack round trip and a checkpoint save per
+    file: a batch holds the chunks of every file that has lines ready, up to its limits.
+
+    Every file is there before the shipper starts, so its first scan opens all of them and
+    its first read finds lines; each further read takes the next file that has unread
+    lines, and only when none has does the batch end. All the lines (240 KB, 2,000 lines)
+    fit in one batch (512 KiB, 20,000 lines) and, under one tag, in one request (1 MiB of
+    entries, 50,000 events). Files are longer than the 1 KiB fingerprint, so each is read
+    whole at once."""
+    files, per_file = 200, 10
+    for index in range(files):
+        lines = range(index * per_file, (index + 1) * per_file)
+        (logs / f"f{index:03d}.log").write_bytes(b"".join(seq_line(s) for s in lines))
+    total = files * per_file
+    collector = Collector(service, tmp_path).start()
+    shipper = Shipper(service, tmp_path, collector, str(logs / "*.log")).start()
+    collector.wait_for(total)
+    # The collector counts a request before the shipper has read its ack.
+    wait_until(lambda: shipper.metrics().get("shipper_events_acked_total") == total,
+               what="every event acked")
+    # One batch for all 200 files (one per file before batches could span files).
+    assert shipper.metrics()["shipper_batches_acked_total"] == 1
+    frames = requests.get(f"http://127.0.0.1:{collector.http_port}/metrics", timeout=5).text
+    [received] = re.findall(r'^collector_frames_received_total\{.*\} (\S+)$', frames, re.M)
+    assert float(received) == 1, "the files' entries joined into one request"
+    assert shipper.proc.stop() == 0  # once it has exited, no duplicate can still arrive
+    assert_exactly_once(collector, total)
+    # Each record names its own file, and each file's lines arrived in their order.
+    by_file: dict[str, list[int]] = {}
+    for record in collector.records():
+        by_file.setdefault(record["file"], []).append(int(record["log"][:9]))
+    assert by_file == {
+        str(logs / f"f{index:03d}.log"): list(range(index * per_file, (index + 1) * per_file))
+        for index in range(files)
+    }
+    saved = json.loads((tmp_path / "shipper-state" / "checkpoints.json").read_text())["files"]
+    sizes = {str(path): path.stat().st_size for path in logs.glob("*.log")}
+    assert {f["path"]: f["offset"] for f in saved} == sizes, "every file checkpointed at its end"

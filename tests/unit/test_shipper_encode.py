@@ -10,7 +10,12 @@ import pytest
 from patterns.common.config import ConfigError
 from patterns.common.forward import protocol
 from patterns.sidecar.shipper.config import load_config
-from patterns.sidecar.shipper.encode import MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES, EntryEncoder
+from patterns.sidecar.shipper.encode import (
+    MAX_EVENTS_PER_REQUEST,
+    MAX_REQUEST_BYTES,
+    EntryEncoder,
+    merge_requests,
+)
 
 LINES = ["plain", "", "é unicode ✓", "x" * 40, "y" * 300, "z" * 70_000, "nul \x00 byte", "\ufffd"]
 
@@ -124,3 +129,33 @@ def test_requests_cut_greedily_for_any_mix_of_line_sizes():
                                     max_events=max_events)
         assert [n for _, n in requests] == expected
         assert b"".join(entries for entries, _ in requests) == encoder.encode(lines, "/a.log", 1.0)
+
+
+def test_requests_of_many_files_under_one_tag_merge_within_the_limits():
+    """A batch holds chunks of many files: their requests under one tag are joined into as
+    few requests as fit, each entry keeping its own file, nothing lost or reordered."""
+    encoder = EntryEncoder()
+    files = [(f"/var/log/app/f{i:03d}.log", [f"{i:03d} line {n}" for n in range(50)])
+             for i in range(40)]
+    pieces = [piece for path, lines in files for piece in encoder.requests(lines, path, 1.0)]
+    assert len(pieces) == 40  # one request per file, as a batch of one file each would be
+    [(entries, count)] = merge_requests(pieces)
+    assert count == 2000 and entries == b"".join(e for e, _ in pieces)
+    limits = protocol.Limits(max_frame_bytes=2 << 20, max_entries=MAX_EVENTS_PER_REQUEST)
+    assert [(r["file"], r["log"]) for _, r in protocol.decode_entries(entries, limits)] == [
+        (path, line) for path, lines in files for line in lines
+    ]
+    one = len(pieces[0][0])  # every file's piece has the same size here
+    by_bytes = merge_requests(pieces, max_bytes=3 * one + 1)
+    assert [count for _, count in by_bytes] == [150] * 13 + [50]
+    by_events = merge_requests(pieces, max_events=120)
+    assert [count for _, count in by_events] == [100] * 20
+    assert b"".join(e for e, _ in by_bytes) == b"".join(e for e, _ in by_events) == entries
+    assert merge_requests([]) == []
+
+
+def test_a_piece_over_the_limits_on_its_own_stays_alone():
+    pieces = [(b"a" * 10, 1), (b"b" * 100, 1), (b"c" * 10, 1), (b"d" * 10, 1)]
+    assert merge_requests(pieces, max_bytes=50) == [
+        (b"a" * 10, 1), (b"b" * 100, 1), (b"c" * 10 + b"d" * 10, 2)
+    ]

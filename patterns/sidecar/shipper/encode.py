@@ -8,6 +8,9 @@ msgpack's C packer on the line itself.
 A chunk goes as one PackedForward request, or as several when its entries would exceed
 MAX_REQUEST_BYTES or MAX_EVENTS_PER_REQUEST: each entry adds about 25 bytes plus the
 path's length to its line, so a batch of short lines is much larger on the wire than in the file.
+The entries of chunks of several files under one tag are joined again into as few requests
+as those limits allow (`merge_requests`): entries are self-contained, so joining is
+concatenation.
 """
 
 from __future__ import annotations
@@ -86,6 +89,30 @@ class EntryEncoder:
         prefix = b"\x92\xd7\x00" + _EVENT_TIME.pack(seconds, nanoseconds) + b"\x82\xa3log"
         suffix = b"\xa4file" + self._packer.pack(valid_utf8(path))
         return prefix, suffix
+
+
+def merge_requests(
+    pieces: list[tuple[bytes, int]],
+    *,
+    max_bytes: int = MAX_REQUEST_BYTES,
+    max_events: int = MAX_EVENTS_PER_REQUEST,
+) -> list[tuple[bytes, int]]:
+    """Consecutive (entries, count) requests of one tag joined, in order, into as few
+    requests as fit in `max_bytes` of entries and `max_events` entries each (a piece that
+    is larger on its own, a single large entry, stays alone, as `requests` made it)."""
+    merged: list[tuple[bytes, int]] = []
+    parts: list[bytes] = []
+    size = count = 0
+    for entries, events in pieces:
+        if parts and (size + len(entries) > max_bytes or count + events > max_events):
+            merged.append((b"".join(parts), count))
+            parts, size, count = [], 0, 0
+        parts.append(entries)
+        size += len(entries)
+        count += events
+    if parts:
+        merged.append((b"".join(parts), count))
+    return merged
 
 
 def valid_utf8(path: str) -> str:

@@ -2,10 +2,16 @@
 
 Two threads: the reader (this service's main thread) reads chunks from the follower and
 encodes them; the sender sends one batch at a time, waits for the collector's ack,
-retries with backoff until it gets one, and only then commits the chunk (which saves the
-checkpoint). The queue between them holds one batch, so the next batch is prepared
+retries with backoff until it gets one, and only then commits the batch's chunks (which
+saves the checkpoints). The queue between them holds one batch, so the next batch is prepared
 while the collector works on the current one, yet at most one batch is ever sent and not
 yet checkpointed: after a SIGKILL, at most that batch is sent twice.
+
+A batch holds the chunks of as many files as have lines ready, up to its limits: each
+batch costs an ack round trip and a checkpoint save, so a shipper following a thousand
+files must not pay them per file. All of a batch's requests are acked before any of its
+chunks is committed, and then all of them are committed at once (one save): the one batch
+a SIGKILL can get sent twice is sent twice whole, whatever files it spans.
 
 A collector outage stops the sender, then the reader (the queue is full): positions stay
 in the files, nothing is dropped, and the backlog metric grows. Readiness does not depend
@@ -29,7 +35,7 @@ from patterns.common.follower import CheckpointStore, Chunk, Follower
 from patterns.common.forward.client import ForwardClient, ForwardError
 from patterns.common.service import Runtime
 from patterns.sidecar.shipper.config import Config
-from patterns.sidecar.shipper.encode import EntryEncoder
+from patterns.sidecar.shipper.encode import EntryEncoder, merge_requests
 from patterns.sidecar.shipper.metrics import follower_metrics
 from patterns.sidecar.shipper.tags import TAG_RULE, Tags, load_rule
 
@@ -39,17 +45,30 @@ _STALL_SECONDS = 60.0  # the reader loop ticks at least every second; this means
 # Lines per batch, besides SHIPPER_BATCH_BYTES: each line costs about 100 bytes plus the
 # path in memory and on the wire, so 1 MiB of empty lines would otherwise take ~100 MiB.
 MAX_LINES_PER_BATCH = 20_000
+# Follower.read reads at least this many bytes, whatever it is asked for: a batch asks for
+# more only while this much room is left (see _gather).
+FOLLOWER_MIN_READ = 4096
+
+
+@dataclass(frozen=True)
+class Request:
+    tag: str  # the Forward tag (tags.py)
+    entries: bytes  # the PackedForward entries (encode.py)
+    count: int
 
 
 @dataclass(frozen=True)
 class Batch:
-    chunk: Chunk
-    tag: str  # the Forward tag of all of its requests (tags.py)
-    requests: list[tuple[bytes, int]]  # (entries, count): one Forward request each
+    chunks: list[Chunk]  # as read: the chunks of one file in their order
+    requests: list[Request]  # one Forward request each, sent in this order
 
     @property
     def count(self) -> int:
-        return sum(count for _, count in self.requests)
+        return sum(request.count for request in self.requests)
+
+    def describe(self) -> dict[str, object]:
+        """What logs say about the batch's files: how many, and the first one."""
+        return {"files": len({chunk.path for chunk in self.chunks}), "file": self.chunks[0].path}
 
 
 class Shipper:
@@ -100,7 +119,8 @@ class Shipper:
             config.forward.tag,
             Counter(
                 "shipper_tags_refused",
-                "Batches sent under FLUENT_TAG because the tag rule's tag was unusable.",
+                "Files of a batch sent under FLUENT_TAG because the tag rule's tag was"
+                " unusable (once per file per batch).",
                 registry=registry,
             ),
         )
@@ -166,9 +186,52 @@ class Shipper:
                 if self.shutdown_begun.is_set() and not self.follower.holds_incomplete():
                     return
                 continue
-            requests = self.encoder.requests(chunk.lines, chunk.path, time.time())
-            if not self._enqueue(Batch(chunk, self.tags(chunk.path), requests)):
+            if not self._enqueue(self._batch(self._gather(chunk))):
                 return
+
+    def _gather(self, first: Chunk) -> list[Chunk]:
+        """`first` and the chunks of any file that are ready now, up to the batch's limits:
+        with many files, one batch (one ack, one checkpoint save) carries many of them.
+
+        Bytes are counted as the file bytes a chunk covers. Each further read asks for
+        the room left, and only while at least FOLLOWER_MIN_READ is left, so it reads
+        at most that room, plus the file's incomplete line held from an earlier read
+        (at most SHIPPER_MAX_LINE_BYTES, already in memory) when this read completes it:
+        that is all a batch can exceed SHIPPER_BATCH_BYTES by, as a single read can.
+        Lines: each read asks for the lines left (pieces of over-long lines aside, as
+        for a single read)."""
+        chunks = [first]
+        size, lines = first.end - first.start, len(first.lines)
+        while True:
+            room = self.config.batch_bytes - size
+            if room < FOLLOWER_MIN_READ or lines >= MAX_LINES_PER_BATCH:
+                return chunks
+            chunk = self.follower.read(room, timeout=0, max_lines=MAX_LINES_PER_BATCH - lines)
+            if chunk is None:
+                return chunks
+            chunks.append(chunk)
+            size += chunk.end - chunk.start
+            lines += len(chunk.lines)
+
+    def _batch(self, chunks: list[Chunk]) -> Batch:
+        """One Forward request per tag, or as few as the request limits allow: the entries
+        of all chunks with that tag, each entry with its own file."""
+        now = time.time()
+        tags: dict[str, str] = {}  # path -> tag: the rule runs once per file per batch
+        pieces: dict[str, list[tuple[bytes, int]]] = {}  # tag -> (entries, count) in order
+        for chunk in chunks:
+            tag = tags.get(chunk.path)
+            if tag is None:
+                tag = tags[chunk.path] = self.tags(chunk.path)
+            pieces.setdefault(tag, []).extend(
+                self.encoder.requests(chunk.lines, chunk.path, now)
+            )
+        requests = [
+            Request(tag, entries, count)
+            for tag, tagged in pieces.items()
+            for entries, count in merge_requests(tagged)
+        ]
+        return Batch(chunks, requests)
 
     def _enqueue(self, batch: Batch | None) -> bool:
         while True:
@@ -211,14 +274,14 @@ class Shipper:
                 continue
             if batch is None:
                 return
-            for entries, count in batch.requests:
-                if not self._deliver(batch.tag, entries, count, batch.chunk.path):
-                    return  # shutdown deadline: not committed, read again next time
-                self.acked_events.inc(count)
-            self.follower.commit(batch.chunk)
+            for request in batch.requests:
+                if not self._deliver(request, batch):
+                    return  # shutdown deadline: none committed, read again next time
+                self.acked_events.inc(request.count)
+            self.follower.commit(*batch.chunks)  # one checkpoint save for all its files
             self.acked_batches.inc()
 
-    def _deliver(self, tag: str, entries: bytes, count: int, path: str) -> bool:
+    def _deliver(self, request: Request, batch: Batch) -> bool:
         """Send until acked (True), or until the shutdown deadline (False)."""
         delay = self.config.retry_min
         failures = 0
@@ -231,7 +294,9 @@ class Shipper:
             self.client.connect_timeout = min(self.config.connect_timeout, remaining)
             started = time.monotonic()
             try:
-                self.client.send_packed(tag, entries, count, compressed=self.config.compress)
+                self.client.send_packed(
+                    request.tag, request.entries, request.count, compressed=self.config.compress
+                )
             except ForwardError as exc:
                 failures += 1
                 self.collector_up.set(0)
@@ -243,8 +308,8 @@ class Shipper:
                         "error": str(exc),
                         "failures": failures,
                         "retry_in": round(wait, 3),
-                        "lines": count,
-                        "file": path,
+                        "lines": request.count,
+                        **batch.describe(),
                     },
                 )
                 delay = min(delay * 2, self.config.retry_max)
