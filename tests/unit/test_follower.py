@@ -507,3 +507,38 @@ def test_files_read_to_their_end_are_not_looked_at_again_for_each_read(tmp_path,
     # none for the 95 files that did not grow.
     assert len(reads) <= 8 * len(grown), "files that did not grow were read again"
     follower.close()
+
+
+def test_idle_files_are_not_looked_at_every_poll_interval(tmp_path, logs, monkeypatch):
+    """With inotify, files read to their end cost nothing while they stay quiet: they are
+    looked at again only at the rescan safety net, not every poll_interval (a node agent
+    following 1,000 idle files spent about 5% of a core doing that)."""
+    from patterns.common.follower import follower as module
+
+    for index in range(100):
+        (logs / f"f{index:02d}.log").write_text(f"{index}\n")
+    follower = make(tmp_path, poll_interval=0.05, rescan_interval=60)
+    assert follower.uses_inotify
+    assert len(drain(follower)) == 100
+    reads = []
+    real = module._pread
+    monkeypatch.setattr(module, "_pread", lambda *args: reads.append(args) or real(*args))
+    polls = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 10 * 0.05:  # ten poll intervals, nothing written
+        assert follower.read(timeout=0.05) is None
+        polls += 1
+    assert polls >= 5 and reads == [], "quiet files were read again without an event"
+    follower.close()
+
+
+def test_a_write_whose_event_was_lost_is_read_at_the_rescan(tmp_path, logs):
+    app = logs / "app.log"
+    app.write_text("1\n")
+    follower = make(tmp_path, poll_interval=0.05, rescan_interval=0.3)
+    assert lines(drain(follower)) == ["1"]
+    follower._discovery._wake = lambda path: None  # the event for the next write is lost
+    append(app, "2\n")
+    chunk = follower.read(timeout=5)
+    assert chunk is not None and chunk.lines == ["2"]
+    follower.close()
