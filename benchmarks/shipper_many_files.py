@@ -1,8 +1,9 @@
 """log-shipper with many files: lines/s and peak RSS when the same lines are spread over
 1, 100 and 1,000 pre-written files, shipped to the log-collector with acks on, and the
 ratio of each case to the 1-file case in the same run. A follower whose cost per line does
-not depend on how many files it follows keeps these ratios near 1 (each file is at least
-one batch and one ack, so some cost per file is inherent; the rest must not grow).
+not depend on how many files it follows keeps these ratios near 1 (a batch carries the
+lines of many files, so each file costs its reads, not an ack or a checkpoint save of its
+own).
 
 Optionally the same files are read by Fluent Bit's `tail` input into the same collector
 (`forward` output with `Require_ack_response true`) and the shipper's ratio to it is

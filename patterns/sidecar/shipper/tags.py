@@ -2,15 +2,16 @@
 apart (a tag per file, per directory, per app) without touching the reader or the sender.
 
 A tag rule is made once at start from the configured tag (`FLUENT_TAG`) and then called
-with the followed path of every batch (a batch is read from one file, so the rule runs
-once per batch, never per line). `TAG_RULE` names the rule the shipper uses, as
-"module:function" of this package; the default, `tags:fixed`, sends every file under
-`FLUENT_TAG`. A fork writes its rule in a module of its own and points `TAG_RULE` at it.
+with the followed path of each file in a batch (a batch may hold the lines of several
+files; the rule runs once per file per batch, never per line). `TAG_RULE` names the rule
+the shipper uses, as "module:function" of this package; the default, `tags:fixed`, sends
+every file under `FLUENT_TAG`. A fork writes its rule in a module of its own and points
+`TAG_RULE` at it.
 
 File names are the app's, and the app is not trusted: `Tags` checks every tag a rule
-returns and sends a batch whose tag the collector would refuse (empty, over 1,024
-characters, not printable or not encodable: the batch would be retried forever) under
-`FLUENT_TAG` instead, counted and logged. A rule that raises is treated the same way.
+returns and sends the lines of a file whose tag the collector would refuse (empty, over
+1,024 characters, not printable or not encodable: the batch would be retried forever)
+under `FLUENT_TAG` instead, counted and logged. A rule that raises is treated the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from patterns.common.registry import imported
 
 log = logging.getLogger(__name__)
 
-TagRule = Callable[[str], str]  # the followed path of a batch -> its tag
+TagRule = Callable[[str], str]  # a followed path -> the tag of its lines
 
 # The rule the shipper uses: "module:function" in patterns/sidecar/shipper/, the function
 # taking FLUENT_TAG and returning a TagRule.
@@ -56,7 +57,7 @@ def valid_tag(tag: object) -> bool:
 
 
 class Tags:
-    """The tag of a batch from `path`: the rule's, or `default` when the rule's is unusable."""
+    """The tag of `path`'s lines: the rule's, or `default` when the rule's is unusable."""
 
     def __init__(self, rule: TagRule, default: str, refused: Counter) -> None:
         self.rule = rule
