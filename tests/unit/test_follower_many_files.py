@@ -51,6 +51,39 @@ def test_a_scan_of_many_new_files_lists_their_directory_a_fixed_number_of_times(
         side.close()
 
 
+class CountingStreams(dict):
+    """The follower's streams, counting how often all of them are gone through."""
+
+    walks = 0
+
+    def values(self):  # type: ignore[override]
+        self.walks += 1
+        return super().values()
+
+
+def test_a_scan_of_many_new_files_goes_through_the_followed_files_a_fixed_number_of_times(
+    tmp_path: Path,
+) -> None:
+    """Each new file is checked against the files already followed under its name (a
+    truncation not noticed yet); looking through all of them for each new file made a
+    start with 1,000 files a million comparisons."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    side = Side([str(logs / "*.log")])
+    streams = CountingStreams()
+    side.streams = side.discovery._streams = streams
+    try:
+        side.discovery.start()
+        now = time.time_ns()
+        for index in range(60):
+            written(logs / f"f{index:03d}.log", f"{index}\n", now)
+        side.discovery.scan()
+        assert len(side.opened) == 60
+        assert streams.walks <= 3, f"{streams.walks} walks over the followed files"
+    finally:
+        side.close()
+
+
 def test_a_generation_rotated_away_after_the_listing_before_its_name_opened_is_read(
     tmp_path: Path,
 ) -> None:
