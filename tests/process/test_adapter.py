@@ -716,3 +716,26 @@ def test_sigterm_adapts_what_the_app_wrote_before_it_exited(service, tmp_path):
     tracebacks = [r for r in records if r["attributes"].get("log.file.path") == str(app_log)]
     assert [r["attributes"].get("exception.type") for r in tracebacks] == ["ValueError"]
     assert tracebacks[0]["body"].endswith("ValueError: declined")
+
+
+def test_a_stopped_adapter_leaves_one_checkpoint_file_that_a_restart_resumes(service, tmp_path):
+    """Commits append to a journal; at SIGTERM the adapter folds it into one checkpoint
+    file (durable against a power cut), and the next start reads only what is new."""
+    logs = tmp_path / "log"
+    logs.mkdir()
+    access = logs / "access.log"
+    adapter = Adapter(service, tmp_path, f"combined={access}").start()
+    for batch in range(3):  # several commits: the journal has records
+        append(access, b"".join(good_line(n) for n in range(batch * 100, batch * 100 + 100)))
+        wait_until(lambda b=batch: adapter.lines(str(access))[0] == (b + 1) * 100,
+                   what=f"batch {batch} adapted")
+    adapter.proc.signal(signal.SIGTERM)
+    assert adapter.proc.wait(timeout=20) == 0
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["checkpoints.json"]
+    append(access, good_line(300))
+    adapter.start()
+    wait_until(lambda: adapter.lines(str(access))[0] == 1, what="the new line adapted")
+    second = [json.loads(line) for line in adapter.proc.output().split("\n")
+              if line.startswith("{") and '"observed_timestamp"' in line]
+    queries = [r["attributes"].get("url.query") for r in second]
+    assert queries == ["n=300"], "nothing read twice after the restart"
