@@ -49,6 +49,18 @@ def append(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def base_then_journal(tmp_path: Path, logs: Path) -> tuple[Path, Follower]:
+    """app.log committed twice: the base says offset 2, the journal's record offset 4."""
+    app = logs / "app.log"
+    app.write_text("1\n")
+    follower = make(tmp_path)
+    assert drain(follower) == ["1"]  # a process's first save: the base
+    append(app, "2\n")
+    assert drain(follower) == ["2"]  # the journal
+    assert (tmp_path / "state" / JOURNAL_NAME).exists()
+    return app, follower
+
+
 def test_a_commit_appends_its_file_only_and_rewrites_nothing(tmp_path, logs):
     for index in range(200):
         (logs / f"f{index:03d}.log").write_text(f"{index}\n")
@@ -107,13 +119,7 @@ def test_the_journal_is_folded_into_a_new_base_when_it_outgrows_it(tmp_path, log
 
 
 def test_the_final_save_leaves_one_base_and_no_journal(tmp_path, logs):
-    app = logs / "app.log"
-    app.write_text("1\n")
-    follower = make(tmp_path)
-    drain(follower)
-    append(app, "2\n")
-    drain(follower)
-    assert (tmp_path / "state" / JOURNAL_NAME).exists()
+    app, follower = base_then_journal(tmp_path, logs)
     follower.save(final=True)
     follower.close()
     state = tmp_path / "state"
@@ -123,12 +129,7 @@ def test_the_final_save_leaves_one_base_and_no_journal(tmp_path, logs):
 
 
 def test_a_torn_last_record_is_ignored_and_the_rest_applies(tmp_path, logs):
-    app = logs / "app.log"
-    app.write_text("1\n")
-    follower = make(tmp_path)
-    drain(follower)
-    append(app, "2\n")
-    drain(follower)
+    app, follower = base_then_journal(tmp_path, logs)
     follower.close()
     journal = tmp_path / "state" / JOURNAL_NAME
     append(journal, '{"key":1,"file":{"dev":')  # a power cut during a write
@@ -136,12 +137,7 @@ def test_a_torn_last_record_is_ignored_and_the_rest_applies(tmp_path, logs):
 
 
 def test_a_garbled_journal_costs_its_later_records_never_the_base(tmp_path, logs, caplog):
-    app = logs / "app.log"
-    app.write_text("1\n")
-    follower = make(tmp_path)
-    drain(follower)  # the base: offset 2
-    append(app, "2\n")
-    drain(follower)  # journal: offset 4
+    app, follower = base_then_journal(tmp_path, logs)
     follower.close()
     journal = tmp_path / "state" / JOURNAL_NAME
     header, record, _ = journal.read_bytes().split(b"\n")
@@ -153,12 +149,7 @@ def test_a_garbled_journal_costs_its_later_records_never_the_base(tmp_path, logs
 
 
 def test_a_journal_of_an_earlier_base_is_ignored(tmp_path, logs):
-    app = logs / "app.log"
-    app.write_text("1\n")
-    follower = make(tmp_path)
-    drain(follower)
-    append(app, "2\n")
-    drain(follower)
+    app, follower = base_then_journal(tmp_path, logs)
     journal = tmp_path / "state" / JOURNAL_NAME
     stale = journal.read_bytes()  # says offset 4, for the base of its generation
     follower.close()

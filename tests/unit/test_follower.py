@@ -481,20 +481,29 @@ def test_a_commit_encodes_the_checkpoint_of_the_committed_file_only(tmp_path, lo
     follower.close()
 
 
-def test_files_read_to_their_end_are_not_looked_at_again_for_each_read(tmp_path, logs, monkeypatch):
-    """With inotify, a read looks at the files that grew, not at every file followed: its
-    cost must not grow with the number of files (a node agent follows hundreds)."""
+def hundred_files_read(
+    tmp_path: Path, logs: Path, monkeypatch: pytest.MonkeyPatch, poll_interval: float
+) -> tuple[Follower, list]:
+    """A follower (inotify, no rescan during the test) that has read 100 files to their
+    end, and the list every later pread of a file is recorded in."""
     from patterns.common.follower import follower as module
 
     for index in range(100):
         (logs / f"f{index:02d}.log").write_text(f"{index}\n")
-    # No periodic look at every file during the test: only events wake a file.
-    follower = make(tmp_path, poll_interval=10, rescan_interval=60)
+    follower = make(tmp_path, poll_interval=poll_interval, rescan_interval=60)
     assert follower.uses_inotify
     assert len(drain(follower)) == 100
-    reads = []
+    reads: list = []
     real = module._pread
     monkeypatch.setattr(module, "_pread", lambda *args: reads.append(args) or real(*args))
+    return follower, reads
+
+
+def test_files_read_to_their_end_are_not_looked_at_again_for_each_read(tmp_path, logs, monkeypatch):
+    """With inotify, a read looks at the files that grew, not at every file followed: its
+    cost must not grow with the number of files (a node agent follows hundreds)."""
+    # No periodic look at every file during the test: only events wake a file.
+    follower, reads = hundred_files_read(tmp_path, logs, monkeypatch, poll_interval=10)
     grown = [f"f{index:02d}.log" for index in range(0, 100, 20)]
     for name in grown:
         append(logs / name, "more\n")
@@ -513,16 +522,7 @@ def test_idle_files_are_not_looked_at_every_poll_interval(tmp_path, logs, monkey
     """With inotify, files read to their end cost nothing while they stay quiet: they are
     looked at again only at the rescan safety net, not every poll_interval (a node agent
     following 1,000 idle files spent about 5% of a core doing that)."""
-    from patterns.common.follower import follower as module
-
-    for index in range(100):
-        (logs / f"f{index:02d}.log").write_text(f"{index}\n")
-    follower = make(tmp_path, poll_interval=0.05, rescan_interval=60)
-    assert follower.uses_inotify
-    assert len(drain(follower)) == 100
-    reads = []
-    real = module._pread
-    monkeypatch.setattr(module, "_pread", lambda *args: reads.append(args) or real(*args))
+    follower, reads = hundred_files_read(tmp_path, logs, monkeypatch, poll_interval=0.05)
     polls = 0
     started = time.monotonic()
     while time.monotonic() - started < 10 * 0.05:  # ten poll intervals, nothing written
