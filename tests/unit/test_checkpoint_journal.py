@@ -189,3 +189,11 @@ def test_a_fifo_at_the_journal_does_not_block_the_start(tmp_path, logs):
     follower.close()
     os.mkfifo(tmp_path / "state" / JOURNAL_NAME)
     assert [asdict(c)["offset"] for c in CheckpointStore(tmp_path / "state").load()] == [2]
+
+
+def test_a_base_with_keys_and_files_that_disagree_is_set_aside(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / FILE_NAME).write_text('{"version":1,"generation":"g","keys":[1,2],"files":[]}')
+    assert CheckpointStore(state).load() == []
+    assert (state / (FILE_NAME + ".corrupt")).exists()

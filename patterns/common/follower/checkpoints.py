@@ -125,8 +125,7 @@ class CheckpointStore:
         try:
             document = json.loads(raw)
             keys = document.get("keys", range(len(document["files"])))
-            if len(keys) != len(document["files"]):
-                raise ValueError("as many keys as files expected")
+            # strict: as many keys as files, else ValueError (set aside below).
             files: dict[int, dict] = dict(zip(keys, document["files"], strict=True))
             self._apply_journal(document.get("generation"), files)
             return [Checkpoint(**item) for item in files.values()]
@@ -190,7 +189,6 @@ class CheckpointStore:
         due = self._journal_bytes + len(records) > max(self.journal_min_bytes, self._base_bytes)
         try:
             if final or self._compact_next or due:
-                self._compact_next = True  # until a base is written
                 self._write_base(final)
                 self._compact_next = False
             elif records:
@@ -273,9 +271,9 @@ def _read_regular(path: Path) -> bytes:
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
     except OSError as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
         raise ValueError(f"cannot open {path}: {exc}") from exc
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
