@@ -361,11 +361,21 @@ class Request:
     chunk: str | None  # the client wants `{"ack": chunk}` once the events are stored
 
 
+MAX_TAG_CHARS = 1024
+
+
+def valid_tag(tag: object) -> bool:
+    """Whether a server takes `tag`: a non-empty string of at most MAX_TAG_CHARS printable
+    characters (lone surrogates, from bytes that are not UTF-8, are not printable). What a
+    client checks before it sends, so a tag it makes is never retried forever."""
+    return isinstance(tag, str) and 0 < len(tag) <= MAX_TAG_CHARS and tag.isprintable()
+
+
 def _check_tag(tag: Any) -> str:
     if not isinstance(tag, str) or not tag:
         raise ProtocolError("bad_tag", f"tag must be a non-empty string, got {_kind(tag)}")
-    if len(tag) > 1024 or not tag.isprintable():
-        raise ProtocolError("bad_tag", "tag must be at most 1024 printable characters")
+    if not valid_tag(tag):
+        raise ProtocolError("bad_tag", f"tag must be at most {MAX_TAG_CHARS} printable characters")
     return tag
 
 

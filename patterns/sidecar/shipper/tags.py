@@ -22,6 +22,7 @@ from typing import cast
 
 from prometheus_client import Counter
 
+from patterns.common.forward.protocol import valid_tag
 from patterns.common.registry import imported
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,6 @@ TagRule = Callable[[str], str]  # a followed path -> the tag of its lines
 # taking FLUENT_TAG and returning a TagRule.
 TAG_RULE = "tags:fixed"
 
-MAX_TAG_CHARS = 1024  # what collectors accept (patterns/common/forward/protocol.py)
-
-
 def fixed(tag: str) -> TagRule:
     """Every file's lines under FLUENT_TAG."""
     return lambda _path: tag
@@ -44,16 +42,6 @@ def load_rule(name: str, tag: str) -> TagRule:
     """The rule `name` ("module:function" in this package) made for FLUENT_TAG `tag`."""
     make = cast(Callable[[str], TagRule], imported(name, __package__ or ""))
     return make(tag)
-
-
-def valid_tag(tag: object) -> bool:
-    if not isinstance(tag, str) or not tag or len(tag) > MAX_TAG_CHARS:
-        return False
-    try:
-        tag.encode()
-    except UnicodeEncodeError:  # lone surrogates from a file name that is not UTF-8
-        return False
-    return tag.isprintable()
 
 
 class Tags:
