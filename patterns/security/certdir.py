@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from patterns.common.fsync import fsync_directory
+
 DATA_LINK = "..data"
 KEY_FILE = "tls.key"
 CERT_FILE = "tls.crt"
@@ -146,7 +148,7 @@ def write_generation(
         _write_file(directory / KEY_FILE, key_pem, key_mode)
         _write_file(directory / CERT_FILE, cert_pem, PUBLIC_MODE)
         _write_file(directory / CA_FILE, ca_pem, PUBLIC_MODE)
-        _fsync_dir(directory)
+        fsync_directory(directory)
     except BaseException:
         _remove_generation(directory)
         raise
@@ -160,7 +162,7 @@ def write_generation(
         _remove_generation(directory)  # a failed switch leaves nothing behind to pile up
         raise
     _ensure_file_links(base)
-    _fsync_dir(base)
+    fsync_directory(base)
     for entry in os.listdir(base):
         if entry not in (name, previous) and _generation_name(entry) == entry:
             _remove_generation(base / entry)
@@ -174,14 +176,6 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -36,6 +36,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from patterns.common.fsync import fsync_directory
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "checkpoints.json"
@@ -242,11 +244,7 @@ class CheckpointStore:
 
     def _sync_directory(self, final: bool) -> None:
         if self.fsync and (final or not self._directory_synced):
-            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_directory(self.directory)
             self._directory_synced = True
 
     def close(self) -> None:

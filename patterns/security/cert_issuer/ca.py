@@ -17,6 +17,7 @@ from typing import Any
 
 from cryptography import x509
 
+from patterns.common.fsync import fsync_directory
 from patterns.security import pki
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,4 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_directory(path.parent)

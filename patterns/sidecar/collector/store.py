@@ -42,6 +42,7 @@ from typing import Any
 import orjson
 
 from patterns.common.forward.protocol import Event, ProtocolError
+from patterns.common.fsync import fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -556,11 +557,7 @@ class RecordStore:
         if self._size == 0 and self.fsync:
             # A new file's directory entry must be durable too, or the fsynced data in it
             # can vanish with it after a power loss.
-            directory = os.open(self.data_dir, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            fsync_directory(self.data_dir)
 
     def _rotate(self) -> None:
         assert self._fd is not None
